@@ -1,0 +1,177 @@
+"""Command line: serve, sign, transcribe."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+import time
+
+import attrs
+import trio
+
+from asr_actors import client
+from asr_actors.config import ConfigError, load_config
+
+SECRET_ENV = "ASR_ACTORS_SECRET"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m asr_actors", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    serve = commands.add_parser(
+        "serve", help="run the gateway (page, /healthz and the WebSocket on one port)"
+    )
+    serve.add_argument(
+        "--config", help="TOML config file (default: $ASR_ACTORS_CONFIG, else built-in defaults)"
+    )
+    serve.add_argument("--host", help="address to bind (overrides [server] host)")
+    serve.add_argument("--port", type=int, help="port to bind, 0 for any free port (overrides [server] port)")
+    serve.add_argument("--log-level", default="INFO")
+
+    sign = commands.add_parser("sign", help="print a signed, single-use WebSocket URL")
+    sign.add_argument("--appkey", required=True)
+    sign.add_argument(
+        "--secret", help=f"the app's secret (default: ${SECRET_ENV}, which keeps it out of history)"
+    )
+    sign.add_argument("--url", default="ws://127.0.0.1:8000/v1/asr")
+    sign.add_argument(
+        "--nonce", action="store_true", help="add a nonce, so several links per second stay distinct"
+    )
+
+    transcribe = commands.add_parser(
+        "transcribe", help="stream an audio file and print what the server hears"
+    )
+    transcribe.add_argument("file")
+    transcribe.add_argument("--url", default="ws://127.0.0.1:8000/v1/asr")
+    transcribe.add_argument(
+        "--appkey", help="with --secret: sign the link here; without: ask the server's /v1/sign"
+    )
+    transcribe.add_argument("--secret", help=f"the app's secret (default: ${SECRET_ENV})")
+    transcribe.add_argument("--lang", help="language code, e.g. en")
+    transcribe.add_argument(
+        "--realtime", action="store_true", help="send at the audio's own pace, like a microphone"
+    )
+
+    args = parser.parse_args(argv)
+    try:
+        if args.command == "serve":
+            return _serve(args)
+        if args.command == "sign":
+            return _sign(args)
+        return trio.run(_transcribe, args)
+    except ConfigError as exc:
+        print(f"config error: {exc}", file=sys.stderr)
+        return 2
+    except client.ServerError as exc:
+        print(f"\nserver error {exc.code}: {exc.message}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
+def _serve(args: argparse.Namespace) -> int:
+    logging.basicConfig(
+        level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    config = load_config(args.config)
+    server = config.server
+    if args.host is not None or args.port is not None:
+        server = attrs.evolve(
+            server,
+            host=server.host if args.host is None else args.host,
+            port=server.port if args.port is None else args.port,
+        )
+        config = attrs.evolve(config, server=server)
+
+    async def run() -> None:
+        from asr_actors.server import serve
+
+        async with trio.open_nursery() as nursery:
+            url = await nursery.start(serve, config)
+            print(f"asr-actors is listening: open {url}", flush=True)
+
+    trio.run(run)
+    return 0
+
+
+def _secret(args: argparse.Namespace) -> str | None:
+    secret: str | None = args.secret or os.environ.get(SECRET_ENV)
+    return secret
+
+
+def _sign(args: argparse.Namespace) -> int:
+    secret = _secret(args)
+    if not secret:
+        print(f"sign needs --secret or ${SECRET_ENV}", file=sys.stderr)
+        return 2
+    nonce = client.fresh_nonce() if args.nonce else None
+    print(client.sign_url(args.url, args.appkey, secret, time.time(), nonce))
+    return 0
+
+
+async def _transcribe(args: argparse.Namespace) -> int:
+    secret = _secret(args)
+    if args.appkey and secret:
+        url = client.sign_url(args.url, args.appkey, secret, time.time(), client.fresh_nonce())
+    else:
+        http_url = (
+            args.url.replace("ws://", "http://", 1).replace("wss://", "https://", 1).split("/v1/")[0] + "/"
+        )
+        url = await client.fetch_demo_url(http_url)
+    if args.lang:
+        url += f"&lang={args.lang}"
+    pcm = await trio.to_thread.run_sync(client.load_audio, args.file)
+    view = _TerminalView(sys.stdout.isatty(), len(pcm) / 32000)
+    await client.stream_pcm(
+        url, pcm, realtime=args.realtime, on_result=view.result, on_progress=view.progress
+    )
+    view.done()
+    return 0
+
+
+class _TerminalView:
+    """Partials overwrite one line (with progress); each final gets its own line."""
+
+    def __init__(self, interactive: bool, seconds: float) -> None:
+        self._interactive = interactive
+        self._seconds = seconds
+        self._fraction = 0.0
+        self._partial = ""
+        self._reported_tenth = -1
+
+    def progress(self, fraction: float) -> None:
+        self._fraction = fraction
+        if self._interactive:
+            self._redraw()
+        elif int(fraction * 10) != self._reported_tenth:
+            self._reported_tenth = int(fraction * 10)
+            print(f"sent {fraction:.0%} of {self._seconds:.1f} s", file=sys.stderr, flush=True)
+
+    def result(self, received: client.Received) -> None:
+        if received.status == "partial":
+            self._partial = received.text
+            if self._interactive:
+                self._redraw()
+        elif received.status == "final":
+            self._partial = ""
+            if self._interactive:
+                sys.stdout.write("\r\x1b[K")
+            print(received.text, flush=True)
+            if self._interactive:
+                self._redraw()
+
+    def _redraw(self) -> None:
+        sys.stdout.write(f"\r\x1b[K[{self._fraction:4.0%}] {self._partial}")
+        sys.stdout.flush()
+
+    def done(self) -> None:
+        if self._interactive:
+            sys.stdout.write("\r\x1b[K")
+            sys.stdout.flush()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,29 @@
+"""The bus interface: open a stream on a named engine and get a pair of channels to it."""
+
+from __future__ import annotations
+
+from contextlib import AbstractAsyncContextManager
+from typing import Protocol
+
+import attrs
+import trio
+
+from engines.base import EngineEvent, StreamSpec
+
+
+@attrs.frozen
+class EngineLink:
+    """Send PCM on `audio` (close it at end of audio); read events until `events` ends."""
+
+    audio: trio.MemorySendChannel[bytes]
+    events: trio.MemoryReceiveChannel[EngineEvent]
+
+
+class Bus(Protocol):
+    def open_stream(self, engine: str, spec: StreamSpec) -> AbstractAsyncContextManager[EngineLink]:
+        """Open a stream; raises engines.base.UnsupportedStream if the engine cannot take it.
+
+        An engine failure arrives as an `EngineFailed` event, never as an exception out of the link.
+        Leaving the context cancels the stream if it is still running.
+        """
+        ...

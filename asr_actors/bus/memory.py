@@ -1,0 +1,60 @@
+"""The in-process bus: the engine stream runs as a Trio task beside the session (the embedded default)."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import AsyncIterator, Mapping
+from contextlib import asynccontextmanager
+
+import trio
+
+from asr_actors.bus.base import EngineLink
+from engines.base import Engine, EngineError, EngineEvent, EngineFailed, StreamSpec, UnsupportedStream
+
+log = logging.getLogger(__name__)
+
+
+class MemoryBus:
+    def __init__(self, engines: Mapping[str, Engine], *, audio_capacity: int, events_capacity: int) -> None:
+        self._engines = engines
+        self._audio_capacity = audio_capacity
+        self._events_capacity = events_capacity
+
+    @asynccontextmanager
+    async def open_stream(self, engine: str, spec: StreamSpec) -> AsyncIterator[EngineLink]:
+        chosen = self._engines.get(engine)
+        if chosen is None:
+            raise UnsupportedStream(f"Engine {engine!r} is not available")
+        chosen.check(spec)
+        audio_tx, audio_rx = trio.open_memory_channel[bytes](self._audio_capacity)
+        events_tx, events_rx = trio.open_memory_channel[EngineEvent](self._events_capacity)
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(_run_engine, chosen, spec, audio_rx, events_tx)
+            async with audio_tx, events_rx:
+                yield EngineLink(audio_tx, events_rx)
+
+
+async def _run_engine(
+    engine: Engine,
+    spec: StreamSpec,
+    audio: trio.MemoryReceiveChannel[bytes],
+    events: trio.MemorySendChannel[EngineEvent],
+) -> None:
+    # The engine gets a clone of `events`, so that a failure can still be reported after it closed its own.
+    async with events, audio:
+        try:
+            await engine.run_stream(spec, audio, events.clone())
+        except EngineError as exc:
+            log.warning("engine %s failed on session %s: %s", engine.name, spec.session_id, exc)
+            await _report(events, EngineFailed(str(exc)))
+        except Exception:
+            # A bug in an engine must end its own session only, with a coded error, not the gateway.
+            log.exception("engine %s crashed on session %s", engine.name, spec.session_id)
+            await _report(events, EngineFailed("Engine failure"))
+
+
+async def _report(events: trio.MemorySendChannel[EngineEvent], failure: EngineFailed) -> None:
+    # BrokenResourceError: the relay is gone already, nobody is left to tell.
+    with contextlib.suppress(trio.BrokenResourceError):
+        await events.send(failure)

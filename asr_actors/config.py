@@ -1,0 +1,238 @@
+"""Configuration: frozen attrs classes loaded from TOML, every bad key named in the error.
+
+Each timeout and channel capacity here is read at exactly one call site; `docs/timeouts.md` lists them.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from pathlib import Path
+from typing import Any
+
+import attrs
+import cattrs
+
+CONFIG_ENV = "ASR_ACTORS_CONFIG"
+DEFAULT_WEB_ROOT = Path(__file__).resolve().parent.parent / "web"
+
+
+class ConfigError(Exception):
+    """The configuration cannot be used; the message names the offending key."""
+
+
+def _positive(_instance: object, attribute: attrs.Attribute[Any], value: float) -> None:
+    if value <= 0:
+        raise ValueError(f"{attribute.name} must be > 0, got {value!r}")
+
+
+@attrs.frozen
+class ServerConfig:
+    host: str = "127.0.0.1"
+    port: int = 8000
+    # Where the page's files are served from; the repository's web/ by default.
+    web_root: str = ""
+    # Reading one HTTP request head (also bounds a slow-loris client before the WebSocket handshake).
+    request_head_timeout: float = attrs.field(default=10.0, validator=_positive)
+    max_request_head_bytes: int = attrs.field(default=16384, validator=_positive)
+
+    def web_root_path(self) -> Path:
+        return Path(self.web_root) if self.web_root else DEFAULT_WEB_ROOT
+
+
+@attrs.frozen
+class SessionConfig:
+    # No audio for this long: code 408.
+    idle_timeout: float = attrs.field(default=30.0, validator=_positive)
+    # Hard limit on one session's length: code 408.
+    max_duration: float = attrs.field(default=3600.0, validator=_positive)
+    # After the client's end of audio, how long the engine may take to deliver its last finals: code 500.
+    flush_timeout: float = attrs.field(default=30.0, validator=_positive)
+    # Sending the last message and the close frame to a client that may not read any more.
+    close_timeout: float = attrs.field(default=5.0, validator=_positive)
+    # A binary frame or decoded JSON audio larger than this gets code 413.
+    max_frame_bytes: int = attrs.field(default=65536, validator=_positive)
+    # The WebSocket layer's own hard cap; above it the library closes with 1009 without our envelope.
+    max_message_bytes: int = attrs.field(default=4 * 1024 * 1024, validator=_positive)
+    # Messages trio-websocket buffers between its reader task and our receiver.
+    websocket_queue: int = attrs.field(default=8, validator=_positive)
+    default_language: str = "en"
+    default_sample_rate: int = 16000
+
+
+@attrs.frozen
+class ChannelConfig:
+    # receiver -> relay: decoded audio chunks (100 ms each from the page: 64 is 6.4 s of slack).
+    audio: int = attrs.field(default=64, validator=_positive)
+    # relay and receiver -> sender: results and pongs.
+    outbound: int = attrs.field(default=64, validator=_positive)
+    # relay -> engine stream (in-process bus).
+    engine_audio: int = attrs.field(default=64, validator=_positive)
+    # engine stream -> relay (in-process bus).
+    engine_events: int = attrs.field(default=64, validator=_positive)
+
+
+@attrs.frozen
+class AuthConfig:
+    # How long a signed link stays valid after its date.
+    survival_time: float = attrs.field(default=120.0, validator=_positive)
+    # Tolerated clock difference between the signer and this server, in both directions.
+    clock_skew: float = attrs.field(default=5.0, validator=_positive)
+
+
+@attrs.frozen
+class AppConfig:
+    # Prefer secret_env: the secret then stays out of every file.
+    secret: str = ""
+    secret_env: str = ""
+
+    def resolve_secret(self, appkey: str) -> str:
+        if self.secret_env:
+            value = os.environ.get(self.secret_env, "")
+            if not value:
+                raise ConfigError(
+                    f"apps.{appkey}.secret_env: environment variable {self.secret_env} is not set"
+                )
+            return value
+        if not self.secret:
+            raise ConfigError(f"apps.{appkey}: set secret or secret_env")
+        return self.secret
+
+
+@attrs.frozen
+class DemoConfig:
+    # "auto": /v1/sign is served only when the server is bound to a loopback address.
+    enabled: str = attrs.field(default="auto", validator=attrs.validators.in_(["auto", "on", "off"]))
+    appkey: str = "demo"
+
+
+@attrs.frozen
+class LocalEngineConfig:
+    # "whisper": pocketsphinx partials + Whisper tiny.en finals; "pocketsphinx": pocketsphinx only.
+    finals: str = attrs.field(default="whisper", validator=attrs.validators.in_(["whisper", "pocketsphinx"]))
+    # Concurrent pocketsphinx decode steps (they hold the GIL, so more than the cores buys nothing).
+    decode_threads: int = attrs.field(default=2, validator=_positive)
+    # Concurrent Whisper passes (they release the GIL).
+    whisper_threads: int = attrs.field(default=1, validator=_positive)
+    whisper_beam_size: int = attrs.field(default=1, validator=_positive)
+    # Endpointer: seconds of audio in its decision window and the share of it that must be speech.
+    vad_window: float = attrs.field(default=0.3, validator=_positive)
+    vad_ratio: float = attrs.field(default=0.9, validator=_positive)
+    vad_mode: int = 0
+    # Sentences queued between the pocketsphinx pass and the Whisper pass of one stream.
+    sentence_queue: int = attrs.field(default=8, validator=_positive)
+
+
+@attrs.frozen
+class FakeEngineConfig:
+    # One partial per this many bytes of audio, a final per sentence_bytes; used by tests and demos.
+    partial_bytes: int = attrs.field(default=3200, validator=_positive)
+    sentence_bytes: int = attrs.field(default=32000, validator=_positive)
+
+
+@attrs.frozen
+class EnginesConfig:
+    default: str = "local"
+    local: LocalEngineConfig = LocalEngineConfig()
+    fake: FakeEngineConfig = FakeEngineConfig()
+
+
+@attrs.frozen
+class LanguageRoute:
+    # Empty: the [engines] default.
+    engine: str = ""
+    # The engine's own name for the language, when it differs from the code.
+    language: str = ""
+
+
+def _default_languages() -> dict[str, LanguageRoute]:
+    return {"en": LanguageRoute()}
+
+
+@attrs.frozen
+class Config:
+    server: ServerConfig = ServerConfig()
+    session: SessionConfig = SessionConfig()
+    channels: ChannelConfig = ChannelConfig()
+    auth: AuthConfig = AuthConfig()
+    demo: DemoConfig = DemoConfig()
+    engines: EnginesConfig = EnginesConfig()
+    apps: dict[str, AppConfig] = attrs.field(factory=dict)
+    languages: dict[str, LanguageRoute] = attrs.field(factory=_default_languages)
+
+    def engine_for(self, language: str) -> str | None:
+        route = self.languages.get(language)
+        if route is None:
+            return None
+        return route.engine or self.engines.default
+
+
+_converter = cattrs.Converter(forbid_extra_keys=True)
+
+
+def _reject_bool_as_number(value: Any, kind: type) -> Any:
+    # TOML `true` would otherwise pass as the number 1.
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise TypeError(f"expected a number, got {value!r}")
+    return kind(value)
+
+
+def _strict_str(value: Any, _kind: type) -> str:
+    if not isinstance(value, str):
+        raise TypeError(f"expected a string, got {value!r}")
+    return value
+
+
+def _strict_int(value: Any, _kind: type) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"expected an integer, got {value!r}")
+    return value
+
+
+_converter.register_structure_hook(float, _reject_bool_as_number)
+_converter.register_structure_hook(int, _strict_int)
+_converter.register_structure_hook(str, _strict_str)
+
+
+def config_from_dict(data: dict[str, Any]) -> Config:
+    """Build and check a Config; raise ConfigError naming each bad key."""
+    try:
+        config = _converter.structure(data, Config)
+    except cattrs.BaseValidationError as exc:
+        problems = "; ".join(cattrs.transform_error(exc, path="config"))
+        raise ConfigError(problems) from None
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(str(exc)) from None
+    _check_references(config)
+    return config
+
+
+def _check_references(config: Config) -> None:
+    known_engines = {"local", "fake"}
+    if config.engines.default not in known_engines:
+        raise ConfigError(f"engines.default: unknown engine {config.engines.default!r}")
+    for code, route in config.languages.items():
+        if route.engine and route.engine not in known_engines:
+            raise ConfigError(f"languages.{code}.engine: unknown engine {route.engine!r}")
+    if config.session.default_language not in config.languages:
+        raise ConfigError(
+            f"session.default_language: {config.session.default_language!r} has no [languages] entry"
+        )
+    for appkey, app in config.apps.items():
+        if not app.secret and not app.secret_env:
+            raise ConfigError(f"apps.{appkey}: set secret or secret_env")
+
+
+def load_config(path: str | os.PathLike[str] | None = None) -> Config:
+    """Load config from `path`, else from $ASR_ACTORS_CONFIG, else the built-in defaults."""
+    chosen = path or os.environ.get(CONFIG_ENV)
+    if not chosen:
+        return Config()
+    try:
+        with open(chosen, "rb") as handle:
+            data = tomllib.load(handle)
+    except OSError as exc:
+        raise ConfigError(f"cannot read config file {chosen}: {exc.strerror}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{chosen}: not valid TOML: {exc}") from None
+    return config_from_dict(data)
