@@ -12,6 +12,7 @@ from typing import Any
 
 import attrs
 import cattrs
+import cattrs.v
 
 CONFIG_ENV = "ASR_ACTORS_CONFIG"
 DEFAULT_WEB_ROOT = Path(__file__).resolve().parent.parent / "web"
@@ -146,7 +147,7 @@ class LanguageRoute:
 
 
 def _default_languages() -> dict[str, LanguageRoute]:
-    return {"en": LanguageRoute()}
+    return {"en": LanguageRoute(engine="local")}
 
 
 @attrs.frozen
@@ -194,12 +195,18 @@ _converter.register_structure_hook(int, _strict_int)
 _converter.register_structure_hook(str, _strict_str)
 
 
+def _describe(exc: BaseException, kind: type | None) -> str:
+    # cattrs says "invalid value" for a failed validator; the validator's own text names the key.
+    general = cattrs.v.format_exception(exc, kind)
+    return f"{general} ({exc})" if isinstance(exc, ValueError) else general
+
+
 def config_from_dict(data: dict[str, Any]) -> Config:
     """Build and check a Config; raise ConfigError naming each bad key."""
     try:
         config = _converter.structure(data, Config)
     except cattrs.BaseValidationError as exc:
-        problems = "; ".join(cattrs.transform_error(exc, path="config"))
+        problems = "; ".join(cattrs.transform_error(exc, path="config", format_exception=_describe))
         raise ConfigError(problems) from None
     except (TypeError, ValueError) as exc:
         raise ConfigError(str(exc)) from None

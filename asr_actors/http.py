@@ -131,7 +131,11 @@ async def send_response(stream: trio.abc.SendStream, connection: h11.Connection,
         *response.extra_headers,
     ]
     parts = [
-        connection.send(h11.Response(status_code=response.status, headers=headers, reason=HTTPStatus(response.status).phrase)),
+        connection.send(
+            h11.Response(
+                status_code=response.status, headers=headers, reason=HTTPStatus(response.status).phrase
+            )
+        ),
         connection.send(h11.Data(data=response.body)),
         connection.send(h11.EndOfMessage()),
     ]

@@ -1,0 +1,81 @@
+"""Test helpers: a gateway wired to the fake engine, reached over in-memory streams (no sockets)."""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Any
+
+import trio
+import trio.testing
+import trio_websocket
+
+from asr_actors import client
+from asr_actors.config import Config, config_from_dict
+from asr_actors.server import Gateway
+from engines.base import Engine
+from engines.fake import FakeEngine
+
+APPKEY = "test-app"
+SECRET = "test-secret"
+HOST = "gateway.test"
+
+
+def fake_config(**sections: dict[str, Any]) -> Config:
+    data: dict[str, Any] = {
+        "apps": {APPKEY: {"secret": SECRET}},
+        "engines": {"default": "fake"},
+        "languages": {"en": {"engine": "fake"}, "zh": {"engine": "fake"}},
+    }
+    data.update(sections)
+    return config_from_dict(data)
+
+
+def make_gateway(engine: Engine | None = None, **sections: dict[str, Any]) -> Gateway:
+    config = fake_config(**sections)
+    return Gateway(config, {"fake": engine or FakeEngine()}, {APPKEY: SECRET})
+
+
+def signed_target(
+    query: str = "", *, now: float | None = None, secret: str = SECRET, nonce: bool = True
+) -> str:
+    url = client.sign_url(
+        f"ws://{HOST}/v1/asr",
+        APPKEY,
+        secret,
+        time.time() if now is None else now,
+        client.fresh_nonce() if nonce else None,
+    )
+    target = url.split(HOST, 1)[1]
+    return target + (f"&{query}" if query else "")
+
+
+async def open_connection(
+    nursery: trio.Nursery, gateway: Gateway, target: str | None = None
+) -> trio_websocket.WebSocketConnection:
+    """A client WebSocket to `gateway` over an in-memory stream pair (safe under MockClock)."""
+    client_stream, server_stream = trio.testing.memory_stream_pair()
+    nursery.start_soon(gateway.handle_connection, server_stream)
+    return await trio_websocket.wrap_client_stream(
+        nursery,
+        client_stream,  # type: ignore[arg-type]
+        HOST,
+        target or signed_target(),
+    )
+
+
+async def read_until_close(connection: trio_websocket.WebSocketConnection) -> list[dict[str, Any]]:
+    """Every message until the server closes; envelopes decoded, 'pong' kept as {'pong': True}."""
+    messages: list[dict[str, Any]] = []
+    try:
+        while True:
+            message = await connection.get_message()
+            assert isinstance(message, str)
+            messages.append({"pong": True} if message == "pong" else json.loads(message))
+    except trio_websocket.ConnectionClosed:
+        pass
+    return messages
+
+
+def statuses(messages: list[dict[str, Any]]) -> list[str]:
+    return [m["data"]["status"] if m.get("code") == 200 else str(m.get("code", "pong")) for m in messages]

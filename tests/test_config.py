@@ -1,0 +1,67 @@
+"""Config: the shipped config.toml is the defaults, and bad keys are named at start-up."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from asr_actors.config import Config, ConfigError, config_from_dict, load_config
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def test_shipped_config_is_the_documented_defaults() -> None:
+    """config.toml documents every default: loading it gives the same Config as no file at all."""
+    assert Config() == load_config(REPO / "config.toml")
+
+
+@pytest.mark.parametrize(
+    ("data", "named"),
+    [
+        ({"server": {"prot": 8000}}, "prot"),
+        ({"session": {"idle_timeout": "30"}}, "config.session.idle_timeout"),
+        ({"session": {"idle_timeout": True}}, "config.session.idle_timeout"),
+        ({"session": {"idle_timeout": -1}}, "idle_timeout"),
+        ({"channels": {"audio": 0}}, "audio"),
+        ({"languages": {"xx": {"engine": "nope"}}}, "languages.xx.engine"),
+        ({"apps": {"a": {}}}, "apps.a"),
+        ({"engines": {"local": {"finals": "best"}}}, "finals"),
+        ({"demo": {"enabled": "yes"}}, "enabled"),
+        ({"session": {"default_language": "de"}}, "session.default_language"),
+    ],
+)
+def test_bad_config_names_the_key(data: dict[str, object], named: str) -> None:
+    """Unknown keys, wrong types, bad values and dangling references fail with the key in the message."""
+    with pytest.raises(ConfigError, match=named.replace(".", r"\.")):
+        config_from_dict(data)
+
+
+def test_language_without_engine_uses_the_default() -> None:
+    """A [languages.X] table without engine routes to [engines] default."""
+    config = config_from_dict(
+        {"engines": {"default": "fake"}, "languages": {"en": {}, "zh": {"engine": "local"}}}
+    )
+    assert "fake" == config.engine_for("en")
+    assert "local" == config.engine_for("zh")
+    assert config.engine_for("de") is None
+
+
+def test_missing_and_malformed_files(tmp_path: Path) -> None:
+    """An unreadable or non-TOML file is a ConfigError naming the file."""
+    with pytest.raises(ConfigError, match="cannot read"):
+        load_config(tmp_path / "absent.toml")
+    broken = tmp_path / "broken.toml"
+    broken.write_text("[server\n")
+    with pytest.raises(ConfigError, match="not valid TOML"):
+        load_config(broken)
+
+
+def test_secret_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    """secret_env reads the secret from the environment and says which variable is missing."""
+    config = config_from_dict({"apps": {"a": {"secret_env": "ASR_TEST_SECRET"}}})
+    monkeypatch.delenv("ASR_TEST_SECRET", raising=False)
+    with pytest.raises(ConfigError, match="ASR_TEST_SECRET"):
+        config.apps["a"].resolve_secret("a")
+    monkeypatch.setenv("ASR_TEST_SECRET", "xyz")
+    assert "xyz" == config.apps["a"].resolve_secret("a")
