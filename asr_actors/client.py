@@ -30,7 +30,7 @@ class ServerError(Exception):
 
 @attrs.frozen
 class Received:
-    """A result as the client saw it; `at` is trio.current_time() on arrival."""
+    """A result as the client saw it; `at` is seconds since the first audio frame was sent."""
 
     status: str
     speech_id: str
@@ -110,9 +110,16 @@ async def stream_pcm(
     """
     chunk_bytes = int(sample_rate * CHUNK_SECONDS) * 2
     results: list[Received] = []
-    async with trio_websocket.open_websocket_url(url, max_message_size=max_message_size) as connection:
+    started = trio.current_time()
+    async with await _open_stream(url) as stream, trio.open_nursery() as nursery:
+        split = urlsplit(url)
+        resource = split.path + (f"?{split.query}" if split.query else "")
+        connection = await trio_websocket.wrap_client_stream(
+            nursery, stream, split.netloc, resource, max_message_size=max_message_size
+        )
 
         async def send_audio() -> None:
+            nonlocal started
             started = trio.current_time()
             for index, offset in enumerate(range(0, len(pcm), chunk_bytes)):
                 if realtime:
@@ -122,26 +129,37 @@ async def stream_pcm(
                     on_progress(min(1.0, (offset + chunk_bytes) / max(1, len(pcm))))
             await connection.send_message(json.dumps({"status": "end"}))
 
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(send_audio)
-            try:
-                while True:
-                    message = await connection.get_message()
-                    received = parse_result(message)
-                    results.append(received)
-                    if on_result is not None:
-                        on_result(received)
-                    if received.status == protocol.ResultStatus.END:
-                        break
-            except trio_websocket.ConnectionClosed as exc:
-                code, why = (exc.reason.code, exc.reason.reason) if exc.reason else (0, "")
-                raise ServerError(code, f"connection closed before end: {why}") from None
-            finally:
-                nursery.cancel_scope.cancel()
+        nursery.start_soon(send_audio)
+        try:
+            while True:
+                message = await connection.get_message()
+                received = parse_result(message, trio.current_time() - started)
+                results.append(received)
+                if on_result is not None:
+                    on_result(received)
+                if received.status == protocol.ResultStatus.END:
+                    break
+        except trio_websocket.ConnectionClosed as exc:
+            code, why = (exc.reason.code, exc.reason.reason) if exc.reason else (0, "")
+            raise ServerError(code, f"connection closed before end: {why}") from None
+        finally:
+            # The stream is closed by the `async with` above: trio-websocket's own client leaks its
+            # socket when the server closes first (FIELD-NOTES.md).
+            nursery.cancel_scope.cancel()
     return results
 
 
-def parse_result(message: str | bytes) -> Received:
+async def _open_stream(url: str) -> trio.SocketStream | trio.SSLStream[trio.SocketStream]:
+    split = urlsplit(url)
+    if split.scheme not in ("ws", "wss") or split.hostname is None:
+        raise ValueError(f"not a ws:// or wss:// URL: {url}")
+    port = split.port or (443 if split.scheme == "wss" else 80)
+    if split.scheme == "wss":
+        return await trio.open_ssl_over_tcp_stream(split.hostname, port)
+    return await trio.open_tcp_stream(split.hostname, port)
+
+
+def parse_result(message: str | bytes, at: float) -> Received:
     if isinstance(message, bytes):
         raise ServerError(0, "unexpected binary message from server")
     envelope = json.loads(message)
@@ -154,5 +172,5 @@ def parse_result(message: str | bytes) -> Received:
         text=data["result"],
         begin_ms=int(data.get("begin_time", 0)),
         end_ms=int(data.get("end_time", 0)),
-        at=trio.current_time(),
+        at=at,
     )

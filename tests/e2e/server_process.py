@@ -1,0 +1,43 @@
+"""Run a real `python -m asr_actors serve` on a free port, as a user would."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+import trio
+
+STARTUP_TIMEOUT = 120
+
+
+@asynccontextmanager
+async def running_server(config_path: Path) -> AsyncIterator[str]:
+    """Start the gateway with `config_path` on a free port; yield its http:// URL; stop it afterwards."""
+    process = await trio.lowlevel.open_process(
+        [sys.executable, "-m", "asr_actors", "serve", "--config", str(config_path), "--port", "0"],
+        stdout=subprocess.PIPE,
+    )
+    assert process.stdout is not None
+    try:
+        printed = b""
+        with trio.fail_after(STARTUP_TIMEOUT):
+            while b"\n" not in printed:
+                chunk = await process.stdout.receive_some()
+                if not chunk:
+                    raise RuntimeError(f"server exited with {await process.wait()} before listening")
+                printed += chunk
+        match = re.search(rb"open (http://\S+)", printed)
+        assert match is not None, printed
+        yield match.group(1).decode()
+    finally:
+        process.terminate()
+        with trio.move_on_after(10):
+            await process.wait()
+        if process.returncode is None:
+            process.kill()
+            await process.wait()
+        await process.stdout.aclose()
