@@ -115,7 +115,7 @@ def espeak(text: str, path: Path) -> None:
 async def test_synthesized_sentences_become_separate_finals(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    """espeak-ng sentences with pauses between them, sent unpaced: one final per sentence, in order, none lost."""
+    """espeak-ng sentences with pauses, sent unpaced: one final per sentence, in order, none lost."""
     silence = np.zeros(16000, dtype="<i2").tobytes()  # 1 s between sentences
     pcm = b""
     for index, sentence in enumerate(ESPEAK_SENTENCES):
