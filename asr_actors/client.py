@@ -110,6 +110,7 @@ async def stream_pcm(
     """
     chunk_bytes = int(sample_rate * CHUNK_SECONDS) * 2
     results: list[Received] = []
+    failure: ServerError | None = None
     started = trio.current_time()
     async with await _open_stream(url) as stream, trio.open_nursery() as nursery:
         split = urlsplit(url)
@@ -121,13 +122,16 @@ async def stream_pcm(
         async def send_audio() -> None:
             nonlocal started
             started = trio.current_time()
-            for index, offset in enumerate(range(0, len(pcm), chunk_bytes)):
-                if realtime:
-                    await trio.sleep_until(started + index * CHUNK_SECONDS)
-                await connection.send_message(pcm[offset : offset + chunk_bytes])
-                if on_progress is not None:
-                    on_progress(min(1.0, (offset + chunk_bytes) / max(1, len(pcm))))
-            await connection.send_message(json.dumps({"status": "end"}))
+            try:
+                for index, offset in enumerate(range(0, len(pcm), chunk_bytes)):
+                    if realtime:
+                        await trio.sleep_until(started + index * CHUNK_SECONDS)
+                    await connection.send_message(pcm[offset : offset + chunk_bytes])
+                    if on_progress is not None:
+                        on_progress(min(1.0, (offset + chunk_bytes) / max(1, len(pcm))))
+                await connection.send_message(json.dumps({"status": "end"}))
+            except trio_websocket.ConnectionClosed:
+                return  # the server ended the session; the reading side reports why
 
         nursery.start_soon(send_audio)
         try:
@@ -139,13 +143,16 @@ async def stream_pcm(
                     on_result(received)
                 if received.status == protocol.ResultStatus.END:
                     break
+        except ServerError as exc:
+            failure = exc
         except trio_websocket.ConnectionClosed as exc:
             code, why = (exc.reason.code, exc.reason.reason) if exc.reason else (0, "")
-            raise ServerError(code, f"connection closed before end: {why}") from None
-        finally:
-            # The stream is closed by the `async with` above: trio-websocket's own client leaks its
-            # socket when the server closes first (FIELD-NOTES.md).
-            nursery.cancel_scope.cancel()
+            failure = ServerError(code, f"connection closed before end: {why}")
+        # The stream is closed by the `async with` above: trio-websocket's own client leaks its
+        # socket when the server closes first (FIELD-NOTES.md).
+        nursery.cancel_scope.cancel()
+    if failure is not None:
+        raise failure
     return results
 
 

@@ -1,0 +1,105 @@
+"""The gateway's HTTP front on a real loopback socket: page, health, signing, and refusals."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+
+import attrs
+import h11
+import pytest
+import trio
+
+from asr_actors import client
+from asr_actors.server import Gateway, serve
+from tests.support import fake_config
+
+GUARD = 30  # seconds: an absolute bound on every I/O test here
+
+
+@pytest.fixture
+async def base_url(nursery: trio.Nursery) -> AsyncIterator[str]:
+    config = fake_config(server={"port": 0})
+    url: str = await nursery.start(serve, config)
+    yield url
+
+
+async def http_get(base: str, target: str, method: str = "GET") -> tuple[int, dict[str, str], bytes]:
+    host, port = base.removeprefix("http://").rstrip("/").split(":")
+    with trio.fail_after(GUARD):
+        stream = await trio.open_tcp_stream(host, int(port))
+        async with stream:
+            connection = h11.Connection(h11.CLIENT)
+            request = h11.Request(method=method, target=target, headers=[("host", f"{host}:{port}")])
+            await stream.send_all(connection.send(request) + (connection.send(h11.EndOfMessage()) or b""))
+            status, headers, body = 0, {}, b""
+            while True:
+                event = connection.next_event()
+                if event is h11.NEED_DATA:
+                    connection.receive_data(await stream.receive_some())
+                elif isinstance(event, h11.Response):
+                    status = event.status_code
+                    headers = {k.decode(): v.decode() for k, v in event.headers}
+                elif isinstance(event, h11.Data):
+                    body += event.data
+                elif isinstance(event, h11.EndOfMessage | h11.ConnectionClosed):
+                    return status, headers, body
+
+
+async def test_page_and_assets(base_url: str) -> None:
+    """GET / is the page; its script and worklet are served with JavaScript types."""
+    status, headers, body = await http_get(base_url, "/")
+    assert 200 == status
+    assert headers["content-type"].startswith("text/html")
+    assert b'id="transcript"' in body
+    for asset in ("/app.js", "/recorder-worklet.js"):
+        status, headers, _ = await http_get(base_url, asset)
+        assert (200, "text/javascript; charset=utf-8") == (status, headers["content-type"])
+    assert "nosniff" == headers["x-content-type-options"]
+
+
+async def test_healthz(base_url: str) -> None:
+    """/healthz answers JSON with the live session count."""
+    status, _, body = await http_get(base_url, "/healthz")
+    assert (200, {"status": "ok", "sessions": 0}) == (status, json.loads(body))
+
+
+@pytest.mark.parametrize(
+    ("target", "method", "expected"),
+    [
+        ("/../pyproject.toml", "GET", 404),
+        ("/%2e%2e/pyproject.toml", "GET", 404),
+        ("/nothing-here.js", "GET", 404),
+        ("/v1/asr", "GET", 426),
+        ("/", "POST", 405),
+    ],
+)
+async def test_refusals(base_url: str, target: str, method: str, expected: int) -> None:
+    """Traversal, unknown files, a plain GET of the WebSocket path and other methods are refused."""
+    status, _, _ = await http_get(base_url, target, method)
+    assert expected == status
+
+
+async def test_sign_gives_a_working_single_use_link(base_url: str) -> None:
+    """/v1/sign on a loopback server returns a link that opens one session (and only one)."""
+    status, _, body = await http_get(base_url, "/v1/sign")
+    assert 200 == status
+    url = json.loads(body)["url"]
+    assert url.startswith("ws://127.0.0.1:") and "nonce=" in url
+    with trio.fail_after(GUARD):
+        results = await client.stream_pcm(url, b"\x01\x00" * 8000)
+        assert ["start", "partial", "final", "end"] == [r.status for r in results[:2] + results[-2:]]
+        with pytest.raises(client.ServerError) as refused:
+            await client.stream_pcm(url, b"\x01\x00" * 1600)
+    assert 401 == refused.value.code
+    # The CLI's way of getting a link works too.
+    assert (await client.fetch_demo_url(base_url)).startswith("ws://")
+
+
+def test_signing_is_off_when_not_on_loopback() -> None:
+    """demo.enabled = "auto" serves /v1/sign only when bound to a loopback address."""
+    public = fake_config(server={"host": "0.0.0.0"})
+    assert not Gateway(public, {}, {}).demo_enabled
+    assert Gateway(attrs.evolve(public, server=attrs.evolve(public.server, host="::1")), {}, {}).demo_enabled
+    forced = fake_config(server={"host": "0.0.0.0"}, demo={"enabled": "on"})
+    assert Gateway(forced, {}, {}).demo_enabled
