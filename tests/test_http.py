@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator
-
 import attrs
 import h11
 import pytest
@@ -18,10 +16,10 @@ GUARD = 30  # seconds: an absolute bound on every I/O test here
 
 
 @pytest.fixture
-async def base_url(nursery: trio.Nursery) -> AsyncIterator[str]:
+async def base_url(nursery: trio.Nursery) -> str:
     config = fake_config(server={"port": 0})
     url: str = await nursery.start(serve, config)
-    yield url
+    return url
 
 
 async def http_get(base: str, target: str, method: str = "GET") -> tuple[int, dict[str, str], bytes]:
@@ -85,7 +83,8 @@ async def test_sign_gives_a_working_single_use_link(base_url: str) -> None:
     status, _, body = await http_get(base_url, "/v1/sign")
     assert 200 == status
     url = json.loads(body)["url"]
-    assert url.startswith("ws://127.0.0.1:") and "nonce=" in url
+    assert url.startswith("ws://127.0.0.1:")
+    assert "nonce=" in url
     with trio.fail_after(GUARD):
         results = await client.stream_pcm(url, b"\x01\x00" * 8000)
         assert ["start", "partial", "final", "end"] == [r.status for r in results[:2] + results[-2:]]

@@ -48,9 +48,13 @@ def microphone_file(tmp_path: Path, rate: int) -> Path:
     """
     out = tmp_path / f"speech-{rate}.wav"
     pause = tmp_path / "pause.wav"
-    subprocess.run(["sox", "-n", "-r", "16000", "-c", "1", "-b", "16", str(pause), "trim", "0", "1"], check=True)
+    subprocess.run(
+        ["sox", "-n", "-r", "16000", "-c", "1", "-b", "16", str(pause), "trim", "0", "1"], check=True
+    )
     first, second = (str(DATA / f"{name}.wav") for name in SPEECH)
-    subprocess.run(["sox", first, str(pause), second, "-r", str(rate), str(out), "pad", "0.5", "3"], check=True)
+    subprocess.run(
+        ["sox", first, str(pause), second, "-r", str(rate), str(out), "pad", "0.5", "3"], check=True
+    )
     return out
 
 
@@ -99,7 +103,7 @@ def drive_page(url: str, wav: Path, screenshot: Path) -> PageRun:
 
 
 async def test_page_transcribes_the_microphone(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    """Start → a partial grows in place → a final replaces it → the next sentence gets a new line → Stop → end."""
+    """Start → a partial grows in place → a final replaces it → next sentence on a new line → Stop → end."""
     config = tmp_path / "config.toml"
     config.write_text("")
     ARTIFACTS.mkdir(exist_ok=True)
