@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+
 import attrs
 import h11
 import pytest

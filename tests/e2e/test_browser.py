@@ -14,7 +14,7 @@ import attrs
 import pytest
 import trio
 
-from tests.e2e.server_process import running_server
+from asr_actors.subprocess_server import running_server
 
 DATA = Path(__file__).resolve().parent.parent / "data" / "librivox"
 ARTIFACTS = Path(__file__).resolve().parent.parent / "artifacts"
@@ -108,7 +108,7 @@ async def test_page_transcribes_the_microphone(tmp_path: Path, capsys: pytest.Ca
     config.write_text("")
     ARTIFACTS.mkdir(exist_ok=True)
     wav = microphone_file(tmp_path, 48000)
-    async with running_server(config) as url:
+    async with running_server(config) as (url, _pid):
         run = await trio.to_thread.run_sync(drive_page, url, wav, ARTIFACTS / "page-transcript.png")
     with capsys.disabled():
         print(f"\n[browser] screenshot: {run.screenshot}")

@@ -7,7 +7,6 @@ bound with margin); the figures also go to tests/artifacts/local_engine.json.
 from __future__ import annotations
 
 import json
-import re
 import statistics
 import subprocess
 from pathlib import Path
@@ -18,7 +17,8 @@ import pytest
 import trio
 
 from asr_actors import client
-from tests.e2e.server_process import running_server
+from asr_actors.subprocess_server import running_server
+from asr_actors.textnorm import normalize
 
 DATA = Path(__file__).resolve().parent.parent / "data" / "librivox"
 ARTIFACTS = Path(__file__).resolve().parent.parent / "artifacts"
@@ -33,12 +33,6 @@ ESPEAK_SENTENCES = [
     "The weather is cold and windy today.",
     "She opened the window and looked at the garden.",
 ]
-
-
-def normalize(text: str) -> str:
-    text = text.lower().replace("mr.", "mister").replace("mrs.", "missus").replace("-", " ")
-    text = re.sub(r"[^a-z' ]", " ", text)
-    return " ".join(text.split())
 
 
 def write_config(tmp_path: Path) -> Path:
@@ -79,7 +73,7 @@ async def test_real_speech_realtime(tmp_path: Path, capsys: pytest.CaptureFixtur
         line.split("\t", 1) for line in (DATA / "transcripts.tsv").read_text().splitlines() if line.strip()
     )
     references, hypotheses, first_partial, final_latency = [], [], [], []
-    async with running_server(write_config(tmp_path)) as url:
+    async with running_server(write_config(tmp_path)) as (url, _pid):
         for name, reference in sorted(transcripts.items()):
             pcm = await trio.to_thread.run_sync(client.load_audio, str(DATA / f"{name}.wav"))
             results = await transcribe(url, pcm, realtime=True)
@@ -122,7 +116,7 @@ async def test_synthesized_sentences_become_separate_finals(
         wav = tmp_path / f"s{index}.wav"
         espeak(sentence, wav)
         pcm += await trio.to_thread.run_sync(client.load_audio, str(wav)) + silence
-    async with running_server(write_config(tmp_path)) as url:
+    async with running_server(write_config(tmp_path)) as (url, _pid):
         results = await transcribe(url, pcm, realtime=False)
     check_sentence_order(results)
     finals = [normalize(r.text) for r in results if r.status == "final" and r.text]

@@ -1,4 +1,4 @@
-"""Run a real `python -m asr_actors serve` on a free port, as a user would."""
+"""Run a real `python -m asr_actors serve` on a free port, as a user would: for tests and benchmarks."""
 
 from __future__ import annotations
 
@@ -15,8 +15,8 @@ STARTUP_TIMEOUT = 120
 
 
 @asynccontextmanager
-async def running_server(config_path: Path) -> AsyncIterator[str]:
-    """Start the gateway with `config_path` on a free port; yield its http:// URL; stop it afterwards."""
+async def running_server(config_path: Path) -> AsyncIterator[tuple[str, int]]:
+    """Start the gateway with `config_path` on a free port; yield its http:// URL and pid; stop it after."""
     process = await trio.lowlevel.open_process(
         [sys.executable, "-m", "asr_actors", "serve", "--config", str(config_path), "--port", "0"],
         stdout=subprocess.PIPE,
@@ -32,7 +32,7 @@ async def running_server(config_path: Path) -> AsyncIterator[str]:
                 printed += chunk
         match = re.search(rb"open (http://\S+)", printed)
         assert match is not None, printed
-        yield match.group(1).decode()
+        yield match.group(1).decode(), process.pid
     finally:
         process.terminate()
         with trio.move_on_after(10):
