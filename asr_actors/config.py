@@ -33,8 +33,8 @@ class ServerConfig:
     port: int = 8000
     # Where the page's files are served from; the repository's web/ by default.
     web_root: str = ""
-    # Reading one HTTP request head (also bounds a slow-loris client before the WebSocket handshake).
-    request_head_timeout: float = attrs.field(default=10.0, validator=_positive)
+    # Reading the HTTP request head and, for a WebSocket, completing the upgrade (bounds slow-loris clients).
+    handshake_timeout: float = attrs.field(default=10.0, validator=_positive)
     max_request_head_bytes: int = attrs.field(default=16384, validator=_positive)
 
     def web_root_path(self) -> Path:

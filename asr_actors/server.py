@@ -80,13 +80,16 @@ class Gateway:
             await engine.prepare()
 
     async def handle_connection(self, stream: trio.abc.Stream) -> None:
+        # One deadline for the request head and, for a WebSocket, the upgrade: a slow or silent client
+        # holds a connection for at most handshake_timeout before it has a session.
+        handshake_deadline = trio.current_time() + self.config.server.handshake_timeout
         try:
-            request = await self._read_head(stream)
+            request = await self._read_head(stream, handshake_deadline)
             if request is None:
                 return
             head, h11_connection = request
             if head.is_websocket and head.path == protocol.PATH:
-                await self._websocket(http.PrefixedStream(stream, head.raw), head)
+                await self._websocket(http.PrefixedStream(stream, head.raw), head, handshake_deadline)
             else:
                 response = self._http(head)
                 try:
@@ -97,11 +100,12 @@ class Gateway:
             with trio.move_on_after(self.config.session.close_timeout, shield=True):
                 await stream.aclose()
 
-    async def _read_head(self, stream: trio.abc.Stream) -> tuple[http.RequestHead, h11.Connection] | None:
-        server = self.config.server
-        with trio.move_on_after(server.request_head_timeout):
+    async def _read_head(
+        self, stream: trio.abc.Stream, deadline: float
+    ) -> tuple[http.RequestHead, h11.Connection] | None:
+        with trio.move_on_at(deadline):
             try:
-                return await http.read_request_head(stream, server.max_request_head_bytes)
+                return await http.read_request_head(stream, self.config.server.max_request_head_bytes)
             except http.BadRequest as exc:
                 log.debug("bad request: %s", exc)
             except trio.BrokenResourceError:
@@ -122,16 +126,20 @@ class Gateway:
             return http.text_response(426, "This endpoint speaks WebSocket")
         return http.static_file(self.config.server.web_root_path(), head.path)
 
-    async def _websocket(self, stream: http.PrefixedStream, head: http.RequestHead) -> None:
+    async def _websocket(self, stream: http.PrefixedStream, head: http.RequestHead, deadline: float) -> None:
         limits = self.config.session
         async with trio.open_nursery() as nursery:
-            request = await trio_websocket.wrap_server_stream(
-                nursery,
-                stream,
-                message_queue_size=limits.websocket_queue,
-                max_message_size=limits.max_message_bytes,
-            )
-            connection = await request.accept()
+            with trio.move_on_at(deadline) as handshake:
+                request = await trio_websocket.wrap_server_stream(
+                    nursery,
+                    stream,
+                    message_queue_size=limits.websocket_queue,
+                    max_message_size=limits.max_message_bytes,
+                )
+                connection = await request.accept()
+            if handshake.cancelled_caught:
+                nursery.cancel_scope.cancel()
+                return
             self.active_sessions += 1
             self.sessions_total += 1
             try:

@@ -6,6 +6,7 @@ the test asserts the virtual time at which it fired.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import time
 from collections.abc import Awaitable, Callable
@@ -244,8 +245,8 @@ async def test_flush_timeout_when_engine_hangs_at_end(autojump_clock: trio.testi
         nursery.cancel_scope.cancel()
 
 
-async def test_request_head_timeout(autojump_clock: trio.testing.MockClock) -> None:
-    """A client that connects and sends nothing is dropped after request_head_timeout (10 s)."""
+async def test_handshake_timeout_without_request(autojump_clock: trio.testing.MockClock) -> None:
+    """A client that connects and sends nothing is dropped after handshake_timeout (10 s)."""
     client_stream, server_stream = trio.testing.memory_stream_pair()
     gateway = make_gateway()
     started = trio.current_time()
@@ -253,6 +254,27 @@ async def test_request_head_timeout(autojump_clock: trio.testing.MockClock) -> N
         nursery.start_soon(gateway.handle_connection, server_stream)
         assert b"" == await client_stream.receive_some()
     assert started + 10 == pytest.approx(trio.current_time(), abs=0.01)
+
+
+async def test_handshake_timeout_is_absolute_for_a_trickling_client(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """A slow-loris client sending its head a byte every 3 s is still dropped 10 s after connecting."""
+    client_stream, server_stream = trio.testing.memory_stream_pair()
+    started = trio.current_time()
+    handler_ended: list[float] = []
+
+    async def serve_one() -> None:
+        await make_gateway().handle_connection(server_stream)
+        handler_ended.append(trio.current_time())
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(serve_one)
+        with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
+            for byte in b"GET / HTTP/1.1\r\nHost: x\r\n":
+                await client_stream.send_all(bytes([byte]))
+                await trio.sleep(3)
+    assert [started + 10] == pytest.approx(handler_ended, abs=0.01)
 
 
 async def test_close_is_bounded_when_client_stops_reading(autojump_clock: trio.testing.MockClock) -> None:
