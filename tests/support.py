@@ -51,7 +51,7 @@ def signed_target(
 
 
 async def open_connection(
-    nursery: trio.Nursery, gateway: Gateway, target: str | None = None
+    nursery: trio.Nursery, gateway: Gateway, target: str | None = None, host: str = HOST
 ) -> trio_websocket.WebSocketConnection:
     """A client WebSocket to `gateway` over an in-memory stream pair (safe under MockClock)."""
     client_stream, server_stream = trio.testing.memory_stream_pair()
@@ -59,7 +59,7 @@ async def open_connection(
     return await trio_websocket.wrap_client_stream(
         nursery,
         client_stream,  # type: ignore[arg-type]
-        HOST,
+        host,
         target or signed_target(),
     )
 

@@ -16,9 +16,11 @@ import trio
 import trio.testing
 import trio_websocket
 
-from asr_actors import session
+from asr_actors import client, session
 from engines.fake import FakeEngine
 from tests.support import (
+    APPKEY,
+    SECRET,
     make_gateway,
     open_connection,
     read_until_close,
@@ -92,7 +94,15 @@ async def test_ping_pong(nursery: trio.Nursery) -> None:
 
 @pytest.mark.parametrize(
     ("target_kind", "code"),
-    [("expired", 401), ("forged", 401), ("unknown_app", 401), ("no_auth", 401), ("future", 401)],
+    [
+        ("expired", 401),
+        ("forged", 401),
+        ("unknown_app", 401),
+        ("no_auth", 401),
+        ("future", 401),
+        ("wrong_host", 401),
+        ("wrong_path", 401),
+    ],
 )
 async def test_refused_links_get_401_and_close_4401(
     nursery: trio.Nursery, target_kind: str, code: int
@@ -105,8 +115,13 @@ async def test_refused_links_get_401_and_close_4401(
         "forged": signed_target(secret="not-the-secret"),
         "unknown_app": signed_target().replace("appkey=test-app", "appkey=other"),
         "no_auth": "/v1/asr",
+        "wrong_host": signed_target(),
+        # Signed for another path, presented at /v1/asr.
+        "wrong_path": "/v1/asr?"
+        + client.sign_url("ws://gateway.test/v2/asr", APPKEY, SECRET, now).split("?")[1],
     }[target_kind]
-    connection = await open_connection(nursery, make_gateway(), target)
+    host = "elsewhere.test" if target_kind == "wrong_host" else "gateway.test"
+    connection = await open_connection(nursery, make_gateway(), target, host)
     await connection.send_message(PCM_100MS)  # binary before auth: never decoded
     messages = await read_until_close(connection)
     assert [{"code": code, "message": "Unauthorized or Timeout", "data": ""}] == messages

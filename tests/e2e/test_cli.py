@@ -1,0 +1,102 @@
+"""The command line as a user runs it: `sign` and `transcribe` in their own processes."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import wave
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import numpy as np
+import trio
+
+from asr_actors import protocol, signing
+from asr_actors.subprocess_server import running_server
+
+GUARD = 120
+
+
+def test_sign_prints_a_link_that_verifies() -> None:
+    """`sign` prints a ws:// link whose signature verifies for the URL's host and path."""
+    printed = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "asr_actors",
+            "sign",
+            "--appkey",
+            "k",
+            "--url",
+            "ws://example.test:9000/v1/asr",
+            "--nonce",
+        ],
+        env={"ASR_ACTORS_SECRET": "s"},
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.strip()
+    split = urlsplit(printed)
+    handshake = protocol.parse_handshake(f"{split.path}?{split.query}")
+    signing.verify(
+        "s", "example.test:9000", handshake.date, "k", "/v1/asr", handshake.signature, handshake.nonce
+    )
+
+
+def test_sign_without_secret_says_how() -> None:
+    """`sign` without a secret exits 2 and names the environment variable to set."""
+    result = subprocess.run(
+        [sys.executable, "-m", "asr_actors", "sign", "--appkey", "k"],
+        env={},
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert 2 == result.returncode
+    assert "ASR_ACTORS_SECRET" in result.stderr
+
+
+def write_stereo_wav(path: Path, seconds: float, rate: int) -> None:
+    t = np.arange(int(seconds * rate)) / rate
+    tone = (0.3 * np.sin(2 * np.pi * 220 * t) * 32767).astype("<i2")
+    with wave.open(str(path), "wb") as writer:
+        writer.setnchannels(2)
+        writer.setsampwidth(2)
+        writer.setframerate(rate)
+        writer.writeframes(np.repeat(tone, 2).tobytes())
+
+
+async def test_transcribe_resamples_and_prints_finals(tmp_path: Path) -> None:
+    """`transcribe` of a 44.1 kHz stereo WAV: resampled to 16 kHz mono, each final on its own line.
+
+    The server runs the scripted fake engine (one word per 100 ms, a sentence per second), so the
+    printed words prove how much audio arrived: 2 s at 16 kHz is exactly 20 words in 2 sentences.
+    """
+    config = tmp_path / "config.toml"
+    config.write_text(
+        '[apps.cli]\nsecret = "cli-secret"\n[engines]\ndefault = "fake"\n[languages.en]\nengine = "fake"\n'
+    )
+    audio = tmp_path / "tone.wav"
+    write_stereo_wav(audio, 2.0, 44100)
+    with trio.fail_after(GUARD):
+        async with running_server(config) as (url, _pid):
+            ws_url = url.replace("http://", "ws://") + "v1/asr"
+            result = await trio.run_process(
+                [
+                    sys.executable,
+                    "-m",
+                    "asr_actors",
+                    "transcribe",
+                    str(audio),
+                    "--url",
+                    ws_url,
+                    "--appkey",
+                    "cli",
+                ],
+                env={"ASR_ACTORS_SECRET": "cli-secret", "PATH": "/usr/bin:/bin"},
+                capture_stdout=True,
+                capture_stderr=True,
+            )
+    lines = result.stdout.decode().splitlines()
+    assert ["w0 w1 w2 w3 w4 w5 w6 w7 w8 w9", "w10 w11 w12 w13 w14 w15 w16 w17 w18 w19"] == lines
+    assert "sent 100%" in result.stderr.decode()
