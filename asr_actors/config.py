@@ -122,6 +122,9 @@ class LocalEngineConfig:
     vad_mode: int = 0
     # Sentences queued between the pocketsphinx pass and the Whisper pass of one stream.
     sentence_queue: int = attrs.field(default=8, validator=_positive)
+    # Concurrent streams per gateway process; more get 503. Each costs ~110 MiB and shares the GIL
+    # (docs/performance.md: latency stays under ~3 s up to 4 real-time streams on 2 cores).
+    max_streams: int = attrs.field(default=4, validator=_positive)
 
 
 @attrs.frozen
@@ -129,6 +132,7 @@ class FakeEngineConfig:
     # One partial per this many bytes of audio, a final per sentence_bytes; used by tests and demos.
     partial_bytes: int = attrs.field(default=3200, validator=_positive)
     sentence_bytes: int = attrs.field(default=32000, validator=_positive)
+    max_streams: int = attrs.field(default=64, validator=_positive)
 
 
 @attrs.frozen

@@ -34,7 +34,9 @@ def build_engines(config: Config) -> dict[str, Engine]:
         engines["local"] = LocalEngine(config.engines.local)
     if "fake" in wanted:
         fake = config.engines.fake
-        engines["fake"] = FakeEngine(partial_bytes=fake.partial_bytes, sentence_bytes=fake.sentence_bytes)
+        engines["fake"] = FakeEngine(
+            partial_bytes=fake.partial_bytes, sentence_bytes=fake.sentence_bytes, max_streams=fake.max_streams
+        )
     return engines
 
 

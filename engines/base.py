@@ -57,8 +57,14 @@ class UnsupportedStream(EngineError):
     """The engine does not handle this language or sample rate (the client's choice, so code 403)."""
 
 
+class EngineBusy(EngineError):
+    """The engine already runs as many streams as it may (code 503; the client may retry later)."""
+
+
 class Engine(Protocol):
     name: str
+    # Streams this engine may run at once in one process; the bus refuses more with EngineBusy.
+    max_streams: int
 
     async def prepare(self) -> None:
         """Load models before the first session, so that it is not the one that waits."""

@@ -23,12 +23,14 @@ class FakeEngine:
         languages: frozenset[str] = frozenset({"en", "zh"}),
         fail_after_bytes: int | None = None,
         hang_on_finish: bool = False,
+        max_streams: int = 64,
     ) -> None:
         self.partial_bytes = partial_bytes
         self.sentence_bytes = sentence_bytes
         self.languages = languages
         self.fail_after_bytes = fail_after_bytes
         self.hang_on_finish = hang_on_finish
+        self.max_streams = max_streams
         self.streams_started = 0
         self.streams_finished = 0
 

@@ -147,6 +147,7 @@ class LocalEngine:
 
     def __init__(self, config: LocalEngineConfig) -> None:
         self._config = config
+        self.max_streams = config.max_streams
         self._decode_limiter = trio.CapacityLimiter(config.decode_threads)
         self._whisper_limiter = trio.CapacityLimiter(config.whisper_threads)
         self._whisper: Any = None

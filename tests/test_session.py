@@ -183,6 +183,25 @@ async def test_language_the_engine_lacks_is_403(nursery: trio.Nursery) -> None:
     assert [403] == [m["code"] for m in messages]
 
 
+async def test_full_engine_is_503_until_a_stream_ends(nursery: trio.Nursery) -> None:
+    """An engine at max_streams refuses the next session with 503; once a stream ends, a new one starts."""
+    gateway = make_gateway(FakeEngine(max_streams=1))
+    first = await open_connection(nursery, gateway)
+    await first.send_message(PCM_100MS)
+    assert "start" == json.loads(await first.get_message())["data"]["status"]
+    second = await open_connection(nursery, gateway)
+    await second.send_message(PCM_100MS)
+    refused = await read_until_close(second)
+    assert 503 == refused[-1]["code"]
+    assert refused[-1]["message"].startswith("No engine available")
+    assert 4503 == second.closed.code
+    await first.send_message('{"status": "end"}')
+    assert "end" == statuses(await read_until_close(first))[-1]
+    third = await open_connection(nursery, gateway)
+    await third.send_message('{"status": "end"}')
+    assert ["start", "end"] == statuses(await read_until_close(third))
+
+
 async def test_engine_failure_is_500_and_isolated(nursery: trio.Nursery) -> None:
     """An engine that raises mid-stream ends its session with 500 and close 4500."""
     failing = make_gateway(FakeEngine(fail_after_bytes=6400))

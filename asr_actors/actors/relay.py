@@ -10,7 +10,7 @@ import trio
 
 from asr_actors.bus.base import Bus
 from asr_actors.protocol import ErrorCode, ProtocolError, Result, ResultStatus, ServerEvent
-from engines.base import EngineEvent, EngineFailed, Final, StreamSpec, UnsupportedStream
+from engines.base import EngineBusy, EngineEvent, EngineFailed, Final, StreamSpec, UnsupportedStream
 
 
 async def run(
@@ -34,9 +34,11 @@ async def run(
                     async with trio.open_nursery() as nursery:
                         nursery.start_soon(_forward_audio, audio, link.audio, flush, flush_timeout)
                         await _relay_events(link.events, outbound, spec.session_id)
+        # Both are raised by open_stream before anything runs.
         except UnsupportedStream as exc:
-            # Raised by open_stream before anything runs: the client asked for what the engine lacks.
             raise ProtocolError(ErrorCode.BAD_INPUT, str(exc)) from None
+        except EngineBusy as exc:
+            raise ProtocolError(ErrorCode.UNAVAILABLE, f"No engine available: {exc}") from None
         if flush.cancelled_caught:
             raise ProtocolError(ErrorCode.ENGINE_FAILURE, "Engine did not finish in time")
         await outbound.send(Result(ResultStatus.END))

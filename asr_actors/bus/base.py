@@ -21,7 +21,7 @@ class EngineLink:
 
 class Bus(Protocol):
     def open_stream(self, engine: str, spec: StreamSpec) -> AbstractAsyncContextManager[EngineLink]:
-        """Open a stream; raises engines.base.UnsupportedStream if the engine cannot take it.
+        """Open a stream; raises UnsupportedStream if the engine cannot take it, EngineBusy if it is full.
 
         An engine failure arrives as an `EngineFailed` event, never as an exception out of the link.
         Leaving the context cancels the stream if it is still running.

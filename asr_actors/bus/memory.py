@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import logging
 from collections.abc import AsyncIterator, Mapping
@@ -10,7 +11,15 @@ from contextlib import asynccontextmanager
 import trio
 
 from asr_actors.bus.base import EngineLink
-from engines.base import Engine, EngineError, EngineEvent, EngineFailed, StreamSpec, UnsupportedStream
+from engines.base import (
+    Engine,
+    EngineBusy,
+    EngineError,
+    EngineEvent,
+    EngineFailed,
+    StreamSpec,
+    UnsupportedStream,
+)
 
 log = logging.getLogger(__name__)
 
@@ -20,6 +29,7 @@ class MemoryBus:
         self._engines = engines
         self._audio_capacity = audio_capacity
         self._events_capacity = events_capacity
+        self._streams_by_engine: collections.Counter[str] = collections.Counter()
 
     @asynccontextmanager
     async def open_stream(self, engine: str, spec: StreamSpec) -> AsyncIterator[EngineLink]:
@@ -27,12 +37,22 @@ class MemoryBus:
         if chosen is None:
             raise UnsupportedStream(f"Engine {engine!r} is not available")
         chosen.check(spec)
-        audio_tx, audio_rx = trio.open_memory_channel[bytes](self._audio_capacity)
-        events_tx, events_rx = trio.open_memory_channel[EngineEvent](self._events_capacity)
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(_run_engine, chosen, spec, audio_rx, events_tx)
-            async with audio_tx, events_rx:
-                yield EngineLink(audio_tx, events_rx)
+        if self._streams_by_engine[engine] >= chosen.max_streams:
+            raise EngineBusy(f"All {chosen.max_streams} {engine} streams are busy")
+        self._streams_by_engine[engine] += 1
+        try:
+            audio_tx, audio_rx = trio.open_memory_channel[bytes](self._audio_capacity)
+            events_tx, events_rx = trio.open_memory_channel[EngineEvent](self._events_capacity)
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(_run_engine, chosen, spec, audio_rx, events_tx)
+                async with audio_tx, events_rx:
+                    yield EngineLink(audio_tx, events_rx)
+        finally:
+            self._streams_by_engine[engine] -= 1
+
+    def streams(self, engine: str) -> int:
+        """Streams open on `engine` now."""
+        return self._streams_by_engine[engine]
 
 
 async def _run_engine(
