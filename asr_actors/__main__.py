@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import logging
 import os
 import sys
 import time
@@ -11,7 +10,7 @@ import time
 import attrs
 import trio
 
-from asr_actors import client
+from asr_actors import client, logs
 from asr_actors.config import ConfigError, load_config
 
 SECRET_ENV = "ASR_ACTORS_SECRET"
@@ -73,9 +72,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _serve(args: argparse.Namespace) -> int:
-    logging.basicConfig(
-        level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
+    logs.configure(args.log_level)
     config = load_config(args.config)
     server = config.server
     if args.host is not None or args.port is not None:

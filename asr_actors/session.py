@@ -19,7 +19,7 @@ from collections.abc import Callable, Mapping
 import attrs
 import trio
 
-from asr_actors import protocol, transport
+from asr_actors import logs, protocol, transport
 from asr_actors.actors import auth, receiver, relay, sender
 from asr_actors.bus.base import Bus
 from asr_actors.config import Config
@@ -54,6 +54,7 @@ class Outcome:
 async def run(connection: Transport, host: str, target: str, services: SessionServices) -> Outcome:
     config = services.config
     task_id = uuid.uuid4().hex
+    logs.current_session.set(task_id)
     error: ProtocolError | None = None
     client_gone = False
     try:
@@ -66,9 +67,13 @@ async def run(connection: Transport, host: str, target: str, services: SessionSe
     except ClientGone:
         client_gone = True
     except ExceptionGroup as group:
-        error, client_gone = _first_failure(group, task_id)
+        error, client_gone = _first_failure(group)
     if error is not None:
-        log.info("session %s ends with %d %s", task_id, error.code, error.message)
+        log.info("ends with %d %s", error.code, error.message)
+    elif client_gone:
+        log.info("client went away")
+    else:
+        log.info("ended")
     if not client_gone:
         await _close(connection, error, config.session.close_timeout)
     return Outcome(task_id=task_id, error=error, client_gone=client_gone)
@@ -86,6 +91,7 @@ async def _run_actors(
         replay=services.replay,
         wall_clock=services.wall_clock,
     )
+    logs.current_app.set(grant.appkey)
     handshake = grant.handshake
     decoder = ClientDecoder(
         max_frame_bytes=config.session.max_frame_bytes,
@@ -105,13 +111,13 @@ async def _run_actors(
         if engine is None:
             raise ProtocolError(ErrorCode.BAD_INPUT, f"Language {opened.language!r} is not supported")
         spec = StreamSpec(session_id=task_id, language=opened.language, sample_rate=opened.sample_rate)
-        log.info("session %s app=%s lang=%s engine=%s", task_id, grant.appkey, spec.language, engine)
+        log.info("stream opened: lang=%s rate=%d engine=%s", spec.language, spec.sample_rate, engine)
         await nursery.start(
             relay.run, audio_rx, outbound_tx, services.bus, engine, spec, config.session.flush_timeout
         )
 
 
-def _first_failure(group: ExceptionGroup[Exception], task_id: str) -> tuple[ProtocolError | None, bool]:
+def _first_failure(group: ExceptionGroup[Exception]) -> tuple[ProtocolError | None, bool]:
     """The error to tell the client: a protocol error if any actor raised one, else 500 for a bug."""
     protocol_errors, rest = group.split(ProtocolError)
     if protocol_errors is not None:
@@ -121,7 +127,7 @@ def _first_failure(group: ExceptionGroup[Exception], task_id: str) -> tuple[Prot
     _gone, unexpected = rest.split(ClientGone)
     if unexpected is None:
         return None, True
-    log.error("session %s failed", task_id, exc_info=unexpected)
+    log.error("failed", exc_info=unexpected)
     return ProtocolError(ErrorCode.ENGINE_FAILURE, "Internal server error"), False
 
 

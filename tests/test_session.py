@@ -7,7 +7,9 @@ the test asserts the virtual time at which it fired.
 from __future__ import annotations
 
 import contextlib
+import io
 import json
+import logging
 import time
 from collections.abc import Awaitable, Callable
 
@@ -16,7 +18,7 @@ import trio
 import trio.testing
 import trio_websocket
 
-from asr_actors import client, session
+from asr_actors import client, logs, session
 from engines.fake import FakeEngine
 from tests.support import (
     APPKEY,
@@ -387,3 +389,27 @@ async def test_client_vanishing_cancels_everything(autojump_clock: trio.testing.
         await client_stream.aclose()  # the TCP reset: no close frame
     assert 0 == gateway.active_sessions
     assert (1, 0) == (engine.streams_started, engine.streams_finished)
+
+
+async def test_every_session_log_line_names_session_and_app(nursery: trio.Nursery) -> None:
+    """Log lines written while a session runs carry its task_id and app, through the logs filter."""
+    stream = io.StringIO()
+    handler = logging.StreamHandler(stream)
+    handler.addFilter(logs.SessionContext())
+    handler.setFormatter(logging.Formatter(logs.FORMAT))
+    logger = logging.getLogger("asr_actors")
+    logger.addHandler(handler)
+    previous_level = logger.level
+    logger.setLevel(logging.INFO)
+    try:
+        connection = await open_connection(nursery, make_gateway())
+        await connection.send_message(PCM_100MS)
+        await connection.send_message('{"status": "end"}')
+        messages = await read_until_close(connection)
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(previous_level)
+    task_id = messages[0]["task_id"]
+    lines = stream.getvalue().splitlines()
+    assert any("stream opened" in line for line in lines)
+    assert all(f"[session={task_id} app=test-app]" in line for line in lines), lines
