@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import functools
 import os
 import sys
 import time
@@ -28,6 +29,12 @@ def main(argv: list[str] | None = None) -> int:
     )
     serve.add_argument("--host", help="address to bind (overrides [server] host)")
     serve.add_argument("--port", type=int, help="port to bind, 0 for any free port (overrides [server] port)")
+    serve.add_argument(
+        "--compat-bailian",
+        type=int,
+        metavar="PORT",
+        help="also speak the Bailian web demo's protocol on ws://127.0.0.1:PORT/ (loopback only)",
+    )
     serve.add_argument("--log-level", default="INFO")
 
     sign = commands.add_parser("sign", help="print a signed, single-use WebSocket URL")
@@ -87,8 +94,12 @@ def _serve(args: argparse.Namespace) -> int:
         from asr_actors.server import serve
 
         async with trio.open_nursery() as nursery:
-            url = await nursery.start(serve, config)
-            print(f"asr-actors is listening: open {url}", flush=True)
+            listening = await nursery.start(
+                functools.partial(serve, config, bailian_port=args.compat_bailian)
+            )
+            print(f"asr-actors is listening: open {listening.url}", flush=True)
+            if listening.bailian_url:
+                print(f"Bailian demo protocol on {listening.bailian_url}", flush=True)
 
     trio.run(run)
     return 0

@@ -36,6 +36,9 @@ class ServerConfig:
     # Reading the HTTP request head and, for a WebSocket, completing the upgrade (bounds slow-loris clients).
     handshake_timeout: float = attrs.field(default=10.0, validator=_positive)
     max_request_head_bytes: int = attrs.field(default=16384, validator=_positive)
+    # Browser pages (by their Origin header) that may open WebSockets here besides the server's own
+    # origin, which is always allowed. `scheme://host:*` matches any port; "null" would admit file:// pages.
+    allowed_origins: tuple[str, ...] = ("http://localhost:*", "http://127.0.0.1:*")
 
     def web_root_path(self) -> Path:
         return Path(self.web_root) if self.web_root else DEFAULT_WEB_ROOT

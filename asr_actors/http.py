@@ -12,6 +12,7 @@ import mimetypes
 import uuid
 from http import HTTPStatus
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import attrs
 import h11
@@ -140,6 +141,29 @@ async def send_response(stream: trio.abc.SendStream, connection: h11.Connection,
         connection.send(h11.EndOfMessage()),
     ]
     await stream.send_all(b"".join(part for part in parts if part))
+
+
+def origin_allowed(origin: str, host: str, allowed: tuple[str, ...]) -> bool:
+    """Whether a browser page from `origin` may open a WebSocket on this `host`.
+
+    The server's own origin always may; others must match an entry of `allowed` exactly, or by
+    `scheme://host:*` for any port.
+    """
+    if origin in allowed:
+        return True
+    split = urlsplit(origin)
+    if split.scheme not in ("http", "https") or not split.hostname:
+        return False
+    if split.netloc == host:
+        return True
+    try:
+        port = split.port or (443 if split.scheme == "https" else 80)
+    except ValueError:
+        return False
+    return (
+        f"{split.scheme}://{split.hostname}:*" in allowed
+        or f"{split.scheme}://{split.hostname}:{port}" in allowed
+    )
 
 
 def static_file(web_root: Path, path: str) -> Response:

@@ -11,7 +11,7 @@ import binascii
 import enum
 import json
 import struct
-from typing import Any
+from typing import Any, Protocol
 from urllib.parse import parse_qs, urlsplit
 
 import attrs
@@ -127,6 +127,15 @@ class PingReceived:
 
 
 ClientEvent = StreamOpened | AudioReceived | EndOfAudio | PingReceived
+
+
+class Decoder(Protocol):
+    """What the receiver needs of a wire dialect's decoder."""
+
+    @property
+    def ended(self) -> bool: ...
+
+    def receive(self, message: str | bytes) -> list[ClientEvent]: ...
 
 
 class _State(enum.Enum):

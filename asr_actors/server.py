@@ -1,4 +1,4 @@
-"""The gateway: one listener; per connection, an HTTP answer or a supervised WebSocket session."""
+"""The gateway: listeners; per connection, an HTTP answer or a supervised WebSocket session."""
 
 from __future__ import annotations
 
@@ -7,8 +7,9 @@ import ipaddress
 import logging
 import secrets
 import time
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 
+import attrs
 import h11
 import trio
 import trio_websocket
@@ -16,14 +17,17 @@ import trio_websocket
 from asr_actors import http, protocol, session
 from asr_actors.bus.memory import MemoryBus
 from asr_actors.config import Config
-from asr_actors.session import SessionServices
+from asr_actors.dialects import V1, Admission, Bailian, Dialect
+from asr_actors.signing import ReplayCache
 from engines.base import Engine
 
 log = logging.getLogger(__name__)
 
+LOOPBACK = "127.0.0.1"
+
 
 def build_engines(config: Config) -> dict[str, Engine]:
-    """The engines the config routes to, and only those (the local one loads ~200 MB of models)."""
+    """The engines the config routes to, and only those (the local one loads ~150 MB of models)."""
     from engines.fake import FakeEngine
 
     wanted = {config.engine_for(code) for code in config.languages}
@@ -53,10 +57,20 @@ def is_loopback(host: str) -> bool:
         return False
 
 
-class Gateway:
-    """Shared state of one gateway process; `handle_connection` is the per-connection entry point."""
+# Answers a request that is not a WebSocket session: an HTTP response.
+HttpRoute = Callable[[http.RequestHead], http.Response]
 
-    def __init__(self, config: Config, engines: Mapping[str, Engine], app_secrets: Mapping[str, str]) -> None:
+
+class Gateway:
+    """Shared state of one gateway process; the `handle_*` methods are per-connection entry points."""
+
+    def __init__(
+        self,
+        config: Config,
+        engines: Mapping[str, Engine],
+        app_secrets: Mapping[str, str],
+        wall_clock: Callable[[], float] = time.time,
+    ) -> None:
         self.config = config
         self.engines = engines
         demo = config.demo
@@ -68,12 +82,14 @@ class Gateway:
             # The page's demo app needs a secret; one made at start-up never lands in a file.
             all_secrets[demo.appkey] = secrets.token_urlsafe(32)
         self.secrets = all_secrets
-        bus = MemoryBus(
+        self.wall_clock = wall_clock
+        self.bus = MemoryBus(
             engines,
             audio_capacity=config.channels.engine_audio,
             events_capacity=config.channels.engine_events,
         )
-        self.services = SessionServices(config=config, bus=bus, secrets=all_secrets)
+        self.v1 = V1(secrets=all_secrets, replay=ReplayCache(), wall_clock=wall_clock)
+        self.bailian = Bailian()
         self.active_sessions = 0
         self.sessions_total = 0
 
@@ -82,6 +98,25 @@ class Gateway:
             await engine.prepare()
 
     async def handle_connection(self, stream: trio.abc.Stream) -> None:
+        """The main port: the page, /healthz, /v1/sign, and protocol v1 sessions at /v1/asr."""
+        await self._serve(stream, self._v1_upgrade, self._http)
+
+    async def handle_bailian_connection(self, stream: trio.abc.Stream) -> None:
+        """The Bailian compatibility port: that demo's protocol on any path, for allowed origins only."""
+        await self._serve(stream, self._bailian_upgrade, self._upgrade_required)
+
+    def _v1_upgrade(self, head: http.RequestHead) -> Dialect | None:
+        return self.v1 if head.path == protocol.PATH else None
+
+    def _bailian_upgrade(self, head: http.RequestHead) -> Dialect | None:
+        return self.bailian
+
+    async def _serve(
+        self,
+        stream: trio.abc.Stream,
+        upgrade: Callable[[http.RequestHead], Dialect | None],
+        answer: HttpRoute,
+    ) -> None:
         # One deadline for the request head and, for a WebSocket, the upgrade: a slow or silent client
         # holds a connection for at most handshake_timeout before it has a session.
         handshake_deadline = trio.current_time() + self.config.server.handshake_timeout
@@ -90,10 +125,19 @@ class Gateway:
             if request is None:
                 return
             head, h11_connection = request
-            if head.is_websocket and head.path == protocol.PATH:
-                await self._websocket(http.PrefixedStream(stream, head.raw), head, handshake_deadline)
+            dialect = upgrade(head) if head.is_websocket else None
+            origin = head.headers.get("origin")
+            if dialect is not None and origin is not None and not self._origin_allowed(origin, head.host):
+                log.info("refused %s connection from origin %r", dialect.name, origin)
+                response = http.text_response(403, "Origin not allowed")
+            elif dialect is not None:
+                await self._websocket(
+                    http.PrefixedStream(stream, head.raw), head, handshake_deadline, dialect
+                )
+                return
             else:
-                response = self._http(head)
+                response = answer(head)
+            with trio.move_on_at(handshake_deadline):
                 try:
                     await http.send_response(stream, h11_connection, response)
                 except trio.BrokenResourceError:
@@ -101,6 +145,9 @@ class Gateway:
         finally:
             with trio.move_on_after(self.config.session.close_timeout, shield=True):
                 await stream.aclose()
+
+    def _origin_allowed(self, origin: str, host: str) -> bool:
+        return http.origin_allowed(origin, host, self.config.server.allowed_origins)
 
     async def _read_head(
         self, stream: trio.abc.Stream, deadline: float
@@ -123,12 +170,17 @@ class Gateway:
             if not self.demo_enabled:
                 return http.text_response(404, "Signing is disabled on this server")
             demo = self.config.demo.appkey
-            return http.signed_url_response(head, self.secrets[demo], demo, time.time())
+            return http.signed_url_response(head, self.secrets[demo], demo, self.wall_clock())
         if head.path == protocol.PATH:
-            return http.text_response(426, "This endpoint speaks WebSocket")
+            return self._upgrade_required(head)
         return http.static_file(self.config.server.web_root_path(), head.path)
 
-    async def _websocket(self, stream: http.PrefixedStream, head: http.RequestHead, deadline: float) -> None:
+    def _upgrade_required(self, head: http.RequestHead) -> http.Response:
+        return http.text_response(426, "This endpoint speaks WebSocket")
+
+    async def _websocket(
+        self, stream: http.PrefixedStream, head: http.RequestHead, deadline: float, dialect: Dialect
+    ) -> None:
         limits = self.config.session
         async with trio.open_nursery() as nursery:
             with trio.move_on_at(deadline) as handshake:
@@ -145,26 +197,56 @@ class Gateway:
             self.active_sessions += 1
             self.sessions_total += 1
             try:
-                await session.run(connection, head.host, head.target, self.services)
+                await session.run(
+                    connection, Admission(head.host, head.target), dialect, self.config, self.bus
+                )
             finally:
                 self.active_sessions -= 1
                 # The library's reader task would otherwise wait on a peer that may never close.
                 nursery.cancel_scope.cancel()
 
 
-async def serve(config: Config, *, task_status: trio.TaskStatus[str] = trio.TASK_STATUS_IGNORED) -> None:
-    """Run the gateway until cancelled; readiness carries the page's URL."""
+@attrs.frozen
+class Listening:
+    """Where a started gateway listens: the page's URL, and the Bailian port if enabled."""
+
+    url: str
+    bailian_url: str | None = None
+
+
+async def _listen(
+    nursery: trio.Nursery, handler: Callable[[trio.SocketStream], Awaitable[None]], host: str, port: int
+) -> str:
+    listeners = await nursery.start(functools.partial(trio.serve_tcp, handler, port, host=host))
+    bound_port = listeners[0].socket.getsockname()[1]
+    shown_host = f"[{host}]" if ":" in host else host
+    return f"{shown_host}:{bound_port}"
+
+
+async def serve(
+    config: Config,
+    *,
+    bailian_port: int | None = None,
+    task_status: trio.TaskStatus[Listening] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Run the gateway until cancelled; readiness carries where it listens.
+
+    `bailian_port` (0 for any free port) also serves the Bailian demo's protocol, on loopback only.
+    """
     gateway = Gateway(config, build_engines(config), resolve_secrets(config))
     await gateway.prepare()
     async with trio.open_nursery() as nursery:
-        listeners = await nursery.start(
-            functools.partial(
-                trio.serve_tcp, gateway.handle_connection, config.server.port, host=config.server.host
+        address = await _listen(nursery, gateway.handle_connection, config.server.host, config.server.port)
+        listening = Listening(url=f"http://{address}/")
+        if bailian_port is not None:
+            bailian_address = await _listen(
+                nursery, gateway.handle_bailian_connection, LOOPBACK, bailian_port
             )
+            listening = attrs.evolve(listening, bailian_url=f"ws://{bailian_address}/")
+        log.info(
+            "serving on %s (demo signing %s; Bailian compatibility %s)",
+            listening.url,
+            "on" if gateway.demo_enabled else "off",
+            listening.bailian_url or "off",
         )
-        sockname = listeners[0].socket.getsockname()
-        host = config.server.host
-        shown_host = f"[{host}]" if ":" in host else host
-        url = f"http://{shown_host}:{sockname[1]}/"
-        log.info("serving on %s (demo signing %s)", url, "on" if gateway.demo_enabled else "off")
-        task_status.started(url)
+        task_status.started(listening)

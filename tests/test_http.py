@@ -19,7 +19,8 @@ GUARD = 30  # seconds: an absolute bound on every I/O test here
 @pytest.fixture
 async def base_url(nursery: trio.Nursery) -> str:
     config = fake_config(server={"port": 0})
-    url: str = await nursery.start(serve, config)
+    listening = await nursery.start(serve, config)
+    url: str = listening.url
     return url
 
 

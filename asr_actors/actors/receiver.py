@@ -13,7 +13,7 @@ from asr_actors import transport
 from asr_actors.protocol import (
     IDLE,
     AudioReceived,
-    ClientDecoder,
+    Decoder,
     ErrorCode,
     PingReceived,
     Pong,
@@ -26,7 +26,7 @@ from asr_actors.transport import Transport
 
 async def run(
     connection: Transport,
-    decoder: ClientDecoder,
+    decoder: Decoder,
     audio: trio.MemorySendChannel[bytes],
     outbound: trio.MemorySendChannel[ServerEvent],
     idle_timeout: float,

@@ -1,10 +1,12 @@
-"""The result sender actor: encodes server events and writes them to the client, in order."""
+"""The result sender actor: encodes server events in the session's dialect and writes them, in order."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import trio
 
-from asr_actors import protocol, transport
+from asr_actors import transport
 from asr_actors.protocol import ServerEvent
 from asr_actors.transport import Transport
 
@@ -12,12 +14,17 @@ from asr_actors.transport import Transport
 async def run(
     connection: Transport,
     outbound: trio.MemoryReceiveChannel[ServerEvent],
-    task_id: str,
+    encode: Callable[[ServerEvent], str | None],
     *,
     task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
 ) -> None:
-    """Runs until every sender of `outbound` has closed its end (the relay after `end`)."""
+    """Runs until every sender of `outbound` has closed its end (the relay after `end`).
+
+    `encode` returns None for events the dialect does not put on the wire.
+    """
     async with outbound:
         task_status.started()
         async for event in outbound:
-            await transport.send(connection, protocol.encode(task_id, event))
+            message = encode(event)
+            if message is not None:
+                await transport.send(connection, message)
