@@ -104,3 +104,21 @@ def test_signing_is_off_when_not_on_loopback() -> None:
     assert Gateway(attrs.evolve(public, server=attrs.evolve(public.server, host="::1")), {}, {}).demo_enabled
     forced = fake_config(server={"host": "0.0.0.0"}, demo={"enabled": "on"})
     assert Gateway(forced, {}, {}).demo_enabled
+
+
+async def test_v1_refuses_foreign_browser_origins(base_url: str) -> None:
+    """A page from a foreign origin cannot open a v1 session (HTTP 403); the server's own page can."""
+    _, _, body = await http_get(base_url, "/v1/sign")
+    host = json.loads(body)["url"].removeprefix("ws://").split("/")[0]
+    hostname, port = host.split(":")
+    for origin, expected in (("http://evil.example", 403), (f"http://{host}", 101)):
+        with trio.fail_after(GUARD):
+            stream = await trio.open_tcp_stream(hostname, int(port))
+            async with stream:
+                await stream.send_all(
+                    f"GET /v1/asr HTTP/1.1\r\nHost: {host}\r\nOrigin: {origin}\r\nUpgrade: websocket\r\n"
+                    "Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+                    "Sec-WebSocket-Version: 13\r\n\r\n".encode()
+                )
+                answer = await stream.receive_some()
+        assert answer.startswith(f"HTTP/1.1 {expected} ".encode()), answer
