@@ -77,7 +77,7 @@ def buttons(page: Page) -> tuple[bool, bool]:
 
 
 def speech_file(folder: Path, sources: list[Path], rate: int, pause_s: float = 1.0) -> Path:
-    """`sources` joined by pauses, resampled to `rate`, with silence around (Chromium repeats the last 10 ms)."""
+    """`sources` joined by pauses, resampled to `rate`, silence around (Chromium repeats the last 10 ms)."""
     out = folder / f"speech-{rate}.wav"
     pause = folder / "pause.wav"
     subprocess.run(

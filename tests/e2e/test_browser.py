@@ -148,7 +148,7 @@ async def test_expired_link_is_renewed_once(tmp_path: Path) -> None:
 
 
 async def test_idle_timeout_is_explained(tmp_path: Path) -> None:
-    """Capture stalls (the audio context is suspended, as a sleeping device would): 408 shown, buttons reset."""
+    """Capture stalls (audio context suspended, as a sleeping device would): 408 shown, buttons reset."""
     config = write_config(tmp_path, FAKE_ENGINE + "[session]\nidle_timeout = 2.0\n")
     wav = microphone(tmp_path)
 
