@@ -139,10 +139,35 @@ class FakeEngineConfig:
 
 
 @attrs.frozen
+class DashScopeEngineConfig:
+    # paraformer-realtime-v2 recognises Chinese and English (and more); fun-asr-realtime also works.
+    model: str = "paraformer-realtime-v2"
+    # The API key is read from this environment variable at start-up, never from a file.
+    api_key_env: str = "DASHSCOPE_API_KEY"
+    # WebSocket base URL; empty means the SDK's default (its region's endpoint).
+    url: str = ""
+    # Hints passed to the model, e.g. ["zh", "en"]; empty lets it detect.
+    language_hints: tuple[str, ...] = ()
+    # Languages this engine takes (each must also be routed to it under [languages]).
+    languages: tuple[str, ...] = ("zh", "en")
+    # Concurrent sessions per gateway process (each holds ~4 SDK threads); more get 503.
+    max_sessions: int = attrs.field(default=20, validator=_positive)
+    # Bounds on the SDK's blocking calls: start() (connect, run-task) and stop() (which has no timeout).
+    start_timeout: float = attrs.field(default=10.0, validator=_positive)
+    stop_timeout: float = attrs.field(default=15.0, validator=_positive)
+    # While the client sends nothing, the SDK's socket is only read when a frame is queued: an empty
+    # frame this often keeps results flowing without sending any audio upstream.
+    pump_interval: float = attrs.field(default=0.05, validator=_positive)
+    # SDK events buffered per session between its callback thread and the Trio side.
+    event_queue: int = attrs.field(default=64, validator=_positive)
+
+
+@attrs.frozen
 class EnginesConfig:
     default: str = "local"
     local: LocalEngineConfig = LocalEngineConfig()
     fake: FakeEngineConfig = FakeEngineConfig()
+    dashscope: DashScopeEngineConfig = DashScopeEngineConfig()
 
 
 @attrs.frozen
@@ -154,7 +179,7 @@ class LanguageRoute:
 
 
 def _default_languages() -> dict[str, LanguageRoute]:
-    return {"en": LanguageRoute(engine="local")}
+    return {"en": LanguageRoute(engine="local"), "zh": LanguageRoute(engine="dashscope")}
 
 
 @attrs.frozen
@@ -222,7 +247,7 @@ def config_from_dict(data: dict[str, Any]) -> Config:
 
 
 def _check_references(config: Config) -> None:
-    known_engines = {"local", "fake"}
+    known_engines = {"local", "fake", "dashscope"}
     if config.engines.default not in known_engines:
         raise ConfigError(f"engines.default: unknown engine {config.engines.default!r}")
     for code, route in config.languages.items():

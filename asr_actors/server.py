@@ -19,7 +19,7 @@ from asr_actors.bus.memory import MemoryBus
 from asr_actors.config import Config
 from asr_actors.dialects import V1, Admission, Bailian, Dialect
 from asr_actors.signing import ReplayCache
-from engines.base import Engine
+from engines.base import Engine, EngineUnavailable
 
 log = logging.getLogger(__name__)
 
@@ -36,6 +36,10 @@ def build_engines(config: Config) -> dict[str, Engine]:
         from engines.local import LocalEngine
 
         engines["local"] = LocalEngine(config.engines.local)
+    if "dashscope" in wanted:
+        from engines.dashscope import DashScopeEngine
+
+        engines["dashscope"] = DashScopeEngine(config.engines.dashscope)
     if "fake" in wanted:
         fake = config.engines.fake
         engines["fake"] = FakeEngine(
@@ -94,8 +98,12 @@ class Gateway:
         self.sessions_total = 0
 
     async def prepare(self) -> None:
-        for engine in self.engines.values():
-            await engine.prepare()
+        for name, engine in self.engines.items():
+            try:
+                await engine.prepare()
+            except EngineUnavailable as exc:
+                # The gateway still serves the other engines; this one's sessions get 503 and the reason.
+                log.warning("engine %s is unavailable: %s", name, exc)
 
     async def handle_connection(self, stream: trio.abc.Stream) -> None:
         """The main port: the page, /healthz, /v1/sign, and protocol v1 sessions at /v1/asr."""

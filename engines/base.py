@@ -57,8 +57,12 @@ class UnsupportedStream(EngineError):
     """The engine does not handle this language or sample rate (the client's choice, so code 403)."""
 
 
-class EngineBusy(EngineError):
-    """The engine already runs as many streams as it may (code 503; the client may retry later)."""
+class EngineUnavailable(EngineError):
+    """The engine cannot take streams now (code 503): not configured, or no capacity left."""
+
+
+class EngineBusy(EngineUnavailable):
+    """The engine already runs as many streams as it may (the client may retry later)."""
 
 
 class Engine(Protocol):

@@ -10,7 +10,7 @@ import trio
 
 from asr_actors.bus.base import Bus
 from asr_actors.protocol import ErrorCode, ProtocolError, Result, ResultStatus, ServerEvent
-from engines.base import EngineBusy, EngineEvent, EngineFailed, Final, StreamSpec, UnsupportedStream
+from engines.base import EngineEvent, EngineFailed, EngineUnavailable, Final, StreamSpec, UnsupportedStream
 
 
 async def run(
@@ -37,7 +37,7 @@ async def run(
         # Both are raised by open_stream before anything runs.
         except UnsupportedStream as exc:
             raise ProtocolError(ErrorCode.BAD_INPUT, str(exc)) from None
-        except EngineBusy as exc:
+        except EngineUnavailable as exc:
             raise ProtocolError(ErrorCode.UNAVAILABLE, f"No engine available: {exc}") from None
         if flush.cancelled_caught:
             raise ProtocolError(ErrorCode.ENGINE_FAILURE, "Engine did not finish in time")

@@ -63,15 +63,27 @@ async def _run_engine(
 ) -> None:
     # The engine gets a clone of `events`, so that a failure can still be reported after it closed its own.
     async with events, audio:
+        failure: EngineFailed | None = None
+        # Engines run tasks of their own, so their errors may arrive grouped.
         try:
             await engine.run_stream(spec, audio, events.clone())
-        except EngineError as exc:
-            log.warning("engine %s failed on session %s: %s", engine.name, spec.session_id, exc)
-            await _report(events, EngineFailed(str(exc)))
-        except Exception:
+        except* EngineError as group:
+            first = _leaves(group)[0]
+            log.warning("engine %s failed: %s", engine.name, first)
+            failure = EngineFailed(str(first))
+        except* Exception:
             # A bug in an engine must end its own session only, with a coded error, not the gateway.
-            log.exception("engine %s crashed on session %s", engine.name, spec.session_id)
-            await _report(events, EngineFailed("Engine failure"))
+            log.exception("engine %s crashed", engine.name)
+            failure = failure or EngineFailed("Engine failure")
+        if failure is not None:
+            await _report(events, failure)
+
+
+def _leaves(group: BaseExceptionGroup[EngineError]) -> list[EngineError]:
+    leaves: list[EngineError] = []
+    for exc in group.exceptions:
+        leaves += _leaves(exc) if isinstance(exc, BaseExceptionGroup) else [exc]
+    return leaves
 
 
 async def _report(events: trio.MemorySendChannel[EngineEvent], failure: EngineFailed) -> None:

@@ -1,0 +1,253 @@
+"""Alibaba Cloud DashScope realtime recognition (paraformer-realtime-v2 and friends) through the official SDK.
+
+The SDK (`dashscope.audio.asr.Recognition`, FIELD-NOTES.md) is blocking and thread-based; this module is
+the only one that imports it, and the boundary where its behaviour is tamed:
+
+- `start()` and `stop()` run in worker threads under their own capacity limiter, each bounded by a cancel
+  scope (`stop()` has no timeout of its own and waits forever on a silent upstream). A call that overruns
+  is abandoned and the session fails with a coded error; the gateway never waits on it.
+- Callbacks run in the SDK's thread and must never raise (a raising callback silently kills it): each one
+  only hands a plain event to Trio through `trio.from_thread.run`, and swallows the failure to do so
+  once the session is gone.
+- The SDK reads its socket only while its send queue has something in it. While the client sends
+  nothing, an empty frame every `pump_interval` turns its loop without sending any audio upstream, so
+  results keep arriving and the client's silence is never invented.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from typing import Any
+
+import attrs
+import trio
+
+from asr_actors.config import DashScopeEngineConfig
+from engines.base import (
+    EngineError,
+    EngineEvent,
+    EngineUnavailable,
+    Final,
+    Partial,
+    StreamSpec,
+    UnsupportedStream,
+)
+
+log = logging.getLogger(__name__)
+
+SAMPLE_RATES = frozenset({8000, 16000})
+
+
+@attrs.frozen
+class _Sentence:
+    text: str
+    begin_ms: int
+    end_ms: int | None
+    sentence_end: bool
+
+
+@attrs.frozen
+class _Failed:
+    code: str
+    message: str
+
+
+@attrs.frozen
+class _Completed:
+    pass
+
+
+_SdkEvent = _Sentence | _Failed | _Completed
+
+
+def _describe_failure(code: str, message: str) -> str:
+    """The client-facing reason for an SDK failure (the full text goes to the log)."""
+    if code == "InvalidApiKey" or "api-key" in message.lower():
+        return "DashScope refused the API key"
+    if code == "ClientConnectorError":
+        return "DashScope is unreachable"
+    if code in ("Unknown", "-1"):
+        # The SDK reports a dropped or broken connection as an "Unknown" error with its exception text.
+        return "DashScope connection failed"
+    return f"DashScope failed: {code}: {message}"
+
+
+class _Callback:
+    """Receives the SDK's callbacks in its thread; hands each to Trio; never raises."""
+
+    def __init__(self, events: trio.MemorySendChannel[_SdkEvent], token: trio.lowlevel.TrioToken) -> None:
+        self._events = events
+        self._token = token
+
+    def _deliver(self, event: _SdkEvent) -> None:
+        try:
+            trio.from_thread.run(self._events.send, event, trio_token=self._token)
+        except (trio.RunFinishedError, trio.BrokenResourceError, trio.ClosedResourceError, trio.Cancelled):
+            pass  # the session is over; nobody is waiting for this event
+        except BaseException:
+            log.exception("could not deliver a DashScope event")
+
+    # The SDK's RecognitionCallback interface:
+    def on_open(self) -> None:
+        return
+
+    def on_close(self) -> None:
+        return  # may be called twice; stop() returning is what ends the session
+
+    def on_complete(self) -> None:
+        self._deliver(_Completed())
+
+    def on_error(self, result: Any) -> None:
+        code, message = str(getattr(result, "code", "") or ""), str(getattr(result, "message", "") or "")
+        log.warning("DashScope error %s: %s", code, message)
+        self._deliver(_Failed(code, message))
+
+    def on_event(self, result: Any) -> None:
+        try:
+            sentence = result.get_sentence()
+        except Exception:
+            log.exception("unreadable DashScope result")
+            return
+        if not isinstance(sentence, dict) or sentence.get("heartbeat"):
+            return
+        end_time = sentence.get("end_time")
+        sentence_end = sentence.get("sentence_end")
+        self._deliver(
+            _Sentence(
+                text=str(sentence.get("text") or ""),
+                begin_ms=int(sentence.get("begin_time") or 0),
+                end_ms=None if end_time is None else int(end_time),
+                # The documented flag, falling back to end_time for models that do not send it.
+                sentence_end=bool(sentence_end) if sentence_end is not None else end_time is not None,
+            )
+        )
+
+
+class DashScopeEngine:
+    name = "dashscope"
+
+    def __init__(self, config: DashScopeEngineConfig) -> None:
+        self._config = config
+        self.max_streams = config.max_sessions
+        # Threads for start() and stop(); abandoned overrunning calls keep theirs until they return.
+        self._limiter = trio.CapacityLimiter(config.max_sessions * 2)
+        self._api_key = ""
+        self._recognition_class: Any = None
+
+    async def prepare(self) -> None:
+        """Read the key and import the SDK (0.6 s, 70 MB: only when this engine is configured)."""
+        key = os.environ.get(self._config.api_key_env, "")
+        if not key:
+            raise EngineUnavailable(f"DashScope needs an API key in ${self._config.api_key_env}")
+        self._api_key = key
+        self._recognition_class = await trio.to_thread.run_sync(_import_sdk)
+
+    def check(self, spec: StreamSpec) -> None:
+        if not self._api_key:
+            raise EngineUnavailable(f"DashScope needs an API key in ${self._config.api_key_env}")
+        if spec.language not in self._config.languages:
+            raise UnsupportedStream(f"Language {spec.language!r} is not configured for DashScope")
+        if spec.sample_rate not in SAMPLE_RATES:
+            raise UnsupportedStream(f"DashScope takes 8000 or 16000 Hz audio, not {spec.sample_rate} Hz")
+
+    def _new_recognition(self, spec: StreamSpec, callback: _Callback) -> Any:
+        # One Recognition per session: its task_id is fixed at construction. The SDK only calls the
+        # callback's methods, so _Callback need not inherit its RecognitionCallback.
+        options: dict[str, Any] = {"api_key": self._api_key}
+        if self._config.url:
+            options["base_address"] = self._config.url
+        hints = list(self._config.language_hints) or [spec.language]
+        return self._recognition_class(
+            model=self._config.model,
+            callback=callback,
+            format="pcm",
+            sample_rate=spec.sample_rate,
+            language_hints=hints,
+            **options,
+        )
+
+    async def run_stream(
+        self,
+        spec: StreamSpec,
+        audio: trio.MemoryReceiveChannel[bytes],
+        events: trio.MemorySendChannel[EngineEvent],
+    ) -> None:
+        self.check(spec)
+        config = self._config
+        sdk_tx, sdk_rx = trio.open_memory_channel[_SdkEvent](config.event_queue)
+        callback = _Callback(sdk_tx, trio.lowlevel.current_trio_token())
+        recognition = self._new_recognition(spec, callback)
+        async with events, sdk_rx:
+            started = False
+            try:
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(_translate, sdk_rx, events)
+                    await self._blocking(recognition.start, config.start_timeout, "did not start")
+                    started = True
+                    if not await _pump(recognition, audio, config.pump_interval):
+                        # The SDK ended the task by itself; its callback is about to say why, else:
+                        await trio.sleep(config.stop_timeout)
+                        raise EngineError("DashScope ended the task")
+                    await self._blocking(recognition.stop, config.stop_timeout, "did not finish")
+                    started = False
+                    # stop() returns after the SDK's worker has delivered every callback.
+                    await sdk_tx.aclose()
+            finally:
+                if started:
+                    await self._abandon(recognition)
+
+    async def _blocking(self, call: Any, limit_s: float, what: str) -> None:
+        with trio.move_on_after(limit_s) as overrun:
+            try:
+                await trio.to_thread.run_sync(call, limiter=self._limiter, abandon_on_cancel=True)
+            except Exception as exc:
+                raise EngineError(f"DashScope {what}: {exc}") from exc
+        if overrun.cancelled_caught:
+            raise EngineError(f"DashScope {what} within {limit_s:g} s")
+
+    async def _abandon(self, recognition: Any) -> None:
+        """A session that ends early still stops its SDK task; bounded, and shielded from the cancel."""
+        with trio.CancelScope(shield=True), trio.move_on_after(self._config.stop_timeout):
+            try:
+                await trio.to_thread.run_sync(recognition.stop, limiter=self._limiter, abandon_on_cancel=True)
+            except Exception:
+                log.debug("DashScope stop after failure", exc_info=True)
+
+
+def _import_sdk() -> Any:
+    from dashscope.audio.asr import Recognition
+
+    return Recognition
+
+
+async def _pump(recognition: Any, audio: trio.MemoryReceiveChannel[bytes], pump_interval: float) -> bool:
+    """Client audio to the SDK (a queue put: never blocks); an empty frame whenever the client pauses.
+
+    Returns True at the end of the client's audio, False if the SDK stopped taking frames.
+    """
+    while True:
+        pcm = b""
+        with trio.move_on_after(pump_interval):
+            try:
+                pcm = await audio.receive()
+            except trio.EndOfChannel:
+                return True
+        try:
+            recognition.send_audio_frame(pcm)
+        except Exception:
+            return False
+
+
+async def _translate(
+    sdk: trio.MemoryReceiveChannel[_SdkEvent], events: trio.MemorySendChannel[EngineEvent]
+) -> None:
+    async for event in sdk:
+        if isinstance(event, _Failed):
+            raise EngineError(_describe_failure(event.code, event.message))
+        if isinstance(event, _Sentence):
+            if event.sentence_end:
+                end_ms = event.end_ms if event.end_ms is not None else event.begin_ms
+                await events.send(Final(event.text, event.begin_ms, end_ms))
+            elif event.text:
+                await events.send(Partial(event.text, event.begin_ms, event.end_ms or event.begin_ms))
