@@ -96,6 +96,8 @@ class Gateway:
         self.bailian = Bailian()
         self.active_sessions = 0
         self.sessions_total = 0
+        # Engines that failed to prepare, with the reason (their sessions get 503).
+        self.unavailable: dict[str, str] = {}
 
     async def prepare(self) -> None:
         for name, engine in self.engines.items():
@@ -104,6 +106,7 @@ class Gateway:
             except EngineUnavailable as exc:
                 # The gateway still serves the other engines; this one's sessions get 503 and the reason.
                 log.warning("engine %s is unavailable: %s", name, exc)
+                self.unavailable[name] = str(exc)
 
     async def handle_connection(self, stream: trio.abc.Stream) -> None:
         """The main port: the page, /healthz, /v1/sign, and protocol v1 sessions at /v1/asr."""
@@ -172,16 +175,35 @@ class Gateway:
     def _http(self, head: http.RequestHead) -> http.Response:
         if head.method not in ("GET", "HEAD"):
             return http.text_response(405, "Method not allowed")
-        if head.path == "/healthz":
-            return http.json_response(200, {"status": "ok", "sessions": self.active_sessions})
-        if head.path == "/v1/sign":
-            if not self.demo_enabled:
-                return http.text_response(404, "Signing is disabled on this server")
-            demo = self.config.demo.appkey
-            return http.signed_url_response(head, self.secrets[demo], demo, self.wall_clock())
-        if head.path == protocol.PATH:
-            return self._upgrade_required(head)
-        return http.static_file(self.config.server.web_root_path(), head.path)
+        routes: dict[str, Callable[[http.RequestHead], http.Response]] = {
+            "/healthz": lambda _: http.json_response(200, {"status": "ok", "sessions": self.active_sessions}),
+            "/v1/sign": self._sign,
+            "/v1/languages": lambda _: http.json_response(200, {"languages": self._languages()}),
+            protocol.PATH: self._upgrade_required,
+        }
+        route = routes.get(head.path)
+        return route(head) if route else http.static_file(self.config.server.web_root_path(), head.path)
+
+    def _sign(self, head: http.RequestHead) -> http.Response:
+        if not self.demo_enabled:
+            return http.text_response(404, "Signing is disabled on this server")
+        demo = self.config.demo.appkey
+        return http.signed_url_response(head, self.secrets[demo], demo, self.wall_clock())
+
+    def _languages(self) -> list[dict[str, object]]:
+        """Each routed language, its engine, and whether that engine can take sessions now."""
+        listed: list[dict[str, object]] = []
+        for code in self.config.languages:
+            engine = self.config.engine_for(code) or ""
+            entry: dict[str, object] = {
+                "code": code,
+                "engine": engine,
+                "available": engine not in self.unavailable,
+            }
+            if engine in self.unavailable:
+                entry["reason"] = self.unavailable[engine]
+            listed.append(entry)
+        return listed
 
     def _upgrade_required(self, head: http.RequestHead) -> http.Response:
         return http.text_response(426, "This endpoint speaks WebSocket")

@@ -22,6 +22,7 @@ from asr_actors.actors import receiver, relay, sender
 from asr_actors.bus.base import Bus
 from asr_actors.config import Config
 from asr_actors.dialects import Admission, Dialect
+from asr_actors.groups import first_leaf
 from asr_actors.protocol import ErrorCode, ProtocolError, ServerEvent
 from asr_actors.transport import ClientGone, Transport
 from engines.base import StreamSpec
@@ -96,7 +97,7 @@ def _first_failure(group: ExceptionGroup[Exception]) -> tuple[ProtocolError | No
     """The error to tell the client: a protocol error if any actor raised one, else 500 for a bug."""
     protocol_errors, rest = group.split(ProtocolError)
     if protocol_errors is not None:
-        return _leaves(protocol_errors)[0], False
+        return first_leaf(protocol_errors), False
     if rest is None:
         return None, False
     _gone, unexpected = rest.split(ClientGone)
@@ -104,16 +105,6 @@ def _first_failure(group: ExceptionGroup[Exception]) -> tuple[ProtocolError | No
         return None, True
     log.error("failed", exc_info=unexpected)
     return ProtocolError(ErrorCode.ENGINE_FAILURE, "Internal server error"), False
-
-
-def _leaves(group: BaseExceptionGroup[ProtocolError]) -> list[ProtocolError]:
-    leaves: list[ProtocolError] = []
-    for exc in group.exceptions:
-        if isinstance(exc, BaseExceptionGroup):
-            leaves += _leaves(exc)
-        else:
-            leaves.append(exc)
-    return leaves
 
 
 async def _close(

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import os
 import re
 import subprocess
 import sys
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from pathlib import Path
 
@@ -15,11 +16,18 @@ STARTUP_TIMEOUT = 120
 
 
 @asynccontextmanager
-async def running_server(config_path: Path) -> AsyncIterator[tuple[str, int]]:
-    """Start the gateway with `config_path` on a free port; yield its http:// URL and pid; stop it after."""
+async def running_server(
+    config_path: Path, env: Mapping[str, str] | None = None
+) -> AsyncIterator[tuple[str, int]]:
+    """Start the gateway with `config_path` on a free port; yield its http:// URL and pid; stop it after.
+
+    `env` replaces the environment variables it names (an empty value removes one).
+    """
+    environment = {**os.environ, **(env or {})}
     process = await trio.lowlevel.open_process(
         [sys.executable, "-m", "asr_actors", "serve", "--config", str(config_path), "--port", "0"],
         stdout=subprocess.PIPE,
+        env={name: value for name, value in environment.items() if value},
     )
     assert process.stdout is not None
     try:

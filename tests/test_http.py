@@ -58,6 +58,16 @@ async def test_page_and_assets(base_url: str) -> None:
     assert "nosniff" == headers["x-content-type-options"]
 
 
+async def test_languages(base_url: str) -> None:
+    """/v1/languages lists each routed language with its engine and availability."""
+    status, _, body = await http_get(base_url, "/v1/languages")
+    expected = [
+        {"code": "en", "engine": "fake", "available": True},
+        {"code": "zh", "engine": "fake", "available": True},
+    ]
+    assert (200, expected) == (status, json.loads(body)["languages"])
+
+
 async def test_healthz(base_url: str) -> None:
     """/healthz answers JSON with the live session count."""
     status, _, body = await http_get(base_url, "/healthz")

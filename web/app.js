@@ -8,6 +8,8 @@ const copyButton = document.getElementById("copy");
 const statusLine = document.getElementById("status");
 const transcript = document.getElementById("transcript");
 const level = document.getElementById("level");
+const languageSelect = document.getElementById("language");
+const LANGUAGE_NAMES = { en: "English", zh: "中文 Chinese" };
 
 const CLOSE_MESSAGES = {
   4401: "The server refused the link",
@@ -33,6 +35,7 @@ function showStatus(text, isError = false) {
 
 function setPhase(phase) {
   startButton.disabled = phase !== "idle";
+  languageSelect.disabled = phase !== "idle";
   stopButton.disabled = phase !== "recording";
   // Keep keyboard focus on the button that does the next thing.
   if (phase === "recording") stopButton.focus();
@@ -135,7 +138,7 @@ async function retryWithFreshLink(current) {
   current.unconfirmed = [];
   current.ws = null;
   try {
-    await connect(current, await fetchLink());
+    await connect(current, `${await fetchLink()}&lang=${encodeURIComponent(languageSelect.value)}`);
   } catch (error) {
     finish(current, `Could not reconnect: ${error.message}.`, true);
   }
@@ -208,7 +211,8 @@ async function start() {
       }
     };
 
-    await connect(current, await takeLink());
+    const language = encodeURIComponent(languageSelect.value);
+    await connect(current, `${await takeLink()}&lang=${language}`);
     // Raw capture: browser echo cancellation, noise suppression and gain control distort speech.
     current.stream = await navigator.mediaDevices.getUserMedia({
       audio: { echoCancellation: false, noiseSuppression: false, autoGainControl: false, channelCount: 1 },
@@ -244,8 +248,29 @@ async function copyTranscript() {
   }
 }
 
+// The languages this server routes, each marked unavailable (with the reason) if its engine is not ready.
+async function loadLanguages() {
+  let listed;
+  try {
+    listed = (await (await fetch("/v1/languages", { cache: "no-store" })).json()).languages;
+  } catch {
+    return; // keep the built-in English option
+  }
+  languageSelect.replaceChildren(
+    ...listed.map((language) => {
+      const option = new Option(LANGUAGE_NAMES[language.code] ?? language.code, language.code);
+      if (!language.available) {
+        option.disabled = true;
+        option.textContent += ` — unavailable: ${language.reason}`;
+      }
+      return option;
+    }),
+  );
+}
+
 startButton.addEventListener("click", start);
 stopButton.addEventListener("click", stop);
 copyButton.addEventListener("click", copyTranscript);
 setPhase("idle");
 prefetchLink();
+loadLanguages();

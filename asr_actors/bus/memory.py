@@ -11,6 +11,7 @@ from contextlib import asynccontextmanager
 import trio
 
 from asr_actors.bus.base import EngineLink
+from asr_actors.groups import first_leaf
 from engines.base import (
     Engine,
     EngineBusy,
@@ -68,7 +69,7 @@ async def _run_engine(
         try:
             await engine.run_stream(spec, audio, events.clone())
         except* EngineError as group:
-            first = _leaves(group)[0]
+            first = first_leaf(group)
             log.warning("engine %s failed: %s", engine.name, first)
             failure = EngineFailed(str(first))
         except* Exception:
@@ -77,13 +78,6 @@ async def _run_engine(
             failure = failure or EngineFailed("Engine failure")
         if failure is not None:
             await _report(events, failure)
-
-
-def _leaves(group: BaseExceptionGroup[EngineError]) -> list[EngineError]:
-    leaves: list[EngineError] = []
-    for exc in group.exceptions:
-        leaves += _leaves(exc) if isinstance(exc, BaseExceptionGroup) else [exc]
-    return leaves
 
 
 async def _report(events: trio.MemorySendChannel[EngineEvent], failure: EngineFailed) -> None:

@@ -20,6 +20,8 @@ from playwright.sync_api import Page
 from asr_actors.subprocess_server import running_server
 from asr_actors.textnorm import normalize
 from tests.e2e.browser import buttons, lines, open_page, speech_file, wait_until_idle
+from tests.fake_dashscope.server import FakeDashScope, Switches
+from tests.fake_dashscope.server import text as fake_text
 
 DATA = Path(__file__).resolve().parent.parent / "data" / "librivox"
 ARTIFACTS = Path(__file__).resolve().parent.parent / "artifacts"
@@ -248,4 +250,52 @@ async def test_phone_keyboard_and_copy(tmp_path: Path, capsys: pytest.CaptureFix
             screenshot(page, "page-phone.png", capsys)
 
     async with running_server(write_config(tmp_path, FAKE_ENGINE)) as (url, _pid):
+        await trio.to_thread.run_sync(drive, url)
+
+
+async def test_chinese_through_the_page_and_the_dashscope_sdk(tmp_path: Path) -> None:
+    """The language selector routes to DashScope: page → gateway → the real SDK → a fake DashScope server.
+
+    The key comes from the environment as in production; the fake's scripted Chinese text shows on the page.
+    """
+    wav = microphone(tmp_path)
+    async with trio.open_nursery() as nursery:
+        fake = FakeDashScope(Switches(api_key="page-test-key"))
+        url = await nursery.start(fake.serve)
+        config = write_config(
+            tmp_path, f'[engines.dashscope]\nurl = "{url}"\napi_key_env = "ASR_PAGE_TEST_KEY"\n'
+        )
+
+        def drive(page_url: str) -> None:
+            with open_page(page_url, wav) as page:
+                page.wait_for_function("document.querySelector('#language option[value=zh]') !== null")
+                assert not page.eval_on_selector("#language option[value=zh]", "o => o.disabled")
+                page.select_option("#language", "zh")
+                page.click("#start")
+                page.wait_for_function("document.querySelectorAll('#transcript p:not(.partial)').length > 0")
+                page.click("#stop")
+                assert "Session ended." == wait_until_idle(page)
+                first = lines(page)[0][1]
+                assert first.startswith(fake_text(0, 10)), first
+                assert page.is_disabled("#language") is False
+
+        async with running_server(config, env={"ASR_PAGE_TEST_KEY": "page-test-key"}) as (page_url, _pid):
+            await trio.to_thread.run_sync(drive, page_url)
+        nursery.cancel_scope.cancel()
+    assert 1 == fake.stats.tasks_finished
+
+
+async def test_unconfigured_language_is_shown_unavailable(tmp_path: Path) -> None:
+    """Without a DashScope key the Chinese option is listed but disabled, with the reason."""
+    wav = microphone(tmp_path)
+
+    def drive(url: str) -> None:
+        with open_page(url, wav) as page:
+            page.wait_for_function("document.querySelector('#language option[value=zh]') !== null")
+            option = page.eval_on_selector("#language option[value=zh]", "o => [o.disabled, o.textContent]")
+            assert option[0] is True
+            assert "needs an API key in $DASHSCOPE_API_KEY" in option[1]
+            assert "en" == page.eval_on_selector("#language", "s => s.value")
+
+    async with running_server(write_config(tmp_path), env={"DASHSCOPE_API_KEY": ""}) as (url, _pid):
         await trio.to_thread.run_sync(drive, url)
