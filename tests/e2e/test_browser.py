@@ -233,6 +233,8 @@ async def test_phone_keyboard_and_copy(tmp_path: Path, capsys: pytest.CaptureFix
             )
             assert "polite" == page.get_attribute("#transcript", "aria-live")
             page.keyboard.press("Tab")
+            assert "language" == page.evaluate("document.activeElement.id")
+            page.keyboard.press("Tab")
             assert "start" == page.evaluate("document.activeElement.id")
             page.keyboard.press("Enter")
             page.wait_for_function("document.activeElement.id === 'stop'", timeout=15000)
