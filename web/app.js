@@ -261,7 +261,8 @@ async function loadLanguages() {
       const option = new Option(LANGUAGE_NAMES[language.code] ?? language.code, language.code);
       if (!language.available) {
         option.disabled = true;
-        option.textContent += ` — unavailable: ${language.reason}`;
+        option.textContent += " (unavailable)";
+        option.title = language.reason;
       }
       return option;
     }),

@@ -294,9 +294,14 @@ async def test_unconfigured_language_is_shown_unavailable(tmp_path: Path) -> Non
     def drive(url: str) -> None:
         with open_page(url, wav) as page:
             page.wait_for_function("document.querySelector('#language option[value=zh]') !== null")
-            option = page.eval_on_selector("#language option[value=zh]", "o => [o.disabled, o.textContent]")
-            assert option[0] is True
-            assert "needs an API key in $DASHSCOPE_API_KEY" in option[1]
+            option = page.eval_on_selector(
+                "#language option[value=zh]", "o => [o.disabled, o.textContent, o.title]"
+            )
+            assert [
+                True,
+                "中文 Chinese (unavailable)",
+                "DashScope needs an API key in $DASHSCOPE_API_KEY",
+            ] == option
             assert "en" == page.eval_on_selector("#language", "s => s.value")
 
     async with running_server(write_config(tmp_path), env={"DASHSCOPE_API_KEY": ""}) as (url, _pid):
