@@ -7,6 +7,7 @@ import functools
 import os
 import sys
 import time
+from collections.abc import Callable
 
 import attrs
 import trio
@@ -37,6 +38,16 @@ def main(argv: list[str] | None = None) -> int:
     )
     serve.add_argument("--log-level", default="INFO")
 
+    worker = commands.add_parser("worker", help="run engine sessions for gateways, through Redis ([bus] url)")
+    worker.add_argument(
+        "--engine", required=True, help="the engine this worker runs, e.g. local or dashscope"
+    )
+    worker.add_argument(
+        "--config", help="TOML config file (default: $ASR_ACTORS_CONFIG, else built-in defaults)"
+    )
+    worker.add_argument("--concurrency", type=int, default=4, help="sessions run at once")
+    worker.add_argument("--log-level", default="INFO")
+
     sign = commands.add_parser("sign", help="print a signed, single-use WebSocket URL")
     sign.add_argument("--appkey", required=True)
     sign.add_argument(
@@ -62,12 +73,14 @@ def main(argv: list[str] | None = None) -> int:
     )
 
     args = parser.parse_args(argv)
+    commands_by_name: dict[str, Callable[[argparse.Namespace], int]] = {
+        "serve": _serve,
+        "worker": _worker,
+        "sign": _sign,
+        "transcribe": lambda arguments: trio.run(_transcribe, arguments),
+    }
     try:
-        if args.command == "serve":
-            return _serve(args)
-        if args.command == "sign":
-            return _sign(args)
-        return trio.run(_transcribe, args)
+        return commands_by_name[args.command](args)
     except ConfigError as exc:
         print(f"config error: {exc}", file=sys.stderr)
         return 2
@@ -102,6 +115,15 @@ def _serve(args: argparse.Namespace) -> int:
                 print(f"Bailian demo protocol on {listening.bailian_url}", flush=True)
 
     trio.run(run)
+    return 0
+
+
+def _worker(args: argparse.Namespace) -> int:
+    from asr_actors.worker import serve_worker
+
+    logs.configure(args.log_level)
+    config = load_config(args.config)
+    trio.run(serve_worker, config, args.engine, args.concurrency)
     return 0
 
 

@@ -171,6 +171,23 @@ class EnginesConfig:
 
 
 @attrs.frozen
+class BusConfig:
+    # "memory": engines run inside the gateway. "redis": engines run in worker processes
+    # (`python -m asr_actors worker`), reached through the Redis server at `url`.
+    kind: str = attrs.field(default="memory", validator=attrs.validators.in_(["memory", "redis"]))
+    url: str = "redis://127.0.0.1:6379/0"
+    # How long a gateway waits for a worker to claim a session before answering 503.
+    claim_timeout: float = attrs.field(default=5.0, validator=_positive)
+    # Workers refresh their liveness key this often; it expires after worker_ttl without a refresh,
+    # and gateways check the key of each session's worker this often.
+    heartbeat_interval: float = attrs.field(default=1.0, validator=_positive)
+    worker_ttl: float = attrs.field(default=3.0, validator=_positive)
+    # Messages buffered per subscribed channel; a subscriber lagging past this loses messages, which
+    # the receiver sees as a sequence gap and reports.
+    subscription_queue: int = attrs.field(default=1024, validator=_positive)
+
+
+@attrs.frozen
 class LanguageRoute:
     # Empty: the [engines] default.
     engine: str = ""
@@ -190,6 +207,7 @@ class Config:
     auth: AuthConfig = AuthConfig()
     demo: DemoConfig = DemoConfig()
     engines: EnginesConfig = EnginesConfig()
+    bus: BusConfig = BusConfig()
     apps: dict[str, AppConfig] = attrs.field(factory=dict)
     languages: dict[str, LanguageRoute] = attrs.field(factory=_default_languages)
 

@@ -7,7 +7,8 @@ import ipaddress
 import logging
 import secrets
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from contextlib import asynccontextmanager
 
 import attrs
 import h11
@@ -15,6 +16,7 @@ import trio
 import trio_websocket
 
 from asr_actors import http, protocol, session
+from asr_actors.bus.base import Bus
 from asr_actors.bus.memory import MemoryBus
 from asr_actors.config import Config
 from asr_actors.dialects import V1, Admission, Bailian, Dialect
@@ -26,11 +28,17 @@ log = logging.getLogger(__name__)
 LOOPBACK = "127.0.0.1"
 
 
-def build_engines(config: Config) -> dict[str, Engine]:
-    """The engines the config routes to, and only those (the local one loads ~150 MB of models)."""
+def routed_engines(config: Config) -> set[str]:
+    """The engines the config routes a language to."""
+    return {engine for code in config.languages if (engine := config.engine_for(code))}
+
+
+def build_engines(config: Config, wanted: set[str] | None = None) -> dict[str, Engine]:
+    """The engines named in `wanted` (default: those routed to), and only those: the local one loads
+    ~150 MB of models."""
     from engines.fake import FakeEngine
 
-    wanted = {config.engine_for(code) for code in config.languages}
+    wanted = routed_engines(config) if wanted is None else wanted
     engines: dict[str, Engine] = {}
     if "local" in wanted:
         from engines.local import LocalEngine
@@ -74,6 +82,7 @@ class Gateway:
         engines: Mapping[str, Engine],
         app_secrets: Mapping[str, str],
         wall_clock: Callable[[], float] = time.time,
+        bus: Bus | None = None,
     ) -> None:
         self.config = config
         self.engines = engines
@@ -87,7 +96,7 @@ class Gateway:
             all_secrets[demo.appkey] = secrets.token_urlsafe(32)
         self.secrets = all_secrets
         self.wall_clock = wall_clock
-        self.bus = MemoryBus(
+        self.bus: Bus = bus or MemoryBus(
             engines,
             audio_capacity=config.channels.engine_audio,
             events_capacity=config.channels.engine_events,
@@ -263,8 +272,41 @@ async def serve(
 
     `bailian_port` (0 for any free port) also serves the Bailian demo's protocol, on loopback only.
     """
-    gateway = Gateway(config, build_engines(config), resolve_secrets(config))
-    await gateway.prepare()
+    async with _bus(config) as (bus, engines):
+        gateway = Gateway(config, engines, resolve_secrets(config), bus=bus)
+        await gateway.prepare()
+        await _serve_gateway(gateway, bailian_port, task_status)
+
+
+@asynccontextmanager
+async def _bus(config: Config) -> AsyncIterator[tuple[Bus, dict[str, Engine]]]:
+    """The in-process bus with this process's engines, or the Redis bus to engine workers elsewhere."""
+    channels = config.channels
+    if config.bus.kind == "memory":
+        engines = build_engines(config)
+        yield (
+            MemoryBus(engines, audio_capacity=channels.engine_audio, events_capacity=channels.engine_events),
+            engines,
+        )
+        return
+    from asr_actors.bus.redis import RedisBus, RedisConnection
+
+    async with RedisConnection(config.bus.url, config.bus.subscription_queue).open() as redis:
+        yield (
+            RedisBus(
+                redis,
+                config.bus,
+                audio_capacity=channels.engine_audio,
+                events_capacity=channels.engine_events,
+            ),
+            {},
+        )
+
+
+async def _serve_gateway(
+    gateway: Gateway, bailian_port: int | None, task_status: trio.TaskStatus[Listening]
+) -> None:
+    config = gateway.config
     async with trio.open_nursery() as nursery:
         address = await _listen(nursery, gateway.handle_connection, config.server.host, config.server.port)
         listening = Listening(url=f"http://{address}/")

@@ -45,7 +45,7 @@ class MemoryBus:
             audio_tx, audio_rx = trio.open_memory_channel[bytes](self._audio_capacity)
             events_tx, events_rx = trio.open_memory_channel[EngineEvent](self._events_capacity)
             async with trio.open_nursery() as nursery:
-                nursery.start_soon(_run_engine, chosen, spec, audio_rx, events_tx)
+                nursery.start_soon(run_engine, chosen, spec, audio_rx, events_tx)
                 async with audio_tx, events_rx:
                     yield EngineLink(audio_tx, events_rx)
         finally:
@@ -56,12 +56,13 @@ class MemoryBus:
         return self._streams_by_engine[engine]
 
 
-async def _run_engine(
+async def run_engine(
     engine: Engine,
     spec: StreamSpec,
     audio: trio.MemoryReceiveChannel[bytes],
     events: trio.MemorySendChannel[EngineEvent],
 ) -> None:
+    """Run one engine stream; its failure becomes an EngineFailed event (in-process bus and workers alike)."""
     # The engine gets a clone of `events`, so that a failure can still be reported after it closed its own.
     async with events, audio:
         failure: EngineFailed | None = None

@@ -1,0 +1,268 @@
+"""The Redis bus: sessions placed on engine workers in other processes and hosts (the scale-out mode).
+
+Only this module (and the worker) talks to Redis, through coredis, which runs natively on Trio (anyio):
+no bridge threads (FIELD-NOTES.md compares the options). Message formats and key names: `wire.py`.
+
+Placement is competing consumers: the gateway LPUSHes a request on the engine's queue and exactly one
+worker BRPOPs it, subscribes to the session's audio channel, and acknowledges with a `claim` on the
+session's results channel; only then does audio flow. Each gateway watches the liveness key of its
+sessions' workers; when one expires, the session is placed again and the audio since its last final
+(kept here) is replayed, so the client loses no final and gets none twice.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from urllib.parse import urlsplit
+
+import attrs
+import coredis
+import coredis.exceptions
+import trio
+from coredis.response.types import PubSubMessage
+
+from asr_actors.bus import wire
+from asr_actors.bus.base import EngineLink
+from asr_actors.config import BusConfig
+from engines.base import EngineEvent, EngineFailed, EngineUnavailable, Final, Partial, StreamSpec
+
+log = logging.getLogger(__name__)
+
+RedisError = (coredis.exceptions.RedisError, OSError)
+
+
+class RedisConnection:
+    """One command client and one shared pub/sub connection per process."""
+
+    def __init__(self, url: str, subscription_queue: int) -> None:
+        split = urlsplit(url)
+        if split.scheme != "redis" or not split.hostname:
+            raise ValueError(f"bus.url must be redis://host:port/db, not {url!r}")
+        database = int(split.path.lstrip("/") or 0)
+        self.client: coredis.Redis[bytes] = coredis.Redis(
+            host=split.hostname, port=split.port or 6379, db=database, password=split.password
+        )
+        self._pubsub: coredis.patterns.pubsub.PubSub[bytes] | None = None
+        self._subscription_queue = subscription_queue
+
+    @asynccontextmanager
+    async def open(self) -> AsyncIterator[RedisConnection]:
+        async with self.client, self.client.pubsub(ignore_subscribe_messages=True) as pubsub:
+            self._pubsub = pubsub
+            yield self
+
+    @asynccontextmanager
+    async def subscription(self, channel: str) -> AsyncIterator[trio.MemoryReceiveChannel[bytes]]:
+        """Messages published on `channel` from now on, until the context ends."""
+        assert self._pubsub is not None, "use RedisConnection.open()"
+        messages_tx, messages_rx = trio.open_memory_channel[bytes](self._subscription_queue)
+
+        def deliver(message: PubSubMessage) -> None:
+            data = message["data"]
+            if not isinstance(data, bytes):
+                return
+            try:
+                messages_tx.send_nowait(data)
+            except trio.WouldBlock:
+                # The subscriber lags: this message is lost, and its receiver will see the sequence gap.
+                log.warning("subscriber of %s lags; a message was dropped", channel)
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                pass
+
+        await self._pubsub.subscribe(**{channel: deliver})
+        try:
+            async with messages_rx:
+                yield messages_rx
+        finally:
+            messages_tx.close()
+            with trio.CancelScope(shield=True), trio.move_on_after(5), contextlib.suppress(*RedisError):
+                await self._pubsub.unsubscribe(channel)
+
+
+@attrs.define
+class _Replay:
+    """Audio since the last final, kept for a failover; byte offsets count from the stream's start."""
+
+    bytes_per_ms: float
+    frames: list[tuple[int, bytes]] = attrs.field(factory=list)
+    received: int = 0
+
+    def add(self, pcm: bytes) -> None:
+        self.frames.append((self.received, pcm))
+        self.received += len(pcm)
+
+    def finalized_until(self, end_ms: int) -> None:
+        cut = end_ms * self.bytes_per_ms
+        while self.frames and self.frames[0][0] + len(self.frames[0][1]) <= cut:
+            self.frames.pop(0)
+
+    @property
+    def start_ms(self) -> int:
+        start = self.frames[0][0] if self.frames else self.received
+        return round(start / self.bytes_per_ms)
+
+
+@attrs.define
+class _Stream:
+    """One session's state across placements."""
+
+    spec: StreamSpec
+    engine: str
+    replay: _Replay
+    audio_ended: bool = False
+    attempt: int = 0
+
+
+class _WorkerLost(Exception):
+    pass
+
+
+class RedisBus:
+    def __init__(
+        self, connection: RedisConnection, config: BusConfig, *, audio_capacity: int, events_capacity: int
+    ):
+        self._redis = connection
+        self._config = config
+        self._audio_capacity = audio_capacity
+        self._events_capacity = events_capacity
+        self.failovers = 0
+
+    @asynccontextmanager
+    async def open_stream(self, engine: str, spec: StreamSpec) -> AsyncIterator[EngineLink]:
+        audio_tx, audio_rx = trio.open_memory_channel[bytes](self._audio_capacity)
+        events_tx, events_rx = trio.open_memory_channel[EngineEvent](self._events_capacity)
+        stream = _Stream(spec, engine, _Replay(bytes_per_ms=spec.sample_rate * 2 / 1000))
+        async with self._redis.subscription(wire.results_channel(spec.session_id)) as results:
+            worker = await self._place(stream, results)
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(self._serve, stream, worker, results, audio_rx, events_tx)
+                async with audio_tx, events_rx:
+                    yield EngineLink(audio_tx, events_rx)
+
+    async def _place(self, stream: _Stream, results: trio.MemoryReceiveChannel[bytes]) -> str:
+        """Queue the session for a worker; return the id of the worker that claimed it."""
+        spec = stream.spec
+        request = wire.Request(
+            spec.session_id, stream.engine, spec.language, spec.sample_rate, stream.attempt
+        )
+        queue = wire.queue_key(stream.engine)
+        try:
+            await self._redis.client.lpush(queue, [request.encode()])
+            with trio.move_on_after(self._config.claim_timeout):
+                async for data in results:
+                    message = wire.decode_result(data)
+                    if isinstance(message.result, wire.Claimed):
+                        log.info("claimed by %s (attempt %d)", message.result.worker, stream.attempt)
+                        return message.result.worker
+            # Nobody claimed it: take the request back, so that no worker starts it later.
+            await self._redis.client.lrem(queue, 1, request.encode())
+        except RedisError as exc:
+            raise EngineUnavailable(f"The bus is unreachable: {exc}") from exc
+        raise EngineUnavailable(
+            f"No {stream.engine} worker claimed the session in {self._config.claim_timeout:g} s"
+        )
+
+    async def _serve(
+        self,
+        stream: _Stream,
+        worker: str,
+        results: trio.MemoryReceiveChannel[bytes],
+        audio: trio.MemoryReceiveChannel[bytes],
+        events: trio.MemorySendChannel[EngineEvent],
+    ) -> None:
+        async with audio, events:
+            while True:
+                try:
+                    await self._serve_placement(stream, worker, results, audio, events)
+                    return
+                except _WorkerLost:
+                    self.failovers += 1
+                    stream.attempt += 1
+                    log.warning("worker %s is gone; placing the session again", worker)
+                except RedisError as exc:
+                    log.warning("bus failure: %s", exc)
+                    await events.send(EngineFailed("The bus failed"))
+                    return
+                try:
+                    worker = await self._place(stream, results)
+                except EngineUnavailable as exc:
+                    await events.send(EngineFailed(f"The engine worker was lost and none took over: {exc}"))
+                    return
+
+    async def _serve_placement(
+        self,
+        stream: _Stream,
+        worker: str,
+        results: trio.MemoryReceiveChannel[bytes],
+        audio: trio.MemoryReceiveChannel[bytes],
+        events: trio.MemorySendChannel[EngineEvent],
+    ) -> None:
+        """Audio out, results in, until the worker's `end`; raises _WorkerLost when its key expires."""
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(self._send_audio, stream, audio)
+            nursery.start_soon(self._watch_worker, worker)
+            await self._receive_results(stream, results, events)
+            nursery.cancel_scope.cancel()
+
+    async def _send_audio(self, stream: _Stream, audio: trio.MemoryReceiveChannel[bytes]) -> None:
+        session = stream.spec.session_id
+        channel = wire.audio_channel(session)
+        publish = self._redis.client.publish
+        seq = 0
+        # A new placement starts with the audio since the last final (nothing on the first one).
+        for _, pcm in list(stream.replay.frames):
+            await publish(channel, wire.encode_audio(wire.AudioFrame(session, seq, pcm)))
+            seq += 1
+        if not stream.audio_ended:
+            async for pcm in audio:
+                stream.replay.add(pcm)
+                await publish(channel, wire.encode_audio(wire.AudioFrame(session, seq, pcm)))
+                seq += 1
+            stream.audio_ended = True
+        await publish(channel, wire.encode_audio(wire.AudioFrame(session, seq, b"", end=True)))
+
+    async def _watch_worker(self, worker: str) -> None:
+        key = wire.worker_key(worker)
+        while True:
+            await trio.sleep(self._config.heartbeat_interval)
+            if not await self._redis.client.exists([key]):
+                raise _WorkerLost(worker)
+
+    async def _receive_results(
+        self,
+        stream: _Stream,
+        results: trio.MemoryReceiveChannel[bytes],
+        events: trio.MemorySendChannel[EngineEvent],
+    ) -> None:
+        # Times from a new placement count from the start of its replayed audio.
+        offset_ms = stream.replay.start_ms
+        expected = 1  # seq 0 was the claim
+        async for data in results:
+            try:
+                message = wire.decode_result(data)
+            except wire.BusProtocolError as exc:
+                await events.send(EngineFailed(f"Malformed result from the engine worker: {exc}"))
+                return
+            if message.seq < expected or message.session != stream.spec.session_id:
+                continue  # a duplicate, or a late message of an earlier placement
+            if message.seq > expected:
+                log.warning("results %d..%d lost on the bus", expected, message.seq - 1)
+                await events.send(EngineFailed(f"Results were lost on the bus (sequence gap at {expected})"))
+                return
+            expected += 1
+            result = message.result
+            if isinstance(result, wire.StreamEnded):
+                return
+            if isinstance(result, EngineFailed):
+                await events.send(result)
+                return
+            if isinstance(result, Partial | Final):
+                shifted = attrs.evolve(
+                    result, begin_ms=result.begin_ms + offset_ms, end_ms=result.end_ms + offset_ms
+                )
+                if isinstance(shifted, Final):
+                    stream.replay.finalized_until(shifted.end_ms)
+                await events.send(shifted)

@@ -1,0 +1,220 @@
+"""An engine worker: claims sessions for one engine from Redis and runs them (the scale-out mode).
+
+    python -m asr_actors worker --engine local [--config my.toml] [--concurrency 4]
+
+Many workers on many hosts share an engine's queue; each session is claimed by exactly one of them.
+A worker refreshes its liveness key while it runs; on SIGTERM it stops claiming, finishes the sessions it
+has, and exits. Message formats: `asr_actors/bus/wire.py`.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import socket
+import uuid
+
+import attrs
+import trio
+
+from asr_actors import logs
+from asr_actors.bus import wire
+from asr_actors.bus.memory import run_engine
+from asr_actors.bus.redis import RedisConnection, RedisError
+from asr_actors.config import Config
+from asr_actors.groups import first_leaf
+from engines.base import Engine, EngineEvent, EngineFailed, EngineUnavailable, StreamSpec
+
+log = logging.getLogger(__name__)
+
+# BRPOP's own timeout: how often the claim loop looks up from an empty queue.
+CLAIM_POLL_SECONDS = 1
+
+
+@attrs.define
+class WorkerStats:
+    claimed: int = 0
+    finished: int = 0
+    failed: int = 0
+
+
+class Worker:
+    def __init__(
+        self, config: Config, engine: Engine, concurrency: int, worker_id: str | None = None
+    ) -> None:
+        self.config = config
+        self.engine = engine
+        self.id = worker_id or f"{engine.name}-{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+        self._slots = trio.CapacityLimiter(concurrency)
+        self.stats = WorkerStats()
+        self._stop_claiming = trio.CancelScope()
+
+    def drain(self) -> None:
+        """Stop claiming; sessions already running go on to their end."""
+        self._stop_claiming.cancel()
+
+    async def run(self, *, task_status: trio.TaskStatus[str] = trio.TASK_STATUS_IGNORED) -> None:
+        bus = self.config.bus
+        await self.engine.prepare()
+        redis = RedisConnection(bus.url, bus.subscription_queue)
+        async with redis.open(), trio.open_nursery() as nursery:
+            await self._heartbeat_once(redis)
+            heartbeat = trio.CancelScope()
+            nursery.start_soon(self._heartbeat, redis, heartbeat)
+            log.info("worker %s serving engine %s", self.id, self.engine.name)
+            task_status.started(self.id)
+            async with trio.open_nursery() as sessions:
+                with self._stop_claiming:
+                    await self._claim(redis, sessions)
+                log.info(
+                    "worker %s stopped claiming; %d session(s) to finish",
+                    self.id,
+                    self._slots.borrowed_tokens,
+                )
+            heartbeat.cancel()
+            with trio.move_on_after(5), trio.CancelScope(shield=True):
+                await redis.client.delete([wire.worker_key(self.id)])
+
+    async def _heartbeat_once(self, redis: RedisConnection) -> None:
+        await redis.client.set(
+            wire.worker_key(self.id), self.engine.name, px=int(self.config.bus.worker_ttl * 1000)
+        )
+
+    async def _heartbeat(self, redis: RedisConnection, scope: trio.CancelScope) -> None:
+        with scope:
+            while True:
+                await trio.sleep(self.config.bus.heartbeat_interval)
+                try:
+                    await self._heartbeat_once(redis)
+                except RedisError as exc:
+                    log.warning("heartbeat failed: %s", exc)
+
+    async def _claim(self, redis: RedisConnection, sessions: trio.Nursery) -> None:
+        queue = wire.queue_key(self.engine.name)
+        while True:
+            await self._slots.acquire()
+            try:
+                popped = await redis.client.brpop([queue], timeout=CLAIM_POLL_SECONDS)
+            except RedisError as exc:
+                self._slots.release()
+                log.warning("claiming failed: %s", exc)
+                await trio.sleep(self.config.bus.heartbeat_interval)
+                continue
+            except BaseException:
+                self._slots.release()
+                raise
+            if popped is None:
+                self._slots.release()
+                continue
+            try:
+                request = wire.Request.decode(popped[1])
+            except wire.BusProtocolError as exc:
+                self._slots.release()
+                log.warning("dropped a malformed request: %s", exc)
+                continue
+            self.stats.claimed += 1
+            sessions.start_soon(self._session, redis, request)
+
+    async def _session(self, redis: RedisConnection, request: wire.Request) -> None:
+        logs.current_session.set(request.session)
+        try:
+            await self._serve(redis, request)
+            self.stats.finished += 1
+        except* RedisError as group:
+            self.stats.failed += 1
+            log.warning("session lost its bus: %s", first_leaf(group))
+        except* Exception:
+            # A bug in one session must not take the worker's other sessions down.
+            self.stats.failed += 1
+            log.exception("session failed")
+        finally:
+            self._slots.release()
+
+    async def _serve(self, redis: RedisConnection, request: wire.Request) -> None:
+        session = request.session
+        publish = redis.client.publish
+        results_channel = wire.results_channel(session)
+        seq = 0
+
+        async def send(result: wire.Result) -> None:
+            nonlocal seq
+            await publish(results_channel, wire.encode_result(wire.ResultMessage(session, seq, result)))
+            seq += 1
+
+        spec = StreamSpec(session_id=session, language=request.language, sample_rate=request.sample_rate)
+        async with redis.subscription(wire.audio_channel(session)) as audio_messages:
+            await redis.client.incr(wire.claims_key(session))
+            await redis.client.expire(wire.claims_key(session), 3600)
+            # Subscribed before the claim is announced, so no audio can be published unheard.
+            await send(wire.Claimed(self.id))
+            try:
+                self.engine.check(spec)
+            except EngineUnavailable as exc:
+                await send(EngineFailed(str(exc)))
+                return
+            except Exception as exc:  # any refusal is reported to the gateway, not raised here
+                await send(EngineFailed(str(exc)))
+                return
+            audio_tx, audio_rx = trio.open_memory_channel[bytes](self.config.channels.engine_audio)
+            events_tx, events_rx = trio.open_memory_channel[EngineEvent](self.config.channels.engine_events)
+            try:
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(run_engine, self.engine, spec, audio_rx, events_tx)
+                    nursery.start_soon(self._feed, audio_messages, audio_tx, session)
+                    async with events_rx:
+                        async for event in events_rx:
+                            await send(event)
+                await send(wire.StreamEnded())
+            except* _StreamBroken as group:
+                broken = first_leaf(group)
+                log.warning("stream broken: %s", broken)
+                await send(EngineFailed(f"The audio stream broke: {broken}"))
+
+    async def _feed(
+        self, messages: trio.MemoryReceiveChannel[bytes], audio: trio.MemorySendChannel[bytes], session: str
+    ) -> None:
+        """Bus audio to the engine, in order; a gap or silence past the idle timeout ends the stream."""
+        async with audio:
+            expected = 0
+            while True:
+                with trio.move_on_after(self.config.session.idle_timeout) as idle:
+                    data = await messages.receive()
+                if idle.cancelled_caught:
+                    raise _StreamBroken("no audio from the gateway")
+                try:
+                    frame = wire.decode_audio(data)
+                except wire.BusProtocolError as exc:
+                    raise _StreamBroken(str(exc)) from None
+                if frame.session != session or frame.seq < expected:
+                    continue
+                if frame.seq > expected:
+                    raise _StreamBroken(f"audio lost on the bus (sequence gap at {expected})")
+                expected += 1
+                if frame.end:
+                    return
+                await audio.send(frame.pcm)
+
+
+class _StreamBroken(Exception):
+    pass
+
+
+def build_engine(config: Config, name: str) -> Engine:
+    from asr_actors.server import build_engines
+
+    engines = build_engines(config, {name})
+    if name not in engines:
+        raise ValueError(f"unknown engine {name!r}")
+    return engines[name]
+
+
+async def serve_worker(config: Config, engine_name: str, concurrency: int) -> None:
+    worker = Worker(config, build_engine(config, engine_name), concurrency)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(worker.run)
+        with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+            async for _ in signals:
+                log.info("draining: no new sessions, finishing the running ones")
+                worker.drain()
+                break
