@@ -24,7 +24,7 @@ from asr_actors.bus.memory import run_engine
 from asr_actors.bus.redis import RedisConnection, RedisError
 from asr_actors.config import Config
 from asr_actors.groups import first_leaf
-from engines.base import Engine, EngineEvent, EngineFailed, EngineUnavailable, StreamSpec
+from engines.base import Engine, EngineEvent, EngineFailed, EngineUnavailable, StreamSpec, UnsupportedStream
 
 log = logging.getLogger(__name__)
 
@@ -46,7 +46,9 @@ class Worker:
         self.config = config
         self.engine = engine
         self.id = worker_id or f"{engine.name}-{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
-        self._slots = trio.CapacityLimiter(concurrency)
+        self._concurrency = concurrency
+        # A semaphore, not a CapacityLimiter: the claim loop takes a slot, the session's task gives it back.
+        self._slots = trio.Semaphore(concurrency)
         self.stats = WorkerStats()
         self._stop_claiming = trio.CancelScope()
 
@@ -70,7 +72,7 @@ class Worker:
                 log.info(
                     "worker %s stopped claiming; %d session(s) to finish",
                     self.id,
-                    self._slots.borrowed_tokens,
+                    self._concurrency - self._slots.value,
                 )
             heartbeat.cancel()
             with trio.move_on_after(5), trio.CancelScope(shield=True):
@@ -144,18 +146,18 @@ class Worker:
 
         spec = StreamSpec(session_id=session, language=request.language, sample_rate=request.sample_rate)
         async with redis.subscription(wire.audio_channel(session)) as audio_messages:
+            try:
+                self.engine.check(spec)
+            except UnsupportedStream as exc:
+                await send(wire.Refused(str(exc)))
+                return
+            except EngineUnavailable as exc:
+                await send(wire.Refused(str(exc), unavailable=True))
+                return
             await redis.client.incr(wire.claims_key(session))
             await redis.client.expire(wire.claims_key(session), 3600)
             # Subscribed before the claim is announced, so no audio can be published unheard.
             await send(wire.Claimed(self.id))
-            try:
-                self.engine.check(spec)
-            except EngineUnavailable as exc:
-                await send(EngineFailed(str(exc)))
-                return
-            except Exception as exc:  # any refusal is reported to the gateway, not raised here
-                await send(EngineFailed(str(exc)))
-                return
             audio_tx, audio_rx = trio.open_memory_channel[bytes](self.config.channels.engine_audio)
             events_tx, events_rx = trio.open_memory_channel[EngineEvent](self.config.channels.engine_events)
             try:

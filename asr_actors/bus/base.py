@@ -23,7 +23,8 @@ class Bus(Protocol):
     def open_stream(self, engine: str, spec: StreamSpec) -> AbstractAsyncContextManager[EngineLink]:
         """Open a stream; raises UnsupportedStream if the engine cannot take it, EngineBusy if it is full.
 
-        An engine failure arrives as an `EngineFailed` event, never as an exception out of the link.
+        An engine failure arrives as an `EngineFailed` event, never as an exception out of the link;
+        sending audio after the stream has ended may raise trio.BrokenResourceError.
         Leaving the context cancels the stream if it is still running.
         """
         ...

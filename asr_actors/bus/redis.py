@@ -18,6 +18,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from urllib.parse import urlsplit
 
+import anyio
 import attrs
 import coredis
 import coredis.exceptions
@@ -27,11 +28,19 @@ from coredis.response.types import PubSubMessage
 from asr_actors.bus import wire
 from asr_actors.bus.base import EngineLink
 from asr_actors.config import BusConfig
-from engines.base import EngineEvent, EngineFailed, EngineUnavailable, Final, Partial, StreamSpec
+from engines.base import (
+    EngineEvent,
+    EngineFailed,
+    EngineUnavailable,
+    Final,
+    Partial,
+    StreamSpec,
+    UnsupportedStream,
+)
 
 log = logging.getLogger(__name__)
 
-RedisError = (coredis.exceptions.RedisError, OSError)
+RedisError = (coredis.exceptions.RedisError, OSError, anyio.BrokenResourceError, anyio.ClosedResourceError)
 
 
 class RedisConnection:
@@ -157,6 +166,9 @@ class RedisBus:
                     if isinstance(message.result, wire.Claimed):
                         log.info("claimed by %s (attempt %d)", message.result.worker, stream.attempt)
                         return message.result.worker
+                    if isinstance(message.result, wire.Refused):
+                        refusal = EngineUnavailable if message.result.unavailable else UnsupportedStream
+                        raise refusal(message.result.message)
             # Nobody claimed it: take the request back, so that no worker starts it later.
             await self._redis.client.lrem(queue, 1, request.encode())
         except RedisError as exc:

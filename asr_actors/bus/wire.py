@@ -111,11 +111,20 @@ class Claimed:
 
 
 @attrs.frozen
+class Refused:
+    """Sent instead of a claim when the worker's engine cannot run the stream: the client asked for what
+    it lacks (language, rate), or it is `unavailable` (not configured on that worker)."""
+
+    message: str
+    unavailable: bool = False
+
+
+@attrs.frozen
 class StreamEnded:
     pass
 
 
-Result = Claimed | StreamEnded | EngineEvent
+Result = Claimed | Refused | StreamEnded | EngineEvent
 
 
 @attrs.frozen
@@ -130,6 +139,8 @@ def encode_result(message: ResultMessage) -> bytes:
     fields: dict[str, Any] = {"session": message.session, "seq": message.seq}
     if isinstance(result, Claimed):
         fields.update(type="claim", worker=result.worker)
+    elif isinstance(result, Refused):
+        fields.update(type="refused", message=result.message, unavailable=result.unavailable)
     elif isinstance(result, StreamEnded):
         fields.update(type="end")
     elif isinstance(result, EngineFailed):
@@ -147,6 +158,8 @@ def decode_result(data: bytes) -> ResultMessage:
         result: Result
         if kind == "claim":
             result = Claimed(str(fields["worker"]))
+        elif kind == "refused":
+            result = Refused(str(fields["message"]), bool(fields.get("unavailable", False)))
         elif kind == "end":
             result = StreamEnded()
         elif kind == "failed":

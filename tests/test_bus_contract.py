@@ -1,0 +1,105 @@
+"""The bus contract, run against both implementations: the in-process bus and the Redis bus.
+
+The Redis cases use a real redis-server (started here on a free port) and a real engine worker running as
+a task in this process; both sides speak to Redis over loopback sockets, so these run on the real clock.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from pathlib import Path
+
+import pytest
+import trio
+
+from asr_actors.bus.base import Bus
+from asr_actors.bus.memory import MemoryBus
+from asr_actors.bus.redis import RedisBus, RedisConnection
+from asr_actors.worker import Worker
+from engines.base import EngineEvent, EngineFailed, Final, Partial, StreamSpec, UnsupportedStream
+from engines.fake import FakeEngine
+from tests.redis_server import redis_server
+from tests.support import fake_config
+
+GUARD = 30
+FRAME = b"\x01\x00" * 1600
+BusFactory = Callable[[FakeEngine], AbstractAsyncContextManager[Bus]]
+
+
+@asynccontextmanager
+async def memory_bus(engine: FakeEngine) -> AsyncIterator[Bus]:
+    yield MemoryBus({"fake": engine}, audio_capacity=8, events_capacity=8)
+
+
+def redis_bus_factory(folder: Path) -> BusFactory:
+    @asynccontextmanager
+    async def redis_bus(engine: FakeEngine) -> AsyncIterator[Bus]:
+        config = fake_config(bus={"kind": "redis", "claim_timeout": 2.0})
+        async with redis_server(folder) as server, trio.open_nursery() as nursery:
+            config = fake_config(bus={"kind": "redis", "url": server.url, "claim_timeout": 2.0})
+            await nursery.start(Worker(config, engine, concurrency=4).run)
+            async with RedisConnection(server.url, 1024).open() as redis:
+                yield RedisBus(redis, config.bus, audio_capacity=8, events_capacity=8)
+            nursery.cancel_scope.cancel()
+
+    return redis_bus
+
+
+@pytest.fixture(params=["memory", "redis"])
+def open_bus(request: pytest.FixtureRequest, tmp_path: Path) -> BusFactory:
+    return memory_bus if request.param == "memory" else redis_bus_factory(tmp_path)
+
+
+async def run_stream(bus: Bus, frames: int, language: str = "en") -> list[EngineEvent]:
+    spec = StreamSpec(session_id=f"contract-{frames}-{language}", language=language, sample_rate=16000)
+    received: list[EngineEvent] = []
+    async with bus.open_stream("fake", spec) as link, trio.open_nursery() as nursery:
+
+        async def send_audio() -> None:
+            async with link.audio:
+                for _ in range(frames):
+                    try:
+                        await link.audio.send(FRAME)
+                    except trio.BrokenResourceError:
+                        return  # the stream ended early (an engine failure); its events say why
+
+        nursery.start_soon(send_audio)
+        received += [event async for event in link.events]
+    return received
+
+
+async def test_events_in_order_and_the_tail_flushed(open_bus: BusFactory) -> None:
+    """15 frames: a partial per word, a final per 10 words, the tail flushed as a final at end of audio."""
+    with trio.fail_after(GUARD):
+        async with open_bus(FakeEngine(sentence_bytes=32000)) as bus:
+            events = await run_stream(bus, 15)
+    finals = [event for event in events if isinstance(event, Final)]
+    assert [("w0 w1 w2 w3 w4 w5 w6 w7 w8 w9", 0, 1000), ("w10 w11 w12 w13 w14", 1000, 1500)] == [
+        (final.text, final.begin_ms, final.end_ms) for final in finals
+    ]
+    assert 15 == sum(1 for event in events if isinstance(event, Partial))
+    assert isinstance(events[-1], Final)
+
+
+async def test_empty_stream_ends_cleanly(open_bus: BusFactory) -> None:
+    """No audio at all: no events, and the event channel ends."""
+    with trio.fail_after(GUARD):
+        async with open_bus(FakeEngine()) as bus:
+            assert [] == await run_stream(bus, 0)
+
+
+async def test_engine_failure_is_an_event(open_bus: BusFactory) -> None:
+    """An engine that raises mid-stream: the link delivers EngineFailed with its message, then ends."""
+    with trio.fail_after(GUARD):
+        async with open_bus(FakeEngine(fail_after_bytes=3 * len(FRAME))) as bus:
+            events = await run_stream(bus, 10)
+    assert EngineFailed("fake engine failed on purpose") == events[-1]
+
+
+async def test_unsupported_stream_is_refused_at_open(open_bus: BusFactory) -> None:
+    """A language the engine lacks is refused when the stream opens, before any audio."""
+    with trio.fail_after(GUARD):
+        async with open_bus(FakeEngine(languages=frozenset({"en"}))) as bus:
+            with pytest.raises(UnsupportedStream, match="'de'"):
+                await run_stream(bus, 1, language="de")
