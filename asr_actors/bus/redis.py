@@ -28,6 +28,7 @@ from coredis.response.types import PubSubMessage
 from asr_actors.bus import wire
 from asr_actors.bus.base import EngineLink
 from asr_actors.config import BusConfig
+from asr_actors.groups import first_leaf
 from engines.base import (
     EngineEvent,
     EngineFailed,
@@ -125,10 +126,6 @@ class _Stream:
     attempt: int = 0
 
 
-class _WorkerLost(Exception):
-    pass
-
-
 class RedisBus:
     def __init__(
         self, connection: RedisConnection, config: BusConfig, *, audio_capacity: int, events_capacity: int
@@ -187,17 +184,20 @@ class RedisBus:
     ) -> None:
         async with audio, events:
             while True:
+                bus_failure = None
                 try:
-                    await self._serve_placement(stream, worker, results, audio, events)
-                    return
-                except _WorkerLost:
-                    self.failovers += 1
-                    stream.attempt += 1
-                    log.warning("worker %s is gone; placing the session again", worker)
-                except RedisError as exc:
-                    log.warning("bus failure: %s", exc)
+                    lost = await self._serve_placement(stream, worker, results, audio, events)
+                except* RedisError as group:
+                    bus_failure = first_leaf(group)
+                if bus_failure is not None:
+                    log.warning("bus failure: %s", bus_failure)
                     await events.send(EngineFailed("The bus failed"))
                     return
+                if not lost:
+                    return
+                self.failovers += 1
+                stream.attempt += 1
+                log.warning("worker %s is gone; placing the session again", worker)
                 try:
                     worker = await self._place(stream, results)
                 except EngineUnavailable as exc:
@@ -211,13 +211,22 @@ class RedisBus:
         results: trio.MemoryReceiveChannel[bytes],
         audio: trio.MemoryReceiveChannel[bytes],
         events: trio.MemorySendChannel[EngineEvent],
-    ) -> None:
-        """Audio out, results in, until the worker's `end`; raises _WorkerLost when its key expires."""
+    ) -> bool:
+        """Audio out, results in, until the worker's `end`; True if the worker died first."""
+        lost = False
         async with trio.open_nursery() as nursery:
+
+            async def watch() -> None:
+                nonlocal lost
+                await self._wait_until_gone(worker)
+                lost = True
+                nursery.cancel_scope.cancel()
+
             nursery.start_soon(self._send_audio, stream, audio)
-            nursery.start_soon(self._watch_worker, worker)
+            nursery.start_soon(watch)
             await self._receive_results(stream, results, events)
             nursery.cancel_scope.cancel()
+        return lost
 
     async def _send_audio(self, stream: _Stream, audio: trio.MemoryReceiveChannel[bytes]) -> None:
         session = stream.spec.session_id
@@ -236,12 +245,12 @@ class RedisBus:
             stream.audio_ended = True
         await publish(channel, wire.encode_audio(wire.AudioFrame(session, seq, b"", end=True)))
 
-    async def _watch_worker(self, worker: str) -> None:
+    async def _wait_until_gone(self, worker: str) -> None:
+        """Returns once the worker's liveness key has expired (it missed its heartbeats)."""
         key = wire.worker_key(worker)
-        while True:
+        # A key expiring in another process gives no event to wait on: poll it, once per heartbeat.
+        while await self._redis.client.exists([key]):  # noqa: ASYNC110
             await trio.sleep(self._config.heartbeat_interval)
-            if not await self._redis.client.exists([key]):
-                raise _WorkerLost(worker)
 
     async def _receive_results(
         self,

@@ -1,0 +1,178 @@
+"""Scale-out for real: a redis-server, two gateway processes and two engine worker processes.
+
+The workers run the scripted fake engine (one word per 100 ms of audio, a sentence per second), so the
+finals say exactly which audio arrived. Prints the measured placement latency and failover time.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import signal
+import statistics
+import subprocess
+import sys
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+import coredis
+import pytest
+import trio
+
+from asr_actors import client
+from asr_actors.bus import wire
+from asr_actors.subprocess_server import running_server
+from tests.redis_server import RedisServer, redis_server
+
+GUARD = 120
+APPKEY, SECRET = "scale", "scale-secret"
+SECOND = b"\x01\x00" * 16000
+
+
+def write_config(folder: Path, redis_url: str) -> Path:
+    path = folder / "config.toml"
+    path.write_text(
+        f'[apps.{APPKEY}]\nsecret = "{SECRET}"\n'
+        '[engines]\ndefault = "fake"\n[languages.en]\nengine = "fake"\n'
+        f'[bus]\nkind = "redis"\nurl = "{redis_url}"\nheartbeat_interval = 0.5\nworker_ttl = 1.5\n'
+    )
+    return path
+
+
+@asynccontextmanager
+async def workers(config: Path, count: int, redis: RedisServer) -> AsyncIterator[list[trio.Process]]:
+    processes = [
+        await trio.lowlevel.open_process(
+            [
+                sys.executable,
+                "-m",
+                "asr_actors",
+                "worker",
+                "--engine",
+                "fake",
+                "--config",
+                str(config),
+                "--concurrency",
+                "8",
+            ],
+            stderr=subprocess.DEVNULL,
+        )
+        for _ in range(count)
+    ]
+    try:
+        async with coredis.Redis(host="127.0.0.1", port=redis.port) as probe:
+            with trio.fail_after(60):
+                while len(await probe.keys(wire.worker_key("*"))) < count:  # noqa: ASYNC110 -- other processes
+                    await trio.sleep(0.1)
+        yield processes
+    finally:
+        for process in processes:
+            if process.returncode is None:
+                process.terminate()
+        with trio.move_on_after(10):
+            for process in processes:
+                await process.wait()
+        for process in processes:
+            if process.returncode is None:
+                process.kill()
+
+
+async def claims(redis: RedisServer, sessions: list[str]) -> list[int]:
+    async with coredis.Redis(host="127.0.0.1", port=redis.port) as probe:
+        return [int(await probe.get(wire.claims_key(session)) or 0) for session in sessions]
+
+
+def signed(http_url: str) -> str:
+    ws_url = http_url.replace("http://", "ws://") + "v1/asr"
+    return client.sign_url(ws_url, APPKEY, SECRET, nonce=client.fresh_nonce())
+
+
+def report(figures: str, capsys: pytest.CaptureFixture[str]) -> None:
+    with capsys.disabled():
+        print(f"\n[scale-out] {figures}")
+
+
+async def test_two_gateways_two_workers_eight_sessions(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """8 concurrent sessions over 2 gateways and 2 workers: exact finals, each session claimed once."""
+    pcm = SECOND * 3 + SECOND[: len(SECOND) // 2]
+    expected = [" ".join(f"w{k}" for k in range(start, start + 10)) for start in (0, 10, 20)]
+    expected.append(" ".join(f"w{k}" for k in range(30, 35)))
+    results: list[list[client.Received]] = []
+    with trio.fail_after(GUARD):
+        async with redis_server(tmp_path) as redis:
+            config = write_config(tmp_path, redis.url)
+            async with (
+                workers(config, 2, redis),
+                running_server(config) as (first, _),
+                running_server(config) as (second, _),
+                trio.open_nursery() as nursery,
+            ):
+                for index in range(8):
+
+                    async def one(url: str = (first, second)[index % 2]) -> None:
+                        results.append(await client.stream_pcm(signed(url), pcm, realtime=True))
+
+                    nursery.start_soon(one)
+            task_ids = [session_task_id(received) for received in results]
+            assert 8 == len(task_ids)
+            assert [1] * 8 == await claims(redis, task_ids)
+    for received in results:
+        assert expected == [r.text for r in received if r.status == "final"]
+    placement = [next(r.at for r in received if r.status == "start") for received in results]
+    report(
+        f"placement latency (first audio → start): median {statistics.median(placement) * 1000:.0f} ms, "
+        f"max {max(placement) * 1000:.0f} ms",
+        capsys,
+    )
+
+
+def session_task_id(received: list[client.Received]) -> str:
+    """The task id, from the speech ids (`<task_id>-<n>`)."""
+    speech_id = next(r.speech_id for r in received if r.speech_id)
+    return speech_id.rsplit("-", 1)[0]
+
+
+async def test_worker_killed_mid_sentence_loses_and_repeats_nothing(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """kill -9 one of two workers while 4 sessions stream: every second of audio still becomes exactly one
+    final (the finals tile the audio with no gap or overlap), and the sessions end normally."""
+    seconds = 6
+    pcm = SECOND * seconds
+    results: list[list[client.Received]] = []
+    with trio.fail_after(GUARD):
+        async with redis_server(tmp_path) as redis:
+            config = write_config(tmp_path, redis.url)
+            async with (
+                workers(config, 2, redis) as processes,
+                running_server(config) as (url, _),
+                trio.open_nursery() as nursery,
+            ):
+                for _ in range(4):
+
+                    async def one() -> None:
+                        results.append(await client.stream_pcm(signed(url), pcm, realtime=True))
+
+                    nursery.start_soon(one)
+                await trio.sleep(2.45)  # mid-sentence: the third second of audio is half sent
+                os.kill(processes[0].pid, signal.SIGKILL)
+            task_ids = [session_task_id(received) for received in results]
+            claim_counts = await claims(redis, task_ids)
+    assert 4 == len(results)
+    assert any(count == 2 for count in claim_counts), claim_counts  # some sessions were on the killed worker
+    assert all(count in (1, 2) for count in claim_counts), claim_counts
+    gaps = []
+    for received in results:
+        finals = [(r.begin_ms, r.end_ms) for r in received if r.status == "final"]
+        assert [(k * 1000, (k + 1) * 1000) for k in range(seconds)] == finals
+        assert "end" == received[-1].status
+        times = [r.at for r in received if r.status in ("partial", "final")]
+        gaps.append(max(later - earlier for earlier, later in itertools.pairwise(times)))
+    report(
+        f"failover: longest pause in results {max(gaps):.2f} s (worker_ttl 1.5 s, heartbeat 0.5 s); "
+        f"claims per session {claim_counts}",
+        capsys,
+    )
