@@ -103,3 +103,24 @@ async def test_unsupported_stream_is_refused_at_open(open_bus: BusFactory) -> No
         async with open_bus(FakeEngine(languages=frozenset({"en"}))) as bus:
             with pytest.raises(UnsupportedStream, match="'de'"):
                 await run_stream(bus, 1, language="de")
+
+
+async def test_lagging_subscriber_is_reported_not_silent(tmp_path: Path) -> None:
+    """A gateway that cannot keep up with its results loses some (pub/sub is at-most-once): the sequence gap
+    is detected and the stream ends with EngineFailed saying so, instead of silently missing words."""
+    with trio.fail_after(GUARD):
+        async with redis_server(tmp_path) as server, trio.open_nursery() as nursery:
+            config = fake_config(bus={"kind": "redis", "url": server.url, "subscription_queue": 2})
+            await nursery.start(Worker(config, FakeEngine(), concurrency=1).run)
+            async with RedisConnection(server.url, 2).open() as redis:
+                bus = RedisBus(redis, config.bus, audio_capacity=64, events_capacity=1)
+                spec = StreamSpec(session_id="lagging", language="en", sample_rate=16000)
+                async with bus.open_stream("fake", spec) as link:
+                    async with link.audio:
+                        for _ in range(40):
+                            await link.audio.send(FRAME)
+                    await trio.sleep(1)  # the consumer stalls while the worker publishes ~44 results
+                    events = [event async for event in link.events]
+            nursery.cancel_scope.cancel()
+    assert isinstance(events[-1], EngineFailed)
+    assert events[-1].message.startswith("Results were lost on the bus")

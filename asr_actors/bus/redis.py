@@ -77,8 +77,10 @@ class RedisConnection:
             try:
                 messages_tx.send_nowait(data)
             except trio.WouldBlock:
-                # The subscriber lags: this message is lost, and its receiver will see the sequence gap.
-                log.warning("subscriber of %s lags; a message was dropped", channel)
+                # The subscriber lags and this message is lost: end its stream here, so that the loss is
+                # reported now rather than found later as a sequence gap (or never, if it was the last).
+                log.warning("subscriber of %s fell behind; closing its stream", channel)
+                messages_tx.close()
             except (trio.BrokenResourceError, trio.ClosedResourceError):
                 pass
 
@@ -287,3 +289,7 @@ class RedisBus:
                 if isinstance(shifted, Final):
                     stream.replay.finalized_until(shifted.end_ms)
                 await events.send(shifted)
+        # The subscription ended before the worker's `end`: this gateway fell behind and dropped results.
+        await events.send(
+            EngineFailed(f"Results were lost on the bus (the gateway fell behind at {expected})")
+        )
