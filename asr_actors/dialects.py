@@ -16,7 +16,7 @@ from asr_actors import bailian, protocol
 from asr_actors.actors import auth
 from asr_actors.config import Config
 from asr_actors.protocol import ClientDecoder, Decoder, ProtocolError, ServerEvent
-from asr_actors.signing import ReplayCache, Window
+from asr_actors.signing import ReplayGuard, Window
 
 
 @attrs.frozen
@@ -51,7 +51,7 @@ class V1:
     """Protocol v1: signed single-use links, JSON or binary audio, the ASRWebSocketServer envelope."""
 
     secrets: dict[str, str]
-    replay: ReplayCache
+    replay: ReplayGuard
     wall_clock: Callable[[], float]
     name: str = "v1"
 

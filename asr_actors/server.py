@@ -20,7 +20,7 @@ from asr_actors.bus.base import Bus
 from asr_actors.bus.memory import MemoryBus
 from asr_actors.config import Config
 from asr_actors.dialects import V1, Admission, Bailian, Dialect
-from asr_actors.signing import ReplayCache
+from asr_actors.signing import MemoryReplayGuard, ReplayGuard
 from engines.base import Engine, EngineUnavailable
 
 log = logging.getLogger(__name__)
@@ -83,6 +83,7 @@ class Gateway:
         app_secrets: Mapping[str, str],
         wall_clock: Callable[[], float] = time.time,
         bus: Bus | None = None,
+        replay: ReplayGuard | None = None,
     ) -> None:
         self.config = config
         self.engines = engines
@@ -101,7 +102,7 @@ class Gateway:
             audio_capacity=config.channels.engine_audio,
             events_capacity=config.channels.engine_events,
         )
-        self.v1 = V1(secrets=all_secrets, replay=ReplayCache(), wall_clock=wall_clock)
+        self.v1 = V1(secrets=all_secrets, replay=replay or MemoryReplayGuard(), wall_clock=wall_clock)
         self.bailian = Bailian()
         self.active_sessions = 0
         self.sessions_total = 0
@@ -272,35 +273,31 @@ async def serve(
 
     `bailian_port` (0 for any free port) also serves the Bailian demo's protocol, on loopback only.
     """
-    async with _bus(config) as (bus, engines):
-        gateway = Gateway(config, engines, resolve_secrets(config), bus=bus)
+    async with _bus(config) as (bus, engines, replay):
+        gateway = Gateway(config, engines, resolve_secrets(config), bus=bus, replay=replay)
         await gateway.prepare()
         await _serve_gateway(gateway, bailian_port, task_status)
 
 
 @asynccontextmanager
-async def _bus(config: Config) -> AsyncIterator[tuple[Bus, dict[str, Engine]]]:
-    """The in-process bus with this process's engines, or the Redis bus to engine workers elsewhere."""
+async def _bus(config: Config) -> AsyncIterator[tuple[Bus, dict[str, Engine], ReplayGuard]]:
+    """The in-process bus with this process's engines, or the Redis bus to engine workers elsewhere
+    (and then the replay guard that all gateways share)."""
     channels = config.channels
     if config.bus.kind == "memory":
         engines = build_engines(config)
-        yield (
-            MemoryBus(engines, audio_capacity=channels.engine_audio, events_capacity=channels.engine_events),
-            engines,
+        memory = MemoryBus(
+            engines, audio_capacity=channels.engine_audio, events_capacity=channels.engine_events
         )
+        yield memory, engines, MemoryReplayGuard()
         return
-    from asr_actors.bus.redis import RedisBus, RedisConnection
+    from asr_actors.bus.redis import RedisBus, RedisConnection, RedisReplayGuard
 
     async with RedisConnection(config.bus.url, config.bus.subscription_queue).open() as redis:
-        yield (
-            RedisBus(
-                redis,
-                config.bus,
-                audio_capacity=channels.engine_audio,
-                events_capacity=channels.engine_events,
-            ),
-            {},
+        bus = RedisBus(
+            redis, config.bus, audio_capacity=channels.engine_audio, events_capacity=channels.engine_events
         )
+        yield bus, {}, RedisReplayGuard(redis)
 
 
 async def _serve_gateway(

@@ -14,6 +14,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
+from typing import Protocol
 from urllib.parse import urlencode
 
 import attrs
@@ -78,6 +79,24 @@ def verify(
     expected = sign(secret, host, date, appkey, path, nonce).encode()
     if not hmac.compare_digest(presented, expected):
         raise LinkRefused("signature does not match")
+
+
+class ReplayGuard(Protocol):
+    """Refuses a signature's second use while its link is valid (shared by all gateways in Redis mode)."""
+
+    async def claim(self, signature: str, expires_at: float, now: float) -> None:
+        """Raise LinkRefused if `signature` was claimed before."""
+        ...
+
+
+class MemoryReplayGuard:
+    """The single-process guard: a ReplayCache behind the async interface."""
+
+    def __init__(self) -> None:
+        self.cache = ReplayCache()
+
+    async def claim(self, signature: str, expires_at: float, now: float) -> None:
+        self.cache.claim(signature, expires_at, now)
 
 
 class ReplayCache:

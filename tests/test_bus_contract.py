@@ -15,7 +15,8 @@ import trio
 
 from asr_actors.bus.base import Bus
 from asr_actors.bus.memory import MemoryBus
-from asr_actors.bus.redis import RedisBus, RedisConnection
+from asr_actors.bus.redis import RedisBus, RedisConnection, RedisReplayGuard
+from asr_actors.signing import LinkRefused
 from asr_actors.worker import Worker
 from engines.base import EngineEvent, EngineFailed, Final, Partial, StreamSpec, UnsupportedStream
 from engines.fake import FakeEngine
@@ -124,3 +125,19 @@ async def test_lagging_subscriber_is_reported_not_silent(tmp_path: Path) -> None
             nursery.cancel_scope.cancel()
     assert isinstance(events[-1], EngineFailed)
     assert events[-1].message.startswith("Results were lost on the bus")
+
+
+async def test_links_are_single_use_across_gateways(tmp_path: Path) -> None:
+    """Two gateways (two Redis connections): a link used on one is refused on the other until it expires."""
+    with trio.fail_after(GUARD):
+        async with (
+            redis_server(tmp_path) as server,
+            RedisConnection(server.url, 8).open() as first,
+            RedisConnection(server.url, 8).open() as second,
+        ):
+            now = 1_000_000.0
+            await RedisReplayGuard(first).claim("sig+1", expires_at=now + 0.3, now=now)
+            with pytest.raises(LinkRefused, match="already used"):
+                await RedisReplayGuard(second).claim("sig 1", expires_at=now + 0.3, now=now)
+            await trio.sleep(0.5)  # Redis forgets the signature with its link's lifetime
+            await RedisReplayGuard(second).claim("sig+1", expires_at=now + 0.3, now=now)

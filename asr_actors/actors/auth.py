@@ -9,7 +9,7 @@ import attrs
 
 from asr_actors import protocol
 from asr_actors.protocol import ErrorCode, Handshake, ProtocolError
-from asr_actors.signing import LinkRefused, ReplayCache, Window, verify
+from asr_actors.signing import LinkRefused, ReplayGuard, Window, verify
 
 log = logging.getLogger(__name__)
 
@@ -28,7 +28,7 @@ async def run(
     target: str,
     secrets: Mapping[str, str],
     window: Window,
-    replay: ReplayCache,
+    replay: ReplayGuard,
     wall_clock: Callable[[], float],
 ) -> Grant:
     """Return the Grant for this handshake or raise ProtocolError (401 for anything about the link)."""
@@ -49,7 +49,7 @@ async def run(
             handshake.nonce,
         )
         # Claimed last: a forged or expired link must not use up a genuine signature.
-        replay.claim(handshake.signature, expires_at, now)
+        await replay.claim(handshake.signature, expires_at, now)
     except LinkRefused as exc:
         log.info("refused link for app %r: %s", handshake.appkey, exc)
         raise ProtocolError(ErrorCode.UNAUTHORIZED, protocol.UNAUTHORIZED) from None

@@ -29,6 +29,7 @@ from asr_actors.bus import wire
 from asr_actors.bus.base import EngineLink
 from asr_actors.config import BusConfig
 from asr_actors.groups import first_leaf
+from asr_actors.signing import LinkRefused
 from engines.base import (
     EngineEvent,
     EngineFailed,
@@ -92,6 +93,24 @@ class RedisConnection:
             messages_tx.close()
             with trio.CancelScope(shield=True), trio.move_on_after(5), contextlib.suppress(*RedisError):
                 await self._pubsub.unsubscribe(channel)
+
+
+class RedisReplayGuard:
+    """Single use of signed links across every gateway: SET NX with the link's remaining lifetime."""
+
+    def __init__(self, connection: RedisConnection) -> None:
+        self._redis = connection
+
+    async def claim(self, signature: str, expires_at: float, now: float) -> None:
+        key = f"{wire.PREFIX}link:{signature.replace(' ', '+')}"
+        ttl_ms = max(1, int((expires_at - now) * 1000))
+        try:
+            first = await self._redis.client.set(key, b"1", condition=coredis.PureToken.NX, px=ttl_ms)
+        except RedisError as exc:
+            # Without the shared memory of used links, refusing is the safe answer.
+            raise LinkRefused(f"replay check unavailable: {exc}") from exc
+        if not first:
+            raise LinkRefused("link already used")
 
 
 @attrs.define
