@@ -141,11 +141,12 @@ class Worker:
 
         async def send(result: wire.Result) -> None:
             nonlocal seq
-            await publish(results_channel, wire.encode_result(wire.ResultMessage(session, seq, result)))
+            message = wire.ResultMessage(session, seq, result, request.attempt)
+            await publish(results_channel, wire.encode_result(message))
             seq += 1
 
         spec = StreamSpec(session_id=session, language=request.language, sample_rate=request.sample_rate)
-        async with redis.subscription(wire.audio_channel(session)) as audio_messages:
+        async with redis.subscription(wire.audio_channel(session, request.attempt)) as audio_messages:
             try:
                 self.engine.check(spec)
             except UnsupportedStream as exc:

@@ -181,6 +181,8 @@ class RedisBus:
             with trio.move_on_after(self._config.claim_timeout):
                 async for data in results:
                     message = wire.decode_result(data)
+                    if message.attempt != stream.attempt:
+                        continue
                     if isinstance(message.result, wire.Claimed):
                         log.info("claimed by %s (attempt %d)", message.result.worker, stream.attempt)
                         return message.result.worker
@@ -251,7 +253,7 @@ class RedisBus:
 
     async def _send_audio(self, stream: _Stream, audio: trio.MemoryReceiveChannel[bytes]) -> None:
         session = stream.spec.session_id
-        channel = wire.audio_channel(session)
+        channel = wire.audio_channel(session, stream.attempt)
         publish = self._redis.client.publish
         seq = 0
         # A new placement starts with the audio since the last final (nothing on the first one).
@@ -288,8 +290,12 @@ class RedisBus:
             except wire.BusProtocolError as exc:
                 await events.send(EngineFailed(f"Malformed result from the engine worker: {exc}"))
                 return
-            if message.seq < expected or message.session != stream.spec.session_id:
-                continue  # a duplicate, or a late message of an earlier placement
+            if (
+                message.attempt != stream.attempt
+                or message.seq < expected
+                or message.session != stream.spec.session_id
+            ):
+                continue  # a message of an earlier placement, or a duplicate
             if message.seq > expected:
                 log.warning("results %d..%d lost on the bus", expected, message.seq - 1)
                 await events.send(EngineFailed(f"Results were lost on the bus (sequence gap at {expected})"))

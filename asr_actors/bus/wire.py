@@ -6,7 +6,7 @@ Keys and channels (prefix `asr:`):
 |---|---|---|---|
 | `asr:queue:<engine>` | list | gateway LPUSH, worker BRPOP | session requests; one worker claims each |
 | `asr:worker:<id>` | string with TTL | worker, every heartbeat | the worker is alive (`<engine>`) |
-| `asr:audio:<session>` | pub/sub channel | gateway | audio frames and end of audio |
+| `asr:audio:<session>:<attempt>` | pub/sub channel | gateway | audio frames and end of audio |
 | `asr:results:<session>` | pub/sub channel | worker | claim, partial, final, failed, end |
 | `asr:claims:<session>` | counter | worker | times the session was claimed (one more per failover) |
 
@@ -38,8 +38,10 @@ def worker_key(worker_id: str) -> str:
     return f"{PREFIX}worker:{worker_id}"
 
 
-def audio_channel(session: str) -> str:
-    return f"{PREFIX}audio:{session}"
+def audio_channel(session: str, attempt: int) -> str:
+    """Each placement has its own audio channel: a worker presumed dead that is in fact alive (after a
+    Redis restart, say) never hears the audio replayed to its successor."""
+    return f"{PREFIX}audio:{session}:{attempt}"
 
 
 def results_channel(session: str) -> str:
@@ -132,11 +134,13 @@ class ResultMessage:
     session: str
     seq: int
     result: Result
+    # The placement that produced it; a gateway ignores results of placements it gave up on.
+    attempt: int = 0
 
 
 def encode_result(message: ResultMessage) -> bytes:
     result = message.result
-    fields: dict[str, Any] = {"session": message.session, "seq": message.seq}
+    fields: dict[str, Any] = {"session": message.session, "seq": message.seq, "attempt": message.attempt}
     if isinstance(result, Claimed):
         fields.update(type="claim", worker=result.worker)
     elif isinstance(result, Refused):
@@ -169,6 +173,8 @@ def decode_result(data: bytes) -> ResultMessage:
             result = event_class(str(fields["text"]), int(fields["begin_ms"]), int(fields["end_ms"]))
         else:
             raise BusProtocolError(f"unknown result type {kind!r}")
-        return ResultMessage(str(fields["session"]), int(fields["seq"]), result)
+        return ResultMessage(
+            str(fields["session"]), int(fields["seq"]), result, int(fields.get("attempt", 0))
+        )
     except (ValueError, KeyError, TypeError) as exc:
         raise BusProtocolError(f"bad result message: {exc}") from None

@@ -76,6 +76,7 @@ async def workers(config: Path, count: int, redis: RedisServer) -> AsyncIterator
         for process in processes:
             if process.returncode is None:
                 process.kill()
+                await process.wait()
 
 
 async def claims(redis: RedisServer, sessions: list[str]) -> list[int]:
@@ -176,3 +177,43 @@ async def test_worker_killed_mid_sentence_loses_and_repeats_nothing(
         f"claims per session {claim_counts}",
         capsys,
     )
+
+
+async def test_redis_restart_never_hangs_and_new_sessions_work(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """redis-server restarts (losing every key) while 2 sessions stream: each either completes or ends with
+    a coded error, none hangs; afterwards gateway and worker have reconnected and a new session works."""
+    pcm = SECOND * 4
+    outcomes: list[str] = []
+    with trio.fail_after(GUARD):
+        async with redis_server(tmp_path) as redis:
+            config = write_config(tmp_path, redis.url)
+            async with workers(config, 1, redis), running_server(config) as (url, _):
+                async with trio.open_nursery() as nursery:
+                    for _ in range(2):
+
+                        async def one() -> None:
+                            try:
+                                received = await client.stream_pcm(signed(url), pcm, realtime=True)
+                                outcomes.append(received[-1].status)
+                            except client.ServerError as exc:
+                                outcomes.append(str(exc.code))
+
+                        nursery.start_soon(one)
+                    await trio.sleep(1.5)
+                    await redis.stop()
+                    await redis.start()
+                with trio.fail_after(30):
+                    while True:
+                        try:
+                            after = await client.stream_pcm(signed(url), SECOND)
+                            break
+                        except client.ServerError as exc:  # 503 until the worker has re-registered
+                            if exc.code != 503:
+                                raise
+                            await trio.sleep(0.5)
+    assert 2 == len(outcomes)
+    assert set(outcomes) <= {"end", "500", "503"}, outcomes
+    assert ["w0 w1 w2 w3 w4 w5 w6 w7 w8 w9"] == [r.text for r in after if r.status == "final"]
+    report(f"redis restart: in-flight sessions ended with {outcomes}; a new session then succeeded", capsys)
