@@ -189,6 +189,8 @@ class Worker:
                     frame = wire.decode_audio(data)
                 except wire.BusProtocolError as exc:
                     raise _StreamBroken(str(exc)) from None
+                if frame.cancel:
+                    raise _StreamBroken("cancelled by the gateway")
                 if frame.session != session or frame.seq < expected:
                     continue
                 if frame.seq > expected:

@@ -145,6 +145,8 @@ class _Stream:
     replay: _Replay
     audio_ended: bool = False
     attempt: int = 0
+    # The worker ended the stream (its `end`, or a failure it reported): nothing to cancel.
+    finished: bool = False
 
 
 class RedisBus:
@@ -164,10 +166,15 @@ class RedisBus:
         stream = _Stream(spec, engine, _Replay(bytes_per_ms=spec.sample_rate * 2 / 1000))
         async with self._redis.subscription(wire.results_channel(spec.session_id)) as results:
             worker = await self._place(stream, results)
-            async with trio.open_nursery() as nursery:
-                nursery.start_soon(self._serve, stream, worker, results, audio_rx, events_tx)
-                async with audio_tx, events_rx:
-                    yield EngineLink(audio_tx, events_rx)
+            try:
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(self._serve, stream, worker, results, audio_rx, events_tx)
+                    async with audio_tx, events_rx:
+                        yield EngineLink(audio_tx, events_rx)
+            finally:
+                if not stream.finished:
+                    # Release the worker now rather than at its idle timeout.
+                    await self._cancel_placement(stream)
 
     async def _place(self, stream: _Stream, results: trio.MemoryReceiveChannel[bytes]) -> str:
         """Queue the session for a worker; return the id of the worker that claimed it."""
@@ -217,7 +224,9 @@ class RedisBus:
                     await events.send(EngineFailed("The bus failed"))
                     return
                 if not lost:
+                    stream.finished = True
                     return
+                await self._cancel_placement(stream)
                 self.failovers += 1
                 stream.attempt += 1
                 log.warning("worker %s is gone; placing the session again", worker)
@@ -250,6 +259,16 @@ class RedisBus:
             await self._receive_results(stream, results, events)
             nursery.cancel_scope.cancel()
         return lost
+
+    async def _cancel_placement(self, stream: _Stream) -> None:
+        session = stream.spec.session_id
+        cancel = wire.encode_audio(wire.AudioFrame(session, 0, b"", cancel=True))
+        with (
+            trio.CancelScope(shield=True),
+            trio.move_on_after(self._config.claim_timeout),
+            contextlib.suppress(*RedisError),
+        ):
+            await self._redis.client.publish(wire.audio_channel(session, stream.attempt), cancel)
 
     async def _send_audio(self, stream: _Stream, audio: trio.MemoryReceiveChannel[bytes]) -> None:
         session = stream.spec.session_id

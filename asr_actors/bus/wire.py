@@ -27,6 +27,7 @@ from engines.base import EngineEvent, EngineFailed, Final, Partial
 PREFIX = "asr:"
 _AUDIO = b"A"
 _END = b"E"
+_CANCEL = b"C"
 _HEADER = struct.Struct(">cQB")  # kind, sequence number, session id length
 
 
@@ -88,23 +89,27 @@ class Request:
 class AudioFrame:
     session: str
     seq: int
-    pcm: bytes  # empty with `end`
+    pcm: bytes  # empty with `end` and `cancel`
     end: bool = False
+    # The gateway gave the placement up (client gone, session failed or moved): stop without results.
+    cancel: bool = False
 
 
 def encode_audio(frame: AudioFrame) -> bytes:
     session = frame.session.encode()
-    return _HEADER.pack(_END if frame.end else _AUDIO, frame.seq, len(session)) + session + frame.pcm
+    kind = _CANCEL if frame.cancel else _END if frame.end else _AUDIO
+    return _HEADER.pack(kind, frame.seq, len(session)) + session + frame.pcm
 
 
 def decode_audio(data: bytes) -> AudioFrame:
     if len(data) < _HEADER.size:
         raise BusProtocolError("audio message shorter than its header")
     kind, seq, length = _HEADER.unpack_from(data)
-    if kind not in (_AUDIO, _END):
+    if kind not in (_AUDIO, _END, _CANCEL):
         raise BusProtocolError(f"unknown audio message kind {kind!r}")
     start = _HEADER.size + length
-    return AudioFrame(data[_HEADER.size : start].decode(), seq, bytes(data[start:]), end=kind == _END)
+    session = data[_HEADER.size : start].decode()
+    return AudioFrame(session, seq, bytes(data[start:]), end=kind == _END, cancel=kind == _CANCEL)
 
 
 @attrs.frozen

@@ -217,3 +217,29 @@ async def test_redis_restart_never_hangs_and_new_sessions_work(
     assert set(outcomes) <= {"end", "500", "503"}, outcomes
     assert ["w0 w1 w2 w3 w4 w5 w6 w7 w8 w9"] == [r.text for r in after if r.status == "final"]
     report(f"redis restart: in-flight sessions ended with {outcomes}; a new session then succeeded", capsys)
+
+
+async def test_sigterm_drains_the_worker(tmp_path: Path) -> None:
+    """SIGTERM: the worker stops claiming, its running session still gets every final, then it exits 0."""
+    pcm = SECOND * 3
+    with trio.fail_after(GUARD):
+        async with redis_server(tmp_path) as redis:
+            config = write_config(tmp_path, redis.url)
+            async with workers(config, 1, redis) as processes, running_server(config) as (url, _):
+                results: list[client.Received] = []
+
+                async def session() -> None:
+                    results.extend(await client.stream_pcm(signed(url), pcm, realtime=True))
+
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(session)
+                    await trio.sleep(1.0)
+                    processes[0].terminate()
+                    with pytest.raises(client.ServerError) as refused:
+                        await client.stream_pcm(signed(url), SECOND)  # no new claims while draining
+                assert 503 == refused.value.code
+                with trio.fail_after(10):
+                    assert 0 == await processes[0].wait()
+    assert [(k * 1000, (k + 1) * 1000) for k in range(3)] == [
+        (r.begin_ms, r.end_ms) for r in results if r.status == "final"
+    ]
