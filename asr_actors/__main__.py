@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import datetime
 import functools
 import os
 import sys
@@ -48,6 +49,15 @@ def main(argv: list[str] | None = None) -> int:
     worker.add_argument("--concurrency", type=int, default=4, help="sessions run at once")
     worker.add_argument("--log-level", default="INFO")
 
+    records = commands.add_parser("records", help="print traffic per app and day, or session transcripts")
+    records.add_argument("kind", choices=["traffic", "transcripts"])
+    records.add_argument(
+        "--config", help="TOML config file (default: $ASR_ACTORS_CONFIG, else built-in defaults)"
+    )
+    records.add_argument("--app", help="only this app")
+    records.add_argument("--since", help="only sessions started on or after this day (YYYY-MM-DD, UTC)")
+    records.add_argument("--json", action="store_true", help="one JSON object per line")
+
     sign = commands.add_parser("sign", help="print a signed, single-use WebSocket URL")
     sign.add_argument("--appkey", required=True)
     sign.add_argument(
@@ -77,6 +87,7 @@ def main(argv: list[str] | None = None) -> int:
         "serve": _serve,
         "worker": _worker,
         "sign": _sign,
+        "records": lambda arguments: trio.run(_records, arguments),
         "transcribe": lambda arguments: trio.run(_transcribe, arguments),
     }
     try:
@@ -124,6 +135,58 @@ def _worker(args: argparse.Namespace) -> int:
     logs.configure(args.log_level)
     config = load_config(args.config)
     trio.run(serve_worker, config, args.engine, args.concurrency)
+    return 0
+
+
+async def _records(args: argparse.Namespace) -> int:
+    import json
+
+    import attrs as attributes
+
+    from asr_actors.server import backend
+
+    config = load_config(args.config)
+    since = 0.0
+    if args.since:
+        try:
+            since = (
+                datetime.datetime.strptime(args.since, "%Y-%m-%d").replace(tzinfo=datetime.UTC).timestamp()
+            )
+        except ValueError:
+            print(f"--since must be YYYY-MM-DD, not {args.since!r}", file=sys.stderr)
+            return 2
+    # No languages: the records need no engine (the local one would load its models).
+    async with backend(attributes.evolve(config, languages={})) as chosen:
+        if chosen.records is None:
+            print("records are disabled ([records] enabled = false)", file=sys.stderr)
+            return 2
+        if args.kind == "traffic":
+            rows = await chosen.records.traffic(app=args.app, since=since)
+            if args.json:
+                for row in rows:
+                    print(json.dumps(attributes.asdict(row)))
+                return 0
+            print(f"{'day':<10}  {'app':<20} {'sessions':>8} {'audio s':>10} {'bytes':>12} {'errors':>6}")
+            for row in rows:
+                print(
+                    f"{row.day:<10}  {row.app:<20} {row.sessions:>8} {row.audio_seconds:>10.1f}"
+                    f" {row.audio_bytes:>12} {row.errors:>6}"
+                )
+            return 0
+        for record in await chosen.records.transcripts(app=args.app, since=since):
+            if args.json:
+                print(record.to_json())
+                continue
+            started = datetime.datetime.fromtimestamp(record.started_at, datetime.UTC).isoformat(
+                timespec="seconds"
+            )
+            outcome = f"error {record.error_code}" if record.error_code else "ok"
+            print(
+                f"{started}  {record.session}  app={record.app} lang={record.language} engine={record.engine}"
+                f" audio={record.audio_seconds:.1f}s {outcome}"
+            )
+            for final in record.finals:
+                print(f"    [{final.begin_ms / 1000:7.2f}-{final.end_ms / 1000:7.2f}] {final.text}")
     return 0
 
 

@@ -188,6 +188,16 @@ class BusConfig:
 
 
 @attrs.frozen
+class RecordsConfig:
+    # One record per session: app, language, engine, times, audio, error, every final sentence.
+    enabled: bool = True
+    # The embedded gateway's SQLite file (relative to the working directory); on the Redis bus the records
+    # live in Redis, shared by all gateways.
+    path: str = "asr-records.sqlite3"
+    retention_days: float = attrs.field(default=30.0, validator=_positive)
+
+
+@attrs.frozen
 class LanguageRoute:
     # Empty: the [engines] default.
     engine: str = ""
@@ -208,6 +218,7 @@ class Config:
     demo: DemoConfig = DemoConfig()
     engines: EnginesConfig = EnginesConfig()
     bus: BusConfig = BusConfig()
+    records: RecordsConfig = RecordsConfig()
     apps: dict[str, AppConfig] = attrs.field(factory=dict)
     languages: dict[str, LanguageRoute] = attrs.field(factory=_default_languages)
 
@@ -243,6 +254,15 @@ def _strict_int(value: Any, _kind: type) -> int:
 _converter.register_structure_hook(float, _reject_bool_as_number)
 _converter.register_structure_hook(int, _strict_int)
 _converter.register_structure_hook(str, _strict_str)
+
+
+def _strict_bool(value: Any, _kind: type) -> bool:
+    if not isinstance(value, bool):
+        raise TypeError(f"expected true or false, got {value!r}")
+    return value
+
+
+_converter.register_structure_hook(bool, _strict_bool)
 
 
 def _describe(exc: BaseException, kind: type | None) -> str:

@@ -20,6 +20,7 @@ from asr_actors.bus.base import Bus
 from asr_actors.bus.memory import MemoryBus
 from asr_actors.config import Config
 from asr_actors.dialects import V1, Admission, Bailian, Dialect
+from asr_actors.records import RecordStore, SqliteRecordStore
 from asr_actors.signing import MemoryReplayGuard, ReplayGuard
 from engines.base import Engine, EngineUnavailable
 
@@ -84,6 +85,7 @@ class Gateway:
         wall_clock: Callable[[], float] = time.time,
         bus: Bus | None = None,
         replay: ReplayGuard | None = None,
+        records: RecordStore | None = None,
     ) -> None:
         self.config = config
         self.engines = engines
@@ -104,6 +106,7 @@ class Gateway:
         )
         self.v1 = V1(secrets=all_secrets, replay=replay or MemoryReplayGuard(), wall_clock=wall_clock)
         self.bailian = Bailian()
+        self.records = records
         self.active_sessions = 0
         self.sessions_total = 0
         # Engines that failed to prepare, with the reason (their sessions get 503).
@@ -238,7 +241,13 @@ class Gateway:
             self.sessions_total += 1
             try:
                 await session.run(
-                    connection, Admission(head.host, head.target), dialect, self.config, self.bus
+                    connection,
+                    Admission(head.host, head.target),
+                    dialect,
+                    self.config,
+                    self.bus,
+                    self.records,
+                    self.wall_clock,
                 )
             finally:
                 self.active_sessions -= 1
@@ -273,31 +282,51 @@ async def serve(
 
     `bailian_port` (0 for any free port) also serves the Bailian demo's protocol, on loopback only.
     """
-    async with _bus(config) as (bus, engines, replay):
-        gateway = Gateway(config, engines, resolve_secrets(config), bus=bus, replay=replay)
+    async with backend(config) as chosen:
+        gateway = Gateway(
+            config,
+            chosen.engines,
+            resolve_secrets(config),
+            bus=chosen.bus,
+            replay=chosen.replay,
+            records=chosen.records,
+        )
         await gateway.prepare()
         await _serve_gateway(gateway, bailian_port, task_status)
 
 
+@attrs.frozen
+class Backend:
+    """Where sessions go and what they share: per process (memory) or across gateways (Redis)."""
+
+    bus: Bus
+    engines: dict[str, Engine]
+    replay: ReplayGuard
+    records: RecordStore | None
+
+
 @asynccontextmanager
-async def _bus(config: Config) -> AsyncIterator[tuple[Bus, dict[str, Engine], ReplayGuard]]:
-    """The in-process bus with this process's engines, or the Redis bus to engine workers elsewhere
-    (and then the replay guard that all gateways share)."""
+async def backend(config: Config) -> AsyncIterator[Backend]:
+    """The in-process bus with this process's engines, replay memory and SQLite records; or the Redis bus
+    to engine workers elsewhere, with the replay memory and records that all gateways share."""
     channels = config.channels
+    keep = config.records
     if config.bus.kind == "memory":
         engines = build_engines(config)
         memory = MemoryBus(
             engines, audio_capacity=channels.engine_audio, events_capacity=channels.engine_events
         )
-        yield memory, engines, MemoryReplayGuard()
+        records = SqliteRecordStore(keep.path, keep.retention_days) if keep.enabled else None
+        yield Backend(memory, engines, MemoryReplayGuard(), records)
         return
-    from asr_actors.bus.redis import RedisBus, RedisConnection, RedisReplayGuard
+    from asr_actors.bus.redis import RedisBus, RedisConnection, RedisRecordStore, RedisReplayGuard
 
     async with RedisConnection(config.bus.url, config.bus.subscription_queue).open() as redis:
         bus = RedisBus(
             redis, config.bus, audio_capacity=channels.engine_audio, events_capacity=channels.engine_events
         )
-        yield bus, {}, RedisReplayGuard(redis)
+        shared = RedisRecordStore(redis, keep.retention_days) if keep.enabled else None
+        yield Backend(bus, {}, RedisReplayGuard(redis), shared)
 
 
 async def _serve_gateway(

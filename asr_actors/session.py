@@ -12,7 +12,9 @@ An orderly end flows by channel closure: the receiver closes `audio` at the clie
 from __future__ import annotations
 
 import logging
+import time
 import uuid
+from collections.abc import Callable
 
 import attrs
 import trio
@@ -24,6 +26,7 @@ from asr_actors.config import Config
 from asr_actors.dialects import Admission, Dialect
 from asr_actors.groups import first_leaf
 from asr_actors.protocol import ErrorCode, ProtocolError, ServerEvent
+from asr_actors.records import RecordStore, SessionLedger, SessionRecord
 from asr_actors.transport import ClientGone, Transport
 from engines.base import StreamSpec
 
@@ -39,16 +42,35 @@ class Outcome:
     client_gone: bool
 
 
+@attrs.define
+class _Facts:
+    """What the session learns as it goes, for its record."""
+
+    app: str = ""
+    language: str = ""
+    engine: str = ""
+    sample_rate: int = 0
+    ledger: SessionLedger = attrs.field(factory=SessionLedger)
+
+
 async def run(
-    connection: Transport, admission: Admission, dialect: Dialect, config: Config, bus: Bus
+    connection: Transport,
+    admission: Admission,
+    dialect: Dialect,
+    config: Config,
+    bus: Bus,
+    records: RecordStore | None = None,
+    wall_clock: Callable[[], float] = time.time,
 ) -> Outcome:
     task_id = uuid.uuid4().hex
     logs.current_session.set(task_id)
+    started_at = wall_clock()
+    facts = _Facts()
     error: ProtocolError | None = None
     client_gone = False
     try:
         with trio.move_on_after(config.session.max_duration) as lifetime:
-            await _run_actors(connection, admission, dialect, config, bus, task_id)
+            await _run_actors(connection, admission, dialect, config, bus, task_id, facts)
         if lifetime.cancelled_caught:
             error = ProtocolError(ErrorCode.TIMEOUT, "Maximum session duration reached")
     except ProtocolError as exc:
@@ -65,14 +87,46 @@ async def run(
         log.info("ended")
     if not client_gone:
         await _close(connection, dialect, error, config.session.close_timeout)
+    if records is not None and facts.app:
+        record = SessionRecord(
+            session=task_id,
+            app=facts.app,
+            language=facts.language,
+            engine=facts.engine,
+            started_at=started_at,
+            ended_at=wall_clock(),
+            audio_bytes=facts.ledger.audio_bytes,
+            sample_rate=facts.sample_rate,
+            error_code=int(error.code) if error else None,
+            finals=tuple(facts.ledger.finals),
+        )
+        await _save(records, record, config.session.close_timeout)
     return Outcome(task_id=task_id, error=error, client_gone=client_gone)
 
 
+async def _save(records: RecordStore, record: SessionRecord, timeout_s: float) -> None:
+    # Shielded so that a server shutting down still records its sessions, but never waits long on it.
+    with trio.move_on_after(timeout_s, shield=True) as overrun:
+        try:
+            await records.save(record)
+        except Exception:
+            log.exception("could not save the session record")
+    if overrun.cancelled_caught:
+        log.warning("saving the session record took too long; it is lost")
+
+
 async def _run_actors(
-    connection: Transport, admission: Admission, dialect: Dialect, config: Config, bus: Bus, task_id: str
+    connection: Transport,
+    admission: Admission,
+    dialect: Dialect,
+    config: Config,
+    bus: Bus,
+    task_id: str,
+    facts: _Facts,
 ) -> None:
     admitted = await dialect.admit(admission, config)
     logs.current_app.set(admitted.appkey)
+    facts.app = admitted.appkey
     audio_tx, audio_rx = trio.open_memory_channel[bytes](config.channels.audio)
     outbound_tx, outbound_rx = trio.open_memory_channel[ServerEvent](config.channels.outbound)
     async with trio.open_nursery() as nursery:
@@ -89,8 +143,11 @@ async def _run_actors(
         if engine is None:
             raise ProtocolError(ErrorCode.BAD_INPUT, f"Language {opened.language!r} is not supported")
         spec = StreamSpec(session_id=task_id, language=opened.language, sample_rate=opened.sample_rate)
+        facts.language, facts.engine, facts.sample_rate = spec.language, engine, spec.sample_rate
         log.info("stream opened: lang=%s rate=%d engine=%s", spec.language, spec.sample_rate, engine)
-        await nursery.start(relay.run, audio_rx, outbound_tx, bus, engine, spec, config.session.flush_timeout)
+        await nursery.start(
+            relay.run, audio_rx, outbound_tx, bus, engine, spec, config.session.flush_timeout, facts.ledger
+        )
 
 
 def _first_failure(group: ExceptionGroup[Exception]) -> tuple[ProtocolError | None, bool]:

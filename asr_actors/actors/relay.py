@@ -10,6 +10,7 @@ import trio
 
 from asr_actors.bus.base import Bus
 from asr_actors.protocol import ErrorCode, ProtocolError, Result, ResultStatus, ServerEvent
+from asr_actors.records import FinalRecord, SessionLedger
 from engines.base import EngineEvent, EngineFailed, EngineUnavailable, Final, StreamSpec, UnsupportedStream
 
 
@@ -20,6 +21,7 @@ async def run(
     engine: str,
     spec: StreamSpec,
     flush_timeout: float,
+    ledger: SessionLedger,
     *,
     task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
 ) -> None:
@@ -32,8 +34,8 @@ async def run(
                     task_status.started()
                     await outbound.send(Result(ResultStatus.START))
                     async with trio.open_nursery() as nursery:
-                        nursery.start_soon(_forward_audio, audio, link.audio, flush, flush_timeout)
-                        await _relay_events(link.events, outbound, spec.session_id)
+                        nursery.start_soon(_forward_audio, audio, link.audio, flush, flush_timeout, ledger)
+                        await _relay_events(link.events, outbound, spec.session_id, ledger)
         # Both are raised by open_stream before anything runs.
         except UnsupportedStream as exc:
             raise ProtocolError(ErrorCode.BAD_INPUT, str(exc)) from None
@@ -49,10 +51,12 @@ async def _forward_audio(
     engine_audio: trio.MemorySendChannel[bytes],
     flush: trio.CancelScope,
     flush_timeout: float,
+    ledger: SessionLedger,
 ) -> None:
     async with engine_audio:
         try:
             async for pcm in audio:
+                ledger.audio_bytes += len(pcm)
                 await engine_audio.send(pcm)
         except trio.BrokenResourceError:
             # The engine stopped listening; its event stream says why.
@@ -64,6 +68,7 @@ async def _relay_events(
     events: trio.MemoryReceiveChannel[EngineEvent],
     outbound: trio.MemorySendChannel[ServerEvent],
     session_id: str,
+    ledger: SessionLedger,
 ) -> None:
     sentence = 0
     async for event in events:
@@ -75,4 +80,5 @@ async def _relay_events(
             Result(status, f"{session_id}-{sentence}", event.text, event.begin_ms, event.end_ms)
         )
         if isinstance(event, Final):
+            ledger.finals.append(FinalRecord(event.text, event.begin_ms, event.end_ms))
             sentence += 1

@@ -29,6 +29,7 @@ from asr_actors.bus import wire
 from asr_actors.bus.base import EngineLink
 from asr_actors.config import BusConfig
 from asr_actors.groups import first_leaf
+from asr_actors.records import DAY, SessionRecord, TrafficRow, aggregate
 from asr_actors.signing import LinkRefused
 from engines.base import (
     EngineEvent,
@@ -111,6 +112,36 @@ class RedisReplayGuard:
             raise LinkRefused(f"replay check unavailable: {exc}") from exc
         if not first:
             raise LinkRefused("link already used")
+
+
+class RedisRecordStore:
+    """Session records shared by every gateway: one key per session (expiring with the retention) and a
+    sorted set of sessions by start time."""
+
+    INDEX = f"{wire.PREFIX}records"
+
+    def __init__(self, connection: RedisConnection, retention_days: float) -> None:
+        self._redis = connection
+        self._retention = retention_days * DAY
+
+    async def save(self, record: SessionRecord) -> None:
+        client = self._redis.client
+        await client.set(f"{wire.PREFIX}record:{record.session}", record.to_json(), ex=int(self._retention))
+        await client.zadd(self.INDEX, {record.session: record.started_at})
+        await client.zremrangebyscore(self.INDEX, float("-inf"), record.ended_at - self._retention)
+
+    async def transcripts(self, *, app: str | None = None, since: float = 0) -> list[SessionRecord]:
+        client = self._redis.client
+        members = await client.zrange(self.INDEX, since, "+inf", sortby=coredis.PureToken.BYSCORE)
+        sessions = [member.decode() for member in members if isinstance(member, bytes)]
+        if not sessions:
+            return []
+        bodies = await client.mget([f"{wire.PREFIX}record:{session}" for session in sessions])
+        records = [SessionRecord.from_json(body) for body in bodies if body is not None]
+        return [record for record in records if app is None or record.app == app]
+
+    async def traffic(self, *, app: str | None = None, since: float = 0) -> list[TrafficRow]:
+        return aggregate(await self.transcripts(app=app, since=since))
 
 
 @attrs.define
