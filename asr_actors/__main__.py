@@ -6,6 +6,8 @@ import argparse
 import datetime
 import functools
 import os
+import re
+import secrets
 import sys
 import time
 from collections.abc import Callable
@@ -17,6 +19,7 @@ from asr_actors import client, logs
 from asr_actors.config import ConfigError, load_config
 
 SECRET_ENV = "ASR_ACTORS_SECRET"
+LANGUAGE_CODE = re.compile(r"^[a-z]{2,3}(-[A-Za-z0-9]{2,8})?$")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -58,6 +61,26 @@ def main(argv: list[str] | None = None) -> int:
     records.add_argument("--since", help="only sessions started on or after this day (YYYY-MM-DD, UTC)")
     records.add_argument("--json", action="store_true", help="one JSON object per line")
 
+    apps = commands.add_parser(
+        "apps", help="list, add, rotate or remove apps (Redis on the Redis bus, else the apps file)"
+    )
+    apps.add_argument("action", choices=["list", "add", "rotate", "remove"])
+    apps.add_argument("appkey", nargs="?")
+    apps.add_argument(
+        "--config", help="TOML config file (default: $ASR_ACTORS_CONFIG, else built-in defaults)"
+    )
+    apps.add_argument(
+        "--secret-stdin", action="store_true", help="read the secret from stdin instead of making one"
+    )
+
+    routes = commands.add_parser("routes", help="list or change language routes (live on the Redis bus)")
+    routes.add_argument("action", choices=["list", "set", "remove"])
+    routes.add_argument("language", nargs="?")
+    routes.add_argument("engine", nargs="?")
+    routes.add_argument(
+        "--config", help="TOML config file (default: $ASR_ACTORS_CONFIG, else built-in defaults)"
+    )
+
     sign = commands.add_parser("sign", help="print a signed, single-use WebSocket URL")
     sign.add_argument("--appkey", required=True)
     sign.add_argument(
@@ -88,6 +111,8 @@ def main(argv: list[str] | None = None) -> int:
         "worker": _worker,
         "sign": _sign,
         "records": lambda arguments: trio.run(_records, arguments),
+        "apps": lambda arguments: trio.run(_apps, arguments),
+        "routes": lambda arguments: trio.run(_routes, arguments),
         "transcribe": lambda arguments: trio.run(_transcribe, arguments),
     }
     try:
@@ -138,6 +163,65 @@ def _worker(args: argparse.Namespace) -> int:
     return 0
 
 
+async def _apps(args: argparse.Namespace) -> int:
+    from asr_actors.directory import check_appkey
+    from asr_actors.server import backend
+
+    config = load_config(args.config)
+    async with backend(config) as chosen:
+        assert chosen.admin is not None
+        if args.action == "list":
+            for appkey in await chosen.admin.list_apps():
+                print(appkey)
+            return 0
+        if not args.appkey:
+            print(f"apps {args.action} needs an app key", file=sys.stderr)
+            return 2
+        try:
+            appkey = check_appkey(args.appkey)
+            if args.action == "remove":
+                await chosen.admin.remove_app(appkey)
+                print(f"removed {appkey}")
+                return 0
+            secret = sys.stdin.readline().strip() if args.secret_stdin else secrets.token_urlsafe(32)
+            if len(secret) < 16:
+                raise ValueError("a secret needs at least 16 characters")
+            change = chosen.admin.add_app if args.action == "add" else chosen.admin.rotate_app
+            await change(appkey, secret)
+        except ValueError as exc:
+            print(exc, file=sys.stderr)
+            return 1
+    # Shown once; links signed with the old secret of a rotated app stop working, live sessions go on.
+    print(f"{appkey} {secret}")
+    return 0
+
+
+async def _routes(args: argparse.Namespace) -> int:
+    from asr_actors.config import KNOWN_ENGINES
+    from asr_actors.server import backend
+
+    config = load_config(args.config)
+    async with backend(config) as chosen:
+        assert chosen.admin is not None
+        try:
+            if args.action == "set":
+                if not args.language or args.engine not in KNOWN_ENGINES:
+                    raise ValueError(
+                        f"routes set LANGUAGE ENGINE, ENGINE one of {', '.join(sorted(KNOWN_ENGINES))}"
+                    )
+                if not LANGUAGE_CODE.match(args.language):
+                    raise ValueError(f"not a language code: {args.language!r}")
+                await chosen.admin.set_route(args.language, args.engine)
+            elif args.action == "remove":
+                await chosen.admin.remove_route(args.language or "")
+        except ValueError as exc:
+            print(exc, file=sys.stderr)
+            return 1
+        for language, engine in sorted((await chosen.admin.routes()).items()):
+            print(f"{language} {engine}")
+    return 0
+
+
 async def _records(args: argparse.Namespace) -> int:
     import json
 
@@ -155,8 +239,8 @@ async def _records(args: argparse.Namespace) -> int:
         except ValueError:
             print(f"--since must be YYYY-MM-DD, not {args.since!r}", file=sys.stderr)
             return 2
-    # No languages: the records need no engine (the local one would load its models).
-    async with backend(attributes.evolve(config, languages={})) as chosen:
+    # Engines are built but not prepared: no model is loaded for this.
+    async with backend(config) as chosen:
         if chosen.records is None:
             print("records are disabled ([records] enabled = false)", file=sys.stderr)
             return 2

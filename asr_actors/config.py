@@ -15,6 +15,7 @@ import cattrs
 import cattrs.v
 
 CONFIG_ENV = "ASR_ACTORS_CONFIG"
+KNOWN_ENGINES = frozenset({"local", "fake", "dashscope"})
 DEFAULT_WEB_ROOT = Path(__file__).resolve().parent.parent / "web"
 
 
@@ -39,6 +40,8 @@ class ServerConfig:
     # Browser pages (by their Origin header) that may open WebSockets here besides the server's own
     # origin, which is always allowed. `scheme://host:*` matches any port; "null" would admit file:// pages.
     allowed_origins: tuple[str, ...] = ("http://localhost:*", "http://127.0.0.1:*")
+    # Apps added with `python -m asr_actors apps add` (embedded mode); it holds secrets: git ignores it.
+    apps_file: str = "apps.local.toml"
 
     def web_root_path(self) -> Path:
         return Path(self.web_root) if self.web_root else DEFAULT_WEB_ROOT
@@ -285,7 +288,7 @@ def config_from_dict(data: dict[str, Any]) -> Config:
 
 
 def _check_references(config: Config) -> None:
-    known_engines = {"local", "fake", "dashscope"}
+    known_engines = KNOWN_ENGINES
     if config.engines.default not in known_engines:
         raise ConfigError(f"engines.default: unknown engine {config.engines.default!r}")
     for code, route in config.languages.items():

@@ -15,6 +15,7 @@ import attrs
 from asr_actors import bailian, protocol
 from asr_actors.actors import auth
 from asr_actors.config import Config
+from asr_actors.directory import Directory
 from asr_actors.protocol import ClientDecoder, Decoder, ProtocolError, ServerEvent
 from asr_actors.signing import ReplayGuard, Window
 
@@ -50,7 +51,7 @@ class Dialect(Protocol):
 class V1:
     """Protocol v1: signed single-use links, JSON or binary audio, the ASRWebSocketServer envelope."""
 
-    secrets: dict[str, str]
+    directory: Directory
     replay: ReplayGuard
     wall_clock: Callable[[], float]
     name: str = "v1"
@@ -59,7 +60,7 @@ class V1:
         grant = await auth.run(
             host=admission.host,
             target=admission.target,
-            secrets=self.secrets,
+            directory=self.directory,
             window=Window(config.auth.survival_time, config.auth.clock_skew),
             replay=self.replay,
             wall_clock=self.wall_clock,

@@ -9,6 +9,7 @@ import secrets
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import asynccontextmanager
+from pathlib import Path
 
 import attrs
 import h11
@@ -20,7 +21,9 @@ from asr_actors.bus.base import Bus
 from asr_actors.bus.memory import MemoryBus
 from asr_actors.config import Config
 from asr_actors.dialects import V1, Admission, Bailian, Dialect
+from asr_actors.directory import Directory, DirectoryAdmin, FileAdmin, StaticDirectory, read_apps_file
 from asr_actors.records import RecordStore, SqliteRecordStore
+from asr_actors.session import Shared
 from asr_actors.signing import MemoryReplayGuard, ReplayGuard
 from engines.base import Engine, EngineUnavailable
 
@@ -58,7 +61,9 @@ def build_engines(config: Config, wanted: set[str] | None = None) -> dict[str, E
 
 
 def resolve_secrets(config: Config) -> dict[str, str]:
-    return {appkey: app.resolve_secret(appkey) for appkey, app in config.apps.items()}
+    """The config's apps, and those the `apps` command keeps in the apps file (embedded mode)."""
+    configured = {appkey: app.resolve_secret(appkey) for appkey, app in config.apps.items()}
+    return {**read_apps_file(Path(config.server.apps_file)), **configured}
 
 
 def is_loopback(host: str) -> bool:
@@ -71,7 +76,7 @@ def is_loopback(host: str) -> bool:
 
 
 # Answers a request that is not a WebSocket session: an HTTP response.
-HttpRoute = Callable[[http.RequestHead], http.Response]
+HttpRoute = Callable[[http.RequestHead], Awaitable[http.Response]]
 
 
 class Gateway:
@@ -86,7 +91,9 @@ class Gateway:
         bus: Bus | None = None,
         replay: ReplayGuard | None = None,
         records: RecordStore | None = None,
+        shared_directory: Callable[[Directory], Directory] | None = None,
     ) -> None:
+        """`shared_directory` wraps the config's directory in one shared by all gateways (Redis)."""
         self.config = config
         self.engines = engines
         demo = config.demo
@@ -104,9 +111,11 @@ class Gateway:
             audio_capacity=config.channels.engine_audio,
             events_capacity=config.channels.engine_events,
         )
-        self.v1 = V1(secrets=all_secrets, replay=replay or MemoryReplayGuard(), wall_clock=wall_clock)
+        own = StaticDirectory(config, all_secrets)
+        self.directory = shared_directory(own) if shared_directory else own
+        self.v1 = V1(directory=self.directory, replay=replay or MemoryReplayGuard(), wall_clock=wall_clock)
         self.bailian = Bailian()
-        self.records = records
+        self.shared = Shared(config, self.bus, self.directory, records, wall_clock)
         self.active_sessions = 0
         self.sessions_total = 0
         # Engines that failed to prepare, with the reason (their sessions get 503).
@@ -159,9 +168,9 @@ class Gateway:
                     http.PrefixedStream(stream, head.raw), head, handshake_deadline, dialect
                 )
                 return
-            else:
-                response = answer(head)
             with trio.move_on_at(handshake_deadline):
+                if dialect is None:
+                    response = await answer(head)
                 try:
                     await http.send_response(stream, h11_connection, response)
                 except trio.BrokenResourceError:
@@ -185,29 +194,34 @@ class Gateway:
                 pass
         return None
 
-    def _http(self, head: http.RequestHead) -> http.Response:
+    async def _http(self, head: http.RequestHead) -> http.Response:
         if head.method not in ("GET", "HEAD"):
             return http.text_response(405, "Method not allowed")
-        routes: dict[str, Callable[[http.RequestHead], http.Response]] = {
-            "/healthz": lambda _: http.json_response(200, {"status": "ok", "sessions": self.active_sessions}),
+        routes: dict[str, HttpRoute] = {
+            "/healthz": self._health,
             "/v1/sign": self._sign,
-            "/v1/languages": lambda _: http.json_response(200, {"languages": self._languages()}),
+            "/v1/languages": self._languages,
             protocol.PATH: self._upgrade_required,
         }
         route = routes.get(head.path)
-        return route(head) if route else http.static_file(self.config.server.web_root_path(), head.path)
+        return await route(head) if route else http.static_file(self.config.server.web_root_path(), head.path)
 
-    def _sign(self, head: http.RequestHead) -> http.Response:
+    async def _health(self, head: http.RequestHead) -> http.Response:
+        return http.json_response(200, {"status": "ok", "sessions": self.active_sessions})
+
+    async def _sign(self, head: http.RequestHead) -> http.Response:
         if not self.demo_enabled:
             return http.text_response(404, "Signing is disabled on this server")
         demo = self.config.demo.appkey
         return http.signed_url_response(head, self.secrets[demo], demo, self.wall_clock())
 
-    def _languages(self) -> list[dict[str, object]]:
+    async def _languages(self, head: http.RequestHead) -> http.Response:
+        return http.json_response(200, {"languages": await self.languages()})
+
+    async def languages(self) -> list[dict[str, object]]:
         """Each routed language, its engine, and whether that engine can take sessions now."""
         listed: list[dict[str, object]] = []
-        for code in self.config.languages:
-            engine = self.config.engine_for(code) or ""
+        for code, engine in (await self.directory.routes()).items():
             entry: dict[str, object] = {
                 "code": code,
                 "engine": engine,
@@ -218,7 +232,7 @@ class Gateway:
             listed.append(entry)
         return listed
 
-    def _upgrade_required(self, head: http.RequestHead) -> http.Response:
+    async def _upgrade_required(self, head: http.RequestHead) -> http.Response:
         return http.text_response(426, "This endpoint speaks WebSocket")
 
     async def _websocket(
@@ -240,15 +254,7 @@ class Gateway:
             self.active_sessions += 1
             self.sessions_total += 1
             try:
-                await session.run(
-                    connection,
-                    Admission(head.host, head.target),
-                    dialect,
-                    self.config,
-                    self.bus,
-                    self.records,
-                    self.wall_clock,
-                )
+                await session.run(connection, Admission(head.host, head.target), dialect, self.shared)
             finally:
                 self.active_sessions -= 1
                 # The library's reader task would otherwise wait on a peer that may never close.
@@ -290,6 +296,7 @@ async def serve(
             bus=chosen.bus,
             replay=chosen.replay,
             records=chosen.records,
+            shared_directory=chosen.shared_directory,
         )
         await gateway.prepare()
         await _serve_gateway(gateway, bailian_port, task_status)
@@ -303,6 +310,10 @@ class Backend:
     engines: dict[str, Engine]
     replay: ReplayGuard
     records: RecordStore | None
+    # Wraps the config's directory in the one all gateways share (Redis); None in embedded mode.
+    shared_directory: Callable[[Directory], Directory] | None = None
+    # What the `apps` and `routes` commands change.
+    admin: DirectoryAdmin | None = None
 
 
 @asynccontextmanager
@@ -317,16 +328,29 @@ async def backend(config: Config) -> AsyncIterator[Backend]:
             engines, audio_capacity=channels.engine_audio, events_capacity=channels.engine_events
         )
         records = SqliteRecordStore(keep.path, keep.retention_days) if keep.enabled else None
-        yield Backend(memory, engines, MemoryReplayGuard(), records)
+        yield Backend(memory, engines, MemoryReplayGuard(), records, admin=FileAdmin(config))
         return
-    from asr_actors.bus.redis import RedisBus, RedisConnection, RedisRecordStore, RedisReplayGuard
+    from asr_actors.bus.redis import (
+        RedisBus,
+        RedisConnection,
+        RedisDirectory,
+        RedisRecordStore,
+        RedisReplayGuard,
+    )
 
     async with RedisConnection(config.bus.url, config.bus.subscription_queue).open() as redis:
         bus = RedisBus(
             redis, config.bus, audio_capacity=channels.engine_audio, events_capacity=channels.engine_events
         )
         shared = RedisRecordStore(redis, keep.retention_days) if keep.enabled else None
-        yield Backend(bus, {}, RedisReplayGuard(redis), shared)
+        yield Backend(
+            bus,
+            {},
+            RedisReplayGuard(redis),
+            shared,
+            shared_directory=lambda fallback: RedisDirectory(redis, fallback),
+            admin=RedisDirectory(redis, StaticDirectory(config, {})),
+        )
 
 
 async def _serve_gateway(

@@ -24,6 +24,7 @@ from asr_actors.actors import receiver, relay, sender
 from asr_actors.bus.base import Bus
 from asr_actors.config import Config
 from asr_actors.dialects import Admission, Dialect
+from asr_actors.directory import Directory
 from asr_actors.groups import first_leaf
 from asr_actors.protocol import ErrorCode, ProtocolError, ServerEvent
 from asr_actors.records import RecordStore, SessionLedger, SessionRecord
@@ -53,15 +54,19 @@ class _Facts:
     ledger: SessionLedger = attrs.field(factory=SessionLedger)
 
 
-async def run(
-    connection: Transport,
-    admission: Admission,
-    dialect: Dialect,
-    config: Config,
-    bus: Bus,
-    records: RecordStore | None = None,
-    wall_clock: Callable[[], float] = time.time,
-) -> Outcome:
+@attrs.frozen
+class Shared:
+    """What every session of a gateway shares."""
+
+    config: Config
+    bus: Bus
+    directory: Directory
+    records: RecordStore | None = None
+    wall_clock: Callable[[], float] = time.time
+
+
+async def run(connection: Transport, admission: Admission, dialect: Dialect, shared: Shared) -> Outcome:
+    config, records, wall_clock = shared.config, shared.records, shared.wall_clock
     task_id = uuid.uuid4().hex
     logs.current_session.set(task_id)
     started_at = wall_clock()
@@ -70,7 +75,7 @@ async def run(
     client_gone = False
     try:
         with trio.move_on_after(config.session.max_duration) as lifetime:
-            await _run_actors(connection, admission, dialect, config, bus, task_id, facts)
+            await _run_actors(connection, admission, dialect, shared, task_id, facts)
         if lifetime.cancelled_caught:
             error = ProtocolError(ErrorCode.TIMEOUT, "Maximum session duration reached")
     except ProtocolError as exc:
@@ -116,14 +121,9 @@ async def _save(records: RecordStore, record: SessionRecord, timeout_s: float) -
 
 
 async def _run_actors(
-    connection: Transport,
-    admission: Admission,
-    dialect: Dialect,
-    config: Config,
-    bus: Bus,
-    task_id: str,
-    facts: _Facts,
+    connection: Transport, admission: Admission, dialect: Dialect, shared: Shared, task_id: str, facts: _Facts
 ) -> None:
+    config = shared.config
     admitted = await dialect.admit(admission, config)
     logs.current_app.set(admitted.appkey)
     facts.app = admitted.appkey
@@ -139,14 +139,21 @@ async def _run_actors(
             outbound_tx.clone(),
             config.session.idle_timeout,
         )
-        engine = config.engine_for(opened.language)
+        engine = await shared.directory.engine_for(opened.language)
         if engine is None:
             raise ProtocolError(ErrorCode.BAD_INPUT, f"Language {opened.language!r} is not supported")
         spec = StreamSpec(session_id=task_id, language=opened.language, sample_rate=opened.sample_rate)
         facts.language, facts.engine, facts.sample_rate = spec.language, engine, spec.sample_rate
         log.info("stream opened: lang=%s rate=%d engine=%s", spec.language, spec.sample_rate, engine)
         await nursery.start(
-            relay.run, audio_rx, outbound_tx, bus, engine, spec, config.session.flush_timeout, facts.ledger
+            relay.run,
+            audio_rx,
+            outbound_tx,
+            shared.bus,
+            engine,
+            spec,
+            config.session.flush_timeout,
+            facts.ledger,
         )
 
 

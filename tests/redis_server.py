@@ -57,7 +57,8 @@ class RedisServer:
     async def stop(self) -> None:
         if self.process is not None:
             self.process.kill()
-            await self.process.wait()
+            with trio.CancelScope(shield=True):
+                await self.process.wait()
             self.process = None
 
     async def _answers(self) -> bool:

@@ -161,7 +161,12 @@ async def test_missing_key_is_reported_at_start_and_refused_with_503(
     gateway = await dashscope_gateway("ws://127.0.0.1:9/unused")
     assert any(f"needs an API key in ${KEY_ENV}" in record.message for record in caplog.records)
     reason = f"DashScope needs an API key in ${KEY_ENV}"
-    assert {"code": "zh", "engine": "dashscope", "available": False, "reason": reason} in gateway._languages()
+    assert {
+        "code": "zh",
+        "engine": "dashscope",
+        "available": False,
+        "reason": reason,
+    } in await gateway.languages()
     messages = await zh_session(nursery, gateway, 1)
     assert {
         "code": 503,

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 
 import attrs
 
 from asr_actors import protocol
+from asr_actors.directory import Directory
 from asr_actors.protocol import ErrorCode, Handshake, ProtocolError
 from asr_actors.signing import LinkRefused, ReplayGuard, Window, verify
 
@@ -26,14 +27,14 @@ async def run(
     *,
     host: str,
     target: str,
-    secrets: Mapping[str, str],
+    directory: Directory,
     window: Window,
     replay: ReplayGuard,
     wall_clock: Callable[[], float],
 ) -> Grant:
     """Return the Grant for this handshake or raise ProtocolError (401 for anything about the link)."""
     handshake = protocol.parse_handshake(target)
-    secret = secrets.get(handshake.appkey)
+    secret = await directory.secret(handshake.appkey)
     try:
         if secret is None:
             raise LinkRefused(f"unknown appkey {handshake.appkey!r}")

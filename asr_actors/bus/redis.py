@@ -28,6 +28,7 @@ from coredis.response.types import PubSubMessage
 from asr_actors.bus import wire
 from asr_actors.bus.base import EngineLink
 from asr_actors.config import BusConfig
+from asr_actors.directory import Directory
 from asr_actors.groups import first_leaf
 from asr_actors.records import DAY, SessionRecord, TrafficRow, aggregate
 from asr_actors.signing import LinkRefused
@@ -112,6 +113,60 @@ class RedisReplayGuard:
             raise LinkRefused(f"replay check unavailable: {exc}") from exc
         if not first:
             raise LinkRefused("link already used")
+
+
+class RedisDirectory:
+    """Apps and language routes in Redis, shared and editable while gateways run; `fallback` (the config)
+    answers for apps Redis does not know and for routes until Redis holds any."""
+
+    APPS = f"{wire.PREFIX}apps"
+    ROUTES = f"{wire.PREFIX}routes"
+
+    def __init__(self, connection: RedisConnection, fallback: Directory) -> None:
+        self._redis = connection
+        self._fallback = fallback
+
+    async def secret(self, appkey: str) -> str | None:
+        stored = await self._redis.client.hget(self.APPS, appkey)
+        return stored.decode() if stored is not None else await self._fallback.secret(appkey)
+
+    async def engine_for(self, language: str) -> str | None:
+        return (await self.routes()).get(language)
+
+    async def routes(self) -> dict[str, str]:
+        stored = await self._redis.client.hgetall(self.ROUTES)
+        if not stored:
+            return await self._fallback.routes()
+        return {code.decode(): engine.decode() for code, engine in stored.items()}
+
+    # Administration (the `apps` and `routes` commands):
+    async def list_apps(self) -> list[str]:
+        return sorted(key.decode() for key in await self._redis.client.hkeys(self.APPS))
+
+    async def add_app(self, appkey: str, secret: str) -> None:
+        if not await self._redis.client.hsetnx(self.APPS, appkey, secret):
+            raise ValueError(f"app {appkey!r} exists already (use rotate)")
+
+    async def rotate_app(self, appkey: str, secret: str) -> None:
+        if not await self._redis.client.hexists(self.APPS, appkey):
+            raise ValueError(f"no app {appkey!r}")
+        await self._redis.client.hset(self.APPS, {appkey: secret})
+
+    async def remove_app(self, appkey: str) -> None:
+        if not await self._redis.client.hdel(self.APPS, [appkey]):
+            raise ValueError(f"no app {appkey!r}")
+
+    async def set_route(self, language: str, engine: str) -> None:
+        if not await self._redis.client.exists([self.ROUTES]):
+            # The first edit starts from the config's routes, so that it does not drop the others.
+            seed = await self._fallback.routes()
+            if seed:
+                await self._redis.client.hset(self.ROUTES, seed)
+        await self._redis.client.hset(self.ROUTES, {language: engine})
+
+    async def remove_route(self, language: str) -> None:
+        await self.set_route(language, "")  # seeds the hash from the config first if need be
+        await self._redis.client.hdel(self.ROUTES, [language])
 
 
 class RedisRecordStore:

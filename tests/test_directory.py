@@ -1,0 +1,104 @@
+"""Apps and routes: the `apps` command on the embedded apps file, and live edits in Redis that running
+gateways pick up without a restart."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import trio
+
+from asr_actors.bus.redis import RedisBus, RedisConnection, RedisDirectory
+from asr_actors.directory import StaticDirectory
+from asr_actors.server import Gateway, resolve_secrets
+from asr_actors.worker import Worker
+from engines.fake import FakeEngine
+from tests.redis_server import redis_server
+from tests.support import fake_config, open_connection, read_until_close, statuses
+
+GUARD = 30
+FRAME = b"\x01\x00" * 1600
+
+
+def cli(config: Path, *args: str, stdin: str = "") -> subprocess.CompletedProcess[str]:
+    command = [sys.executable, "-m", "asr_actors", *args, "--config", str(config)]
+    return subprocess.run(command, input=stdin, capture_output=True, text=True, check=False)
+
+
+async def session_statuses(
+    nursery: trio.Nursery, gateway: Gateway, appkey: str, secret: str, lang: str = "en"
+) -> list[str]:
+    from asr_actors import client
+
+    target = client.sign_url("ws://gateway.test/v1/asr", appkey, secret, nonce=client.fresh_nonce())
+    connection = await open_connection(nursery, gateway, target.split("gateway.test", 1)[1] + f"&lang={lang}")
+    await connection.send_message(FRAME)
+    await connection.send_message('{"status": "end"}')
+    return statuses(await read_until_close(connection))
+
+
+def test_apps_command_on_the_embedded_apps_file(tmp_path: Path) -> None:
+    """add prints a new secret once, list shows keys only, rotate replaces, remove deletes; file is 600."""
+    apps_file = tmp_path / "apps.local.toml"
+    config = tmp_path / "config.toml"
+    config.write_text(f'[server]\napps_file = "{apps_file}"\n')
+    added = cli(config, "apps", "add", "mobile")
+    appkey, secret = added.stdout.split()
+    assert ("mobile", 0o600) == (appkey, apps_file.stat().st_mode & 0o777)
+    assert "mobile" == cli(config, "apps", "list").stdout.strip()
+    assert secret not in cli(config, "apps", "list").stdout
+    assert 1 == cli(config, "apps", "add", "mobile").returncode
+    rotated = cli(
+        config, "apps", "rotate", "mobile", "--secret-stdin", stdin="a-rotated-secret-of-some-length\n"
+    )
+    assert "mobile a-rotated-secret-of-some-length" == rotated.stdout.strip()
+    from asr_actors.config import load_config
+
+    assert {"mobile": "a-rotated-secret-of-some-length"} == resolve_secrets(load_config(config))
+    assert 1 == cli(config, "apps", "add", "bad key!").returncode
+    assert 0 == cli(config, "apps", "remove", "mobile").returncode
+    assert "" == cli(config, "apps", "list").stdout
+    assert "routes are the config's" in cli(config, "routes", "set", "de", "fake").stderr
+
+
+async def test_live_edits_in_redis_reach_running_gateways(tmp_path: Path) -> None:
+    """On the Redis bus: an app added, rotated or removed, and a route set, take effect on a running
+    gateway at its next session; sessions already admitted are not affected."""
+    with trio.fail_after(GUARD):
+        async with (
+            redis_server(tmp_path) as server,
+            RedisConnection(server.url, 64).open() as redis,
+            trio.open_nursery() as nursery,
+        ):
+            config = fake_config(bus={"kind": "redis", "url": server.url})
+            await nursery.start(
+                Worker(config, FakeEngine(languages=frozenset({"en", "de"})), concurrency=4).run
+            )
+            bus = RedisBus(redis, config.bus, audio_capacity=8, events_capacity=8)
+            gateway = Gateway(
+                config, {}, {}, bus=bus, shared_directory=lambda own: RedisDirectory(redis, own)
+            )
+            admin = RedisDirectory(redis, StaticDirectory(config, {}))
+
+            assert ["401"] == await session_statuses(nursery, gateway, "live", "first-secret-0123456789")
+            await admin.add_app("live", "first-secret-0123456789")
+            assert "end" == (await session_statuses(nursery, gateway, "live", "first-secret-0123456789"))[-1]
+            await admin.rotate_app("live", "second-secret-0123456789")
+            assert ["401"] == await session_statuses(nursery, gateway, "live", "first-secret-0123456789")
+            assert "end" == (await session_statuses(nursery, gateway, "live", "second-secret-0123456789"))[-1]
+
+            assert (
+                "403"
+                == (await session_statuses(nursery, gateway, "live", "second-secret-0123456789", "de"))[-1]
+            )
+            await admin.set_route("de", "fake")
+            assert {"en": "fake", "zh": "fake", "de": "fake"} == await admin.routes()
+            assert (
+                "end"
+                == (await session_statuses(nursery, gateway, "live", "second-secret-0123456789", "de"))[-1]
+            )
+
+            await admin.remove_app("live")
+            assert ["401"] == await session_statuses(nursery, gateway, "live", "second-secret-0123456789")
+            nursery.cancel_scope.cancel()
