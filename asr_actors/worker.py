@@ -9,6 +9,7 @@ has, and exits. Message formats: `asr_actors/bus/wire.py`.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import signal
@@ -127,11 +128,21 @@ class Worker:
             self.stats.failed += 1
             log.warning("session lost its bus: %s", first_leaf(group))
         except* Exception:
-            # A bug in one session must not take the worker's other sessions down.
+            # A bug in one session must not take the worker's other sessions down, nor leave its gateway
+            # waiting: tell it, if the bus still works.
             self.stats.failed += 1
             log.exception("session failed")
+            await self._report_failure(redis, request)
         finally:
             self._slots.release()
+
+    async def _report_failure(self, redis: RedisConnection, request: wire.Request) -> None:
+        # seq far ahead: the gateway reads it as a gap, which ends the session with a coded error.
+        message = wire.ResultMessage(
+            request.session, 2**62, EngineFailed("Engine worker failure"), request.attempt
+        )
+        with trio.move_on_after(self.config.bus.claim_timeout), contextlib.suppress(*RedisError):
+            await redis.client.publish(wire.results_channel(request.session), wire.encode_result(message))
 
     async def _serve(self, redis: RedisConnection, request: wire.Request) -> None:
         session = request.session
@@ -182,7 +193,10 @@ class Worker:
             expected = 0
             while True:
                 with trio.move_on_after(self.config.session.idle_timeout) as idle:
-                    data = await messages.receive()
+                    try:
+                        data = await messages.receive()
+                    except trio.EndOfChannel:
+                        raise _StreamBroken("this worker fell behind the audio and lost some") from None
                 if idle.cancelled_caught:
                     raise _StreamBroken("no audio from the gateway")
                 try:
@@ -198,7 +212,10 @@ class Worker:
                 expected += 1
                 if frame.end:
                     return
-                await audio.send(frame.pcm)
+                try:
+                    await audio.send(frame.pcm)
+                except trio.BrokenResourceError:
+                    return  # the engine stopped (a failure): its events say why
 
 
 class _StreamBroken(Exception):

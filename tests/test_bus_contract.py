@@ -111,7 +111,7 @@ async def test_lagging_subscriber_is_reported_not_silent(tmp_path: Path) -> None
     is detected and the stream ends with EngineFailed saying so, instead of silently missing words."""
     with trio.fail_after(GUARD):
         async with redis_server(tmp_path) as server, trio.open_nursery() as nursery:
-            config = fake_config(bus={"kind": "redis", "url": server.url, "subscription_queue": 2})
+            config = fake_config(bus={"kind": "redis", "url": server.url})
             await nursery.start(Worker(config, FakeEngine(), concurrency=1).run)
             async with RedisConnection(server.url, 2).open() as redis:
                 bus = RedisBus(redis, config.bus, audio_capacity=64, events_capacity=1)

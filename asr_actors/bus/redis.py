@@ -44,6 +44,8 @@ from engines.base import (
 
 log = logging.getLogger(__name__)
 
+# Audio frames published in one pipelined round trip at most (1.6 s of audio at 100 ms a frame).
+MAX_PUBLISH_BATCH = 16
 RedisError = (coredis.exceptions.RedisError, OSError, anyio.BrokenResourceError, anyio.ClosedResourceError)
 
 
@@ -359,19 +361,37 @@ class RedisBus:
     async def _send_audio(self, stream: _Stream, audio: trio.MemoryReceiveChannel[bytes]) -> None:
         session = stream.spec.session_id
         channel = wire.audio_channel(session, stream.attempt)
-        publish = self._redis.client.publish
         seq = 0
-        # A new placement starts with the audio since the last final (nothing on the first one).
-        for _, pcm in list(stream.replay.frames):
-            await publish(channel, wire.encode_audio(wire.AudioFrame(session, seq, pcm)))
+
+        def frame(pcm: bytes, *, end: bool = False) -> bytes:
+            nonlocal seq
             seq += 1
+            return wire.encode_audio(wire.AudioFrame(session, seq - 1, pcm, end=end))
+
+        # A new placement starts with the audio since the last final (nothing on the first one).
+        await self._publish(channel, [frame(pcm) for _, pcm in list(stream.replay.frames)])
         if not stream.audio_ended:
             async for pcm in audio:
-                stream.replay.add(pcm)
-                await publish(channel, wire.encode_audio(wire.AudioFrame(session, seq, pcm)))
-                seq += 1
+                batch = [pcm]
+                # Frames that queued up while the last publish was in flight go out in one round trip.
+                while len(batch) < MAX_PUBLISH_BATCH:
+                    try:
+                        batch.append(audio.receive_nowait())
+                    except (trio.WouldBlock, trio.EndOfChannel):
+                        break
+                for queued in batch:
+                    stream.replay.add(queued)
+                await self._publish(channel, [frame(queued) for queued in batch])
             stream.audio_ended = True
-        await publish(channel, wire.encode_audio(wire.AudioFrame(session, seq, b"", end=True)))
+        await self._publish(channel, [frame(b"", end=True)])
+
+    async def _publish(self, channel: str, messages: list[bytes]) -> None:
+        if len(messages) == 1:
+            await self._redis.client.publish(channel, messages[0])
+        elif messages:
+            async with self._redis.client.pipeline(transaction=False) as pipeline:
+                for message in messages:
+                    pipeline.publish(channel, message)
 
     async def _wait_until_gone(self, worker: str) -> None:
         """Returns once the worker's liveness key has expired (it missed its heartbeats)."""
