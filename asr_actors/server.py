@@ -338,7 +338,8 @@ async def backend(config: Config) -> AsyncIterator[Backend]:
         RedisReplayGuard,
     )
 
-    async with RedisConnection(config.bus.url, config.bus.subscription_queue).open() as redis:
+    links = config.bus
+    async with RedisConnection(links.url, links.subscription_queue, links.heartbeat_interval).open() as redis:
         bus = RedisBus(
             redis, config.bus, audio_capacity=channels.engine_audio, events_capacity=channels.engine_events
         )

@@ -60,7 +60,7 @@ class Worker:
     async def run(self, *, task_status: trio.TaskStatus[str] = trio.TASK_STATUS_IGNORED) -> None:
         bus = self.config.bus
         await self.engine.prepare()
-        redis = RedisConnection(bus.url, bus.subscription_queue)
+        redis = RedisConnection(bus.url, bus.subscription_queue, bus.heartbeat_interval)
         async with redis.open(), trio.open_nursery() as nursery:
             await self._heartbeat_once(redis)
             heartbeat = trio.CancelScope()
@@ -196,7 +196,7 @@ class Worker:
                     try:
                         data = await messages.receive()
                     except trio.EndOfChannel:
-                        raise _StreamBroken("this worker fell behind the audio and lost some") from None
+                        raise _StreamBroken("audio was lost on the bus (the subscription broke)") from None
                 if idle.cancelled_caught:
                     raise _StreamBroken("no audio from the gateway")
                 try:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from urllib.parse import urlsplit
@@ -52,7 +53,7 @@ RedisError = (coredis.exceptions.RedisError, OSError, anyio.BrokenResourceError,
 class RedisConnection:
     """One command client and one shared pub/sub connection per process."""
 
-    def __init__(self, url: str, subscription_queue: int) -> None:
+    def __init__(self, url: str, subscription_queue: int, check_interval: float = 1.0) -> None:
         split = urlsplit(url)
         if split.scheme != "redis" or not split.hostname:
             raise ValueError(f"bus.url must be redis://host:port/db, not {url!r}")
@@ -62,12 +63,58 @@ class RedisConnection:
         )
         self._pubsub: coredis.patterns.pubsub.PubSub[bytes] | None = None
         self._subscription_queue = subscription_queue
+        self._check_interval = check_interval
+        self._streams: dict[str, trio.MemorySendChannel[bytes]] = {}
+        self._canary_heard = trio.Event()
+
+    def _hear_canary(self, _message: PubSubMessage) -> None:
+        self._canary_heard.set()
 
     @asynccontextmanager
     async def open(self) -> AsyncIterator[RedisConnection]:
-        async with self.client, self.client.pubsub(ignore_subscribe_messages=True) as pubsub:
-            self._pubsub = pubsub
+        async with self.client, trio.open_nursery() as nursery:
+            await nursery.start(self._keep_pubsub)
             yield self
+            nursery.cancel_scope.cancel()
+
+    async def _keep_pubsub(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Keep one working pub/sub connection. Redis cuts a subscriber past its output-buffer limit (and
+        all of them when it restarts), and the client then resubscribes without delivering anything more
+        (measured with coredis 6.9). So a canary message goes round this connection every check
+        interval; when one does not come back, every stream on it ends (its session reports the loss at
+        once) and a fresh connection takes over for new subscriptions."""
+        canary = f"{wire.PREFIX}canary:{uuid.uuid4().hex}"
+        started = False
+        while True:
+            try:
+                with trio.CancelScope() as connection_scope:
+                    async with self.client.pubsub(ignore_subscribe_messages=True) as pubsub:
+                        await pubsub.subscribe(**{canary: self._hear_canary})
+                        self._pubsub = pubsub
+                        if not started:
+                            started = True
+                            task_status.started()
+                        while True:
+                            await trio.sleep(self._check_interval)
+                            self._canary_heard = trio.Event()
+                            try:
+                                await self.client.publish(canary, b"1")
+                            except RedisError:
+                                continue  # Redis itself is away; judge the connection once it is back
+                            with trio.move_on_after(self._check_interval):
+                                await self._canary_heard.wait()
+                            if not self._canary_heard.is_set():
+                                log.warning("the pub/sub connection stopped delivering; ending its streams")
+                                connection_scope.cancel()
+            except* RedisError as group:
+                if not started:
+                    raise  # no Redis at start-up: fail now, with the reason
+                # The connection's own teardown may fail once Redis is gone; the streams end below either way.
+                log.debug("pub/sub connection closed with %s", first_leaf(group))
+            for stream in self._streams.values():
+                stream.close()
+            self._streams.clear()
+            await trio.sleep(self._check_interval)  # not a hot loop while Redis is away
 
     @asynccontextmanager
     async def subscription(self, channel: str) -> AsyncIterator[trio.MemoryReceiveChannel[bytes]]:
@@ -89,11 +136,17 @@ class RedisConnection:
             except (trio.BrokenResourceError, trio.ClosedResourceError):
                 pass
 
-        await self._pubsub.subscribe(**{channel: deliver})
+        try:
+            await self._pubsub.subscribe(**{channel: deliver})
+        except RedisError as exc:
+            # Typically right after Redis restarted, until the pub/sub connection has been replaced.
+            raise EngineUnavailable(f"The bus is unreachable: {exc}") from exc
+        self._streams[channel] = messages_tx
         try:
             async with messages_rx:
                 yield messages_rx
         finally:
+            self._streams.pop(channel, None)
             messages_tx.close()
             with trio.CancelScope(shield=True), trio.move_on_after(5), contextlib.suppress(*RedisError):
                 await self._pubsub.unsubscribe(channel)
@@ -439,7 +492,7 @@ class RedisBus:
                 if isinstance(shifted, Final):
                     stream.replay.finalized_until(shifted.end_ms)
                 await events.send(shifted)
-        # The subscription ended before the worker's `end`: this gateway fell behind and dropped results.
+        # The subscription ended before the worker's `end`: this gateway fell behind, or Redis cut it off.
         await events.send(
-            EngineFailed(f"Results were lost on the bus (the gateway fell behind at {expected})")
+            EngineFailed(f"Results were lost on the bus (the subscription broke at {expected})")
         )

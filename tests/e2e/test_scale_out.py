@@ -243,3 +243,37 @@ async def test_sigterm_drains_the_worker(tmp_path: Path) -> None:
     assert [(k * 1000, (k + 1) * 1000) for k in range(3)] == [
         (r.begin_ms, r.end_ms) for r in results if r.status == "final"
     ]
+
+
+async def test_subscriber_cut_off_by_redis_output_buffer_limit_is_reported(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A worker that stalls (SIGSTOP) while its audio is published exceeds Redis's pub/sub output-buffer
+    limit; Redis cuts its subscription and the audio in between is lost. The loss shows as a sequence gap
+    and the session ends with a coded error naming it, instead of a transcript silently missing words."""
+    with trio.fail_after(GUARD):
+        async with redis_server(tmp_path) as redis:
+            config = write_config(tmp_path, redis.url)
+            config.write_text(config.read_text().replace("worker_ttl = 1.5", "worker_ttl = 5.0"))
+            async with coredis.Redis(host="127.0.0.1", port=redis.port) as admin:
+                await admin.config_set({"client-output-buffer-limit": "pubsub 1kb 1kb 0"})
+            failure: list[client.ServerError] = []
+            async with (
+                workers(config, 1, redis) as processes,
+                running_server(config) as (url, _),
+                trio.open_nursery() as nursery,
+            ):
+
+                async def session() -> None:
+                    with pytest.raises(client.ServerError) as caught:
+                        await client.stream_pcm(signed(url), SECOND * 4, realtime=True)
+                    failure.append(caught.value)
+
+                nursery.start_soon(session)
+                await trio.sleep(1.0)
+                processes[0].send_signal(signal.SIGSTOP)
+                await trio.sleep(1.0)
+                processes[0].send_signal(signal.SIGCONT)
+    assert 500 == failure[0].code
+    assert "sequence gap" in failure[0].message or "lost" in failure[0].message, failure[0].message
+    report(f"output-buffer cut-off reported as: {failure[0].code} {failure[0].message}", capsys)
