@@ -61,10 +61,12 @@ def record_until(page: Page, done: str, timeout_s: float = 30) -> list[list[tupl
     states: list[list[tuple[str, str]]] = []
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
+        # The condition first, then the snapshot: the last state returned always satisfies it.
+        reached = page.evaluate(done)
         current = lines(page)
         if not states or states[-1] != current:
             states.append(current)
-        if page.evaluate(done):
+        if reached:
             return states
         time.sleep(0.05)
     raise AssertionError(f"not reached in {timeout_s} s: {done}; last transcript {states[-1:]}")
