@@ -22,7 +22,7 @@ SECRET_ENV = "ASR_ACTORS_SECRET"
 LANGUAGE_CODE = re.compile(r"^[a-z]{2,3}(-[A-Za-z0-9]{2,8})?$")
 
 
-def main(argv: list[str] | None = None) -> int:
+def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m asr_actors", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
 
@@ -81,6 +81,13 @@ def main(argv: list[str] | None = None) -> int:
         "--config", help="TOML config file (default: $ASR_ACTORS_CONFIG, else built-in defaults)"
     )
 
+    conformance = commands.add_parser(
+        "conformance", help="check an engine worker against the engine protocol"
+    )
+    conformance.add_argument("--engine", required=True, help="the engine name the worker serves")
+    conformance.add_argument("--redis", required=True, help="redis://host:port/db the worker uses")
+    conformance.add_argument("--audio", help="speech to use (any audio file); default: synthetic tone bursts")
+
     sign = commands.add_parser("sign", help="print a signed, single-use WebSocket URL")
     sign.add_argument("--appkey", required=True)
     sign.add_argument(
@@ -104,13 +111,18 @@ def main(argv: list[str] | None = None) -> int:
     transcribe.add_argument(
         "--realtime", action="store_true", help="send at the audio's own pace, like a microphone"
     )
+    return parser
 
+
+def main(argv: list[str] | None = None) -> int:
+    parser = _parser()
     args = parser.parse_args(argv)
     commands_by_name: dict[str, Callable[[argparse.Namespace], int]] = {
         "serve": _serve,
         "worker": _worker,
         "sign": _sign,
         "records": lambda arguments: trio.run(_records, arguments),
+        "conformance": lambda arguments: trio.run(_conformance, arguments),
         "apps": lambda arguments: trio.run(_apps, arguments),
         "routes": lambda arguments: trio.run(_routes, arguments),
         "transcribe": lambda arguments: trio.run(_transcribe, arguments),
@@ -197,7 +209,7 @@ async def _apps(args: argparse.Namespace) -> int:
 
 
 async def _routes(args: argparse.Namespace) -> int:
-    from asr_actors.config import KNOWN_ENGINES
+    from asr_actors.config import engine_name_ok
     from asr_actors.server import backend
 
     config = load_config(args.config)
@@ -205,10 +217,8 @@ async def _routes(args: argparse.Namespace) -> int:
         assert chosen.admin is not None
         try:
             if args.action == "set":
-                if not args.language or args.engine not in KNOWN_ENGINES:
-                    raise ValueError(
-                        f"routes set LANGUAGE ENGINE, ENGINE one of {', '.join(sorted(KNOWN_ENGINES))}"
-                    )
+                if not args.language or not engine_name_ok(args.engine or "", config.bus.kind):
+                    raise ValueError(f"routes set LANGUAGE ENGINE: {args.engine!r} is not an engine name")
                 if not LANGUAGE_CODE.match(args.language):
                     raise ValueError(f"not a language code: {args.language!r}")
                 await chosen.admin.set_route(args.language, args.engine)
@@ -220,6 +230,18 @@ async def _routes(args: argparse.Namespace) -> int:
         for language, engine in sorted((await chosen.admin.routes()).items()):
             print(f"{language} {engine}")
     return 0
+
+
+async def _conformance(args: argparse.Namespace) -> int:
+    from asr_actors import conformance
+
+    speech = await trio.to_thread.run_sync(client.load_audio, args.audio) if args.audio else None
+    outcomes = await conformance.run(args.engine, args.redis, speech)
+    for outcome in outcomes:
+        print(f"{'PASS' if outcome.passed else 'FAIL'}  {outcome.case:<20} {outcome.reason}", flush=True)
+    passed = sum(outcome.passed for outcome in outcomes)
+    print(f"conformance: {passed} passed, {len(outcomes) - passed} failed")
+    return 0 if passed == len(outcomes) else 1
 
 
 async def _records(args: argparse.Namespace) -> int:

@@ -6,6 +6,7 @@ Each timeout and channel capacity here is read at exactly one call site; `docs/t
 from __future__ import annotations
 
 import os
+import re
 import tomllib
 from pathlib import Path
 from typing import Any
@@ -16,6 +17,14 @@ import cattrs.v
 
 CONFIG_ENV = "ASR_ACTORS_CONFIG"
 KNOWN_ENGINES = frozenset({"local", "fake", "dashscope"})
+# On the Redis bus engines are separate workers, in any language: any name of this shape may be routed.
+ENGINE_NAME = re.compile(r"^[a-z][a-z0-9_-]{0,31}$")
+
+
+def engine_name_ok(name: str, bus_kind: str) -> bool:
+    return name in KNOWN_ENGINES if bus_kind == "memory" else bool(ENGINE_NAME.match(name))
+
+
 DEFAULT_WEB_ROOT = Path(__file__).resolve().parent.parent / "web"
 
 
@@ -288,11 +297,11 @@ def config_from_dict(data: dict[str, Any]) -> Config:
 
 
 def _check_references(config: Config) -> None:
-    known_engines = KNOWN_ENGINES
-    if config.engines.default not in known_engines:
+    kind = config.bus.kind
+    if not engine_name_ok(config.engines.default, kind):
         raise ConfigError(f"engines.default: unknown engine {config.engines.default!r}")
     for code, route in config.languages.items():
-        if route.engine and route.engine not in known_engines:
+        if route.engine and not engine_name_ok(route.engine, kind):
             raise ConfigError(f"languages.{code}.engine: unknown engine {route.engine!r}")
     if config.session.default_language not in config.languages:
         raise ConfigError(

@@ -152,11 +152,19 @@ class Worker:
 
         async def send(result: wire.Result) -> None:
             nonlocal seq
+            # Numbered before the publish: a publish cancelled midway may still have reached Redis.
             message = wire.ResultMessage(session, seq, result, request.attempt)
-            await publish(results_channel, wire.encode_result(message))
             seq += 1
+            await publish(results_channel, wire.encode_result(message))
 
         spec = StreamSpec(session_id=session, language=request.language, sample_rate=request.sample_rate)
+        if request.version != wire.PROTOCOL_VERSION:
+            await send(
+                wire.Refused(
+                    f"engine protocol version {request.version} is not {wire.PROTOCOL_VERSION}", True
+                )
+            )
+            return
         async with redis.subscription(wire.audio_channel(session, request.attempt)) as audio_messages:
             try:
                 self.engine.check(spec)

@@ -299,6 +299,8 @@ class RedisBus:
         self._audio_capacity = audio_capacity
         self._events_capacity = events_capacity
         self.failovers = 0
+        # Results from workers that broke the engine protocol (each ended its session with a 500).
+        self.malformed = 0
 
     @asynccontextmanager
     async def open_stream(self, engine: str, spec: StreamSpec) -> AsyncIterator[EngineLink]:
@@ -328,7 +330,11 @@ class RedisBus:
             await self._redis.client.lpush(queue, [request.encode()])
             with trio.move_on_after(self._config.claim_timeout):
                 async for data in results:
-                    message = wire.decode_result(data)
+                    try:
+                        message = wire.decode_result(data)
+                    except wire.BusProtocolError as exc:
+                        self.malformed += 1
+                        raise EngineUnavailable(f"The engine worker broke the protocol: {exc}") from exc
                     if message.attempt != stream.attempt:
                         continue
                     if isinstance(message.result, wire.Claimed):
@@ -466,6 +472,8 @@ class RedisBus:
             try:
                 message = wire.decode_result(data)
             except wire.BusProtocolError as exc:
+                self.malformed += 1
+                log.warning("malformed result from the engine worker: %s", exc)
                 await events.send(EngineFailed(f"Malformed result from the engine worker: {exc}"))
                 return
             if (

@@ -25,6 +25,8 @@ import attrs
 from engines.base import EngineEvent, EngineFailed, Final, Partial
 
 PREFIX = "asr:"
+# The engine protocol's version (docs/engine-protocol.md). Requests carry it; a worker refuses others.
+PROTOCOL_VERSION = 1
 _AUDIO = b"A"
 _END = b"E"
 _CANCEL = b"C"
@@ -66,6 +68,7 @@ class Request:
     language: str
     sample_rate: int
     attempt: int = 0
+    version: int = PROTOCOL_VERSION
 
     def encode(self) -> bytes:
         return json.dumps(attrs.asdict(self)).encode()
@@ -80,6 +83,7 @@ class Request:
                 language=str(fields["language"]),
                 sample_rate=int(fields["sample_rate"]),
                 attempt=int(fields.get("attempt", 0)),
+                version=int(fields.get("version", PROTOCOL_VERSION)),
             )
         except (ValueError, KeyError, TypeError) as exc:
             raise BusProtocolError(f"bad session request: {exc}") from None

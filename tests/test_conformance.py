@@ -1,0 +1,47 @@
+"""The engine-protocol conformance suite, run against the Python worker (real redis-server), and shown
+to catch a worker that breaks the contract."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import trio
+
+from asr_actors import conformance
+from asr_actors.worker import Worker
+from engines.fake import FakeEngine
+from tests.redis_server import redis_server
+from tests.support import fake_config
+
+GUARD = 60
+
+
+async def test_python_worker_passes_every_case(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """The Python worker (with the fake engine) passes all six cases."""
+    with trio.fail_after(GUARD):
+        async with redis_server(tmp_path) as server, trio.open_nursery() as nursery:
+            config = fake_config(bus={"kind": "redis", "url": server.url})
+            await nursery.start(Worker(config, FakeEngine(), concurrency=4).run)
+            outcomes = await conformance.run("fake", server.url)
+            nursery.cancel_scope.cancel()
+    with capsys.disabled():
+        for outcome in outcomes:
+            print(
+                f"\n[conformance python/fake] {'PASS' if outcome.passed else 'FAIL'} {outcome.case}: {outcome.reason}"
+            )
+    assert [(case, True) for case, _ in conformance.CASES] == [(o.case, o.passed) for o in outcomes], outcomes
+
+
+async def test_a_worker_that_never_flushes_fails_the_flush_cases(tmp_path: Path) -> None:
+    """An engine that hangs at end of audio fails the cases that need an `end`, with the reason."""
+    with trio.fail_after(GUARD):
+        async with redis_server(tmp_path) as server, trio.open_nursery() as nursery:
+            config = fake_config(bus={"kind": "redis", "url": server.url})
+            await nursery.start(Worker(config, FakeEngine(hang_on_finish=True), concurrency=8).run)
+            outcomes = {o.case: o for o in await conformance.run("fake", server.url, finish_timeout=2.0)}
+            nursery.cancel_scope.cancel()
+    assert outcomes["heartbeat"].passed
+    assert not outcomes["normal speech"].passed
+    assert "no end within 2 s" in outcomes["normal speech"].reason
+    assert not outcomes["end in mid-sentence"].passed
