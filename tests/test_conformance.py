@@ -28,7 +28,7 @@ async def test_python_worker_passes_every_case(tmp_path: Path, capsys: pytest.Ca
     with capsys.disabled():
         for outcome in outcomes:
             print(
-                f"\n[conformance python/fake] {'PASS' if outcome.passed else 'FAIL'} {outcome.case}: {outcome.reason}"
+                f"\n[conformance python] {'PASS' if outcome.passed else 'FAIL'} {outcome.case}: {outcome.reason}"
             )
     assert [(case, True) for case, _ in conformance.CASES] == [(o.case, o.passed) for o in outcomes], outcomes
 
