@@ -27,9 +27,8 @@ async def test_python_worker_passes_every_case(tmp_path: Path, capsys: pytest.Ca
             nursery.cancel_scope.cancel()
     with capsys.disabled():
         for outcome in outcomes:
-            print(
-                f"\n[conformance python] {'PASS' if outcome.passed else 'FAIL'} {outcome.case}: {outcome.reason}"
-            )
+            verdict = "PASS" if outcome.passed else "FAIL"
+            print(f"\n[conformance python] {verdict} {outcome.case}: {outcome.reason}")
     assert [(case, True) for case, _ in conformance.CASES] == [(o.case, o.passed) for o in outcomes], outcomes
 
 
