@@ -2,6 +2,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+NODE_WORKER := engines/node-echo
 
 .PHONY: serve test lint typecheck unit clean
 
@@ -22,7 +23,12 @@ lint: $(STAMP)
 typecheck: $(STAMP)
 	$(BIN)/mypy
 
-unit: $(STAMP)
+# The Node.js reference engine worker, from its lock file.
+$(NODE_WORKER)/node_modules/.installed: $(NODE_WORKER)/package-lock.json
+	cd $(NODE_WORKER) && npm ci --silent --no-audit --no-fund
+	touch $@
+
+unit: $(STAMP) $(NODE_WORKER)/node_modules/.installed
 	$(BIN)/pytest
 
 test: lint typecheck unit
