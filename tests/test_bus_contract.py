@@ -6,6 +6,7 @@ a task in this process; both sides speak to Redis over loopback sockets, so thes
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from pathlib import Path
@@ -13,6 +14,7 @@ from pathlib import Path
 import pytest
 import trio
 
+from asr_actors.bus import wire
 from asr_actors.bus.base import Bus
 from asr_actors.bus.memory import MemoryBus
 from asr_actors.bus.redis import RedisBus, RedisConnection, RedisReplayGuard
@@ -141,3 +143,46 @@ async def test_links_are_single_use_across_gateways(tmp_path: Path) -> None:
                 await RedisReplayGuard(second).claim("sig 1", expires_at=now + 0.3, now=now)
             await trio.sleep(0.5)  # Redis forgets the signature with its link's lifetime
             await RedisReplayGuard(second).claim("sig+1", expires_at=now + 0.3, now=now)
+
+
+async def test_a_malformed_result_ends_only_its_session_and_is_counted(tmp_path: Path) -> None:
+    """A worker that publishes garbage ends that session with a coded failure (counted); a session served
+    by a well-behaved worker at the same time completes."""
+    with trio.fail_after(GUARD):
+        async with redis_server(tmp_path) as server, trio.open_nursery() as nursery:
+            config = fake_config(bus={"kind": "redis", "url": server.url})
+            await nursery.start(Worker(config, FakeEngine(), concurrency=2).run)
+            async with RedisConnection(server.url, 64).open() as redis:
+
+                async def bad_worker() -> None:
+                    popped = await redis.client.brpop([wire.queue_key("broken")], timeout=10)
+                    assert popped is not None
+                    request = wire.Request.decode(popped[1])
+                    channel = wire.results_channel(request.session)
+                    claim = wire.ResultMessage(request.session, 0, wire.Claimed("bad-worker"))
+                    await redis.client.set(wire.worker_key("bad-worker"), b"broken", px=10_000)
+                    await redis.client.publish(channel, wire.encode_result(claim))
+                    await redis.client.publish(channel, b'{"session": "x", "seq": 1, "type": "partial"}')
+
+                nursery.start_soon(bad_worker)
+                bus = RedisBus(redis, config.bus, audio_capacity=64, events_capacity=64)
+                broken: list[EngineEvent] = []
+                healthy: list[EngineEvent] = []
+
+                async def collect(engine: str, into: list[EngineEvent]) -> None:
+                    spec = StreamSpec(session_id=f"malformed-{engine}", language="en", sample_rate=16000)
+                    async with bus.open_stream(engine, spec) as link:
+                        async with link.audio:
+                            for _ in range(12):
+                                with contextlib.suppress(trio.BrokenResourceError):
+                                    await link.audio.send(FRAME)
+                        into.extend([event async for event in link.events])
+
+                async with trio.open_nursery() as sessions:
+                    sessions.start_soon(collect, "broken", broken)
+                    sessions.start_soon(collect, "fake", healthy)
+            nursery.cancel_scope.cancel()
+    assert isinstance(broken[-1], EngineFailed)
+    assert broken[-1].message.startswith("Malformed result from the engine worker")
+    assert 1 == bus.malformed
+    assert ["w0 w1 w2 w3 w4 w5 w6 w7 w8 w9", "w10 w11"] == [e.text for e in healthy if isinstance(e, Final)]

@@ -15,6 +15,7 @@ from tests.redis_server import redis_server
 from tests.support import fake_config
 
 GUARD = 60
+DATA = Path(__file__).resolve().parent / "data" / "librivox"
 
 
 async def test_python_worker_passes_every_case(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -44,3 +45,32 @@ async def test_a_worker_that_never_flushes_fails_the_flush_cases(tmp_path: Path)
     assert not outcomes["normal speech"].passed
     assert "no end within 2 s" in outcomes["normal speech"].reason
     assert not outcomes["end in mid-sentence"].passed
+
+
+async def test_local_engine_worker_passes_with_real_speech(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The Python worker running the real local engine passes every case, fed LibriVox speech."""
+    from asr_actors import client
+    from asr_actors.config import LocalEngineConfig
+    from engines.local import LocalEngine
+
+    speech = b"".join(
+        [
+            await trio.to_thread.run_sync(
+                client.load_audio, str(DATA / f"sense_and_sensibility_01_austen_64kb-{n}.wav")
+            )
+            for n in ("0880", "0930")
+        ]
+    )
+    with trio.fail_after(GUARD * 2):
+        async with redis_server(tmp_path) as server, trio.open_nursery() as nursery:
+            config = fake_config(bus={"kind": "redis", "url": server.url})
+            await nursery.start(Worker(config, LocalEngine(LocalEngineConfig()), concurrency=2).run)
+            outcomes = await conformance.run("local", server.url, speech)
+            nursery.cancel_scope.cancel()
+    with capsys.disabled():
+        for outcome in outcomes:
+            verdict = "PASS" if outcome.passed else "FAIL"
+            print(f"\n[conformance python/local] {verdict} {outcome.case}: {outcome.reason}")
+    assert [(case, True) for case, _ in conformance.CASES] == [(o.case, o.passed) for o in outcomes], outcomes
