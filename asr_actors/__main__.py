@@ -156,7 +156,7 @@ def _serve(args: argparse.Namespace) -> int:
 
         async with trio.open_nursery() as nursery:
             listening = await nursery.start(
-                functools.partial(serve, config, bailian_port=args.compat_bailian)
+                functools.partial(serve, config, bailian_port=args.compat_bailian, drain_on_signal=True)
             )
             print(f"asr-actors is listening: open {listening.url}", flush=True)
             if listening.bailian_url:

@@ -6,6 +6,7 @@ import functools
 import ipaddress
 import logging
 import secrets
+import signal
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import asynccontextmanager
@@ -22,6 +23,9 @@ from asr_actors.bus.memory import MemoryBus
 from asr_actors.config import Config
 from asr_actors.dialects import V1, Admission, Bailian, Dialect
 from asr_actors.directory import Directory, DirectoryAdmin, FileAdmin, StaticDirectory, read_apps_file
+from asr_actors.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
+from asr_actors.metrics import Metrics
+from asr_actors.protocol import ErrorCode, ProtocolError
 from asr_actors.records import RecordStore, SqliteRecordStore
 from asr_actors.session import Shared
 from asr_actors.signing import MemoryReplayGuard, ReplayGuard
@@ -118,6 +122,14 @@ class Gateway:
         self.shared = Shared(config, self.bus, self.directory, records, wall_clock)
         self.active_sessions = 0
         self.sessions_total = 0
+        self.draining = False
+        self._lifetimes: set[session.Lifetime] = set()
+        self._all_ended = trio.Event()
+        self._all_ended.set()
+        self.metrics = Metrics()
+        self.metrics.watch(
+            "asr_engines_unavailable", "Engines that failed to prepare", lambda: len(self.unavailable)
+        )
         # Engines that failed to prepare, with the reason (their sessions get 503).
         self.unavailable: dict[str, str] = {}
 
@@ -199,6 +211,8 @@ class Gateway:
             return http.text_response(405, "Method not allowed")
         routes: dict[str, HttpRoute] = {
             "/healthz": self._health,
+            "/readyz": self._ready,
+            "/metrics": self._metrics,
             "/v1/sign": self._sign,
             "/v1/languages": self._languages,
             protocol.PATH: self._upgrade_required,
@@ -208,6 +222,21 @@ class Gateway:
 
     async def _health(self, head: http.RequestHead) -> http.Response:
         return http.json_response(200, {"status": "ok", "sessions": self.active_sessions})
+
+    async def _ready(self, head: http.RequestHead) -> http.Response:
+        """Ready to take sessions: not draining, the bus answers, and every routed engine is available
+        (on the Redis bus: has a live worker)."""
+        checks: dict[str, str] = {}
+        if self.draining:
+            checks["gateway"] = "draining"
+        for engine in sorted(set((await self.directory.routes()).values())):
+            reason = self.unavailable.get(engine) or await self.bus.engine_problem(engine)
+            checks[f"engine:{engine}"] = reason or "ok"
+        ready = all(value == "ok" for value in checks.values())
+        return http.json_response(200 if ready else 503, {"ready": ready, "checks": checks})
+
+    async def _metrics(self, head: http.RequestHead) -> http.Response:
+        return http.Response(200, self.metrics.exposition(), METRICS_CONTENT_TYPE)
 
     async def _sign(self, head: http.RequestHead) -> http.Response:
         if not self.demo_enabled:
@@ -251,14 +280,49 @@ class Gateway:
             if handshake.cancelled_caught:
                 nursery.cancel_scope.cancel()
                 return
+            lifetime = session.Lifetime()
+            self._lifetimes.add(lifetime)
+            self._all_ended = trio.Event()
             self.active_sessions += 1
             self.sessions_total += 1
+            self.metrics.sessions_active.inc()
+            started = trio.current_time()
             try:
-                await session.run(connection, Admission(head.host, head.target), dialect, self.shared)
+                outcome = await session.run(
+                    connection, Admission(head.host, head.target), dialect, self.shared, lifetime
+                )
+                self._count(outcome, trio.current_time() - started)
             finally:
+                self._lifetimes.discard(lifetime)
                 self.active_sessions -= 1
+                self.metrics.sessions_active.dec()
+                if not self._lifetimes:
+                    self._all_ended.set()
                 # The library's reader task would otherwise wait on a peer that may never close.
                 nursery.cancel_scope.cancel()
+
+    def _count(self, outcome: session.Outcome, seconds: float) -> None:
+        metrics = self.metrics
+        metrics.duration.observe(seconds)
+        metrics.audio_seconds.inc(outcome.audio_seconds)
+        if outcome.error is not None:
+            metrics.sessions.labels(outcome="error").inc()
+            metrics.errors.labels(code=str(int(outcome.error.code))).inc()
+        else:
+            metrics.sessions.labels(outcome="client_gone" if outcome.client_gone else "ok").inc()
+
+    async def drain(self, grace_s: float) -> None:
+        """Let running sessions finish for up to `grace_s`, then end the rest with 503 (the caller has
+        stopped accepting connections)."""
+        self.draining = True
+        self.metrics.draining.set(1)
+        with trio.move_on_after(grace_s):
+            await self._all_ended.wait()
+        shutdown = ProtocolError(ErrorCode.UNAVAILABLE, "Server is shutting down; reconnect")
+        for lifetime in list(self._lifetimes):
+            lifetime.end(shutdown)
+        with trio.move_on_after(self.config.session.close_timeout * 2):
+            await self._all_ended.wait()
 
 
 @attrs.frozen
@@ -270,9 +334,15 @@ class Listening:
 
 
 async def _listen(
-    nursery: trio.Nursery, handler: Callable[[trio.SocketStream], Awaitable[None]], host: str, port: int
+    nursery: trio.Nursery,
+    handler: Callable[[trio.SocketStream], Awaitable[None]],
+    host: str,
+    port: int,
+    connections: trio.Nursery,
 ) -> str:
-    listeners = await nursery.start(functools.partial(trio.serve_tcp, handler, port, host=host))
+    listeners = await nursery.start(
+        functools.partial(trio.serve_tcp, handler, port, host=host, handler_nursery=connections)
+    )
     bound_port = listeners[0].socket.getsockname()[1]
     shown_host = f"[{host}]" if ":" in host else host
     return f"{shown_host}:{bound_port}"
@@ -282,6 +352,7 @@ async def serve(
     config: Config,
     *,
     bailian_port: int | None = None,
+    drain_on_signal: bool = False,
     task_status: trio.TaskStatus[Listening] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Run the gateway until cancelled; readiness carries where it listens.
@@ -299,7 +370,7 @@ async def serve(
             shared_directory=chosen.shared_directory,
         )
         await gateway.prepare()
-        await _serve_gateway(gateway, bailian_port, task_status)
+        await _serve_gateway(gateway, bailian_port, task_status, drain_on_signal)
 
 
 @attrs.frozen
@@ -355,21 +426,38 @@ async def backend(config: Config) -> AsyncIterator[Backend]:
 
 
 async def _serve_gateway(
-    gateway: Gateway, bailian_port: int | None, task_status: trio.TaskStatus[Listening]
+    gateway: Gateway, bailian_port: int | None, task_status: trio.TaskStatus[Listening], drain_on_signal: bool
 ) -> None:
     config = gateway.config
-    async with trio.open_nursery() as nursery:
-        address = await _listen(nursery, gateway.handle_connection, config.server.host, config.server.port)
-        listening = Listening(url=f"http://{address}/")
-        if bailian_port is not None:
-            bailian_address = await _listen(
-                nursery, gateway.handle_bailian_connection, LOOPBACK, bailian_port
+    # Connections live in their own nursery, so that closing the listeners stops only new ones.
+    async with trio.open_nursery() as connections:
+        async with trio.open_nursery() as listeners:
+            address = await _listen(
+                listeners, gateway.handle_connection, config.server.host, config.server.port, connections
             )
-            listening = attrs.evolve(listening, bailian_url=f"ws://{bailian_address}/")
-        log.info(
-            "serving on %s (demo signing %s; Bailian compatibility %s)",
-            listening.url,
-            "on" if gateway.demo_enabled else "off",
-            listening.bailian_url or "off",
-        )
-        task_status.started(listening)
+            listening = Listening(url=f"http://{address}/")
+            if bailian_port is not None:
+                bailian_address = await _listen(
+                    listeners, gateway.handle_bailian_connection, LOOPBACK, bailian_port, connections
+                )
+                listening = attrs.evolve(listening, bailian_url=f"ws://{bailian_address}/")
+            log.info(
+                "serving on %s (demo signing %s; Bailian compatibility %s)",
+                listening.url,
+                "on" if gateway.demo_enabled else "off",
+                listening.bailian_url or "off",
+            )
+            task_status.started(listening)
+            if not drain_on_signal:
+                return  # the listeners run until the caller cancels
+            with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+                async for received in signals:
+                    log.info(
+                        "signal %d: no new connections; draining for up to %g s",
+                        received,
+                        config.server.drain_timeout,
+                    )
+                    break
+            listeners.cancel_scope.cancel()
+        await gateway.drain(config.server.drain_timeout)
+        connections.cancel_scope.cancel()

@@ -41,6 +41,19 @@ class Outcome:
     task_id: str
     error: ProtocolError | None
     client_gone: bool
+    audio_seconds: float = 0.0
+
+
+@attrs.define(eq=False)  # identity, so that the gateway can keep them in a set
+class Lifetime:
+    """A session's outer cancel scope, held by the gateway so that a shutdown can end it with a reason."""
+
+    scope: trio.CancelScope = attrs.field(factory=trio.CancelScope)
+    reason: ProtocolError | None = None
+
+    def end(self, reason: ProtocolError) -> None:
+        self.reason = reason
+        self.scope.cancel()
 
 
 @attrs.define
@@ -65,7 +78,13 @@ class Shared:
     wall_clock: Callable[[], float] = time.time
 
 
-async def run(connection: Transport, admission: Admission, dialect: Dialect, shared: Shared) -> Outcome:
+async def run(
+    connection: Transport,
+    admission: Admission,
+    dialect: Dialect,
+    shared: Shared,
+    lifetime: Lifetime | None = None,
+) -> Outcome:
     config, records, wall_clock = shared.config, shared.records, shared.wall_clock
     task_id = uuid.uuid4().hex
     logs.current_session.set(task_id)
@@ -74,10 +93,12 @@ async def run(connection: Transport, admission: Admission, dialect: Dialect, sha
     error: ProtocolError | None = None
     client_gone = False
     try:
-        with trio.move_on_after(config.session.max_duration) as lifetime:
+        lifetime = lifetime or Lifetime()
+        with lifetime.scope:
+            lifetime.scope.deadline = trio.current_time() + config.session.max_duration
             await _run_actors(connection, admission, dialect, shared, task_id, facts)
-        if lifetime.cancelled_caught:
-            error = ProtocolError(ErrorCode.TIMEOUT, "Maximum session duration reached")
+        if lifetime.scope.cancelled_caught:
+            error = lifetime.reason or ProtocolError(ErrorCode.TIMEOUT, "Maximum session duration reached")
     except ProtocolError as exc:
         error = exc
     except ClientGone:
@@ -106,7 +127,8 @@ async def run(connection: Transport, admission: Admission, dialect: Dialect, sha
             finals=tuple(facts.ledger.finals),
         )
         await _save(records, record, config.session.close_timeout)
-    return Outcome(task_id=task_id, error=error, client_gone=client_gone)
+    audio_seconds = facts.ledger.audio_bytes / (2 * facts.sample_rate) if facts.sample_rate else 0.0
+    return Outcome(task_id=task_id, error=error, client_gone=client_gone, audio_seconds=audio_seconds)
 
 
 async def _save(records: RecordStore, record: SessionRecord, timeout_s: float) -> None:

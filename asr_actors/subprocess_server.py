@@ -18,8 +18,8 @@ STARTUP_TIMEOUT = 120
 @asynccontextmanager
 async def running_server(
     config_path: Path, env: Mapping[str, str] | None = None
-) -> AsyncIterator[tuple[str, int]]:
-    """Start the gateway with `config_path` on a free port; yield its http:// URL and pid; stop it after.
+) -> AsyncIterator[tuple[str, trio.Process]]:
+    """Start the gateway with `config_path` on a free port; yield its http:// URL and process; stop it after.
 
     `env` replaces the environment variables it names (an empty value removes one).
     """
@@ -40,7 +40,7 @@ async def running_server(
                 printed += chunk
         match = re.search(rb"open (http://\S+)", printed)
         assert match is not None, printed
-        yield match.group(1).decode(), process.pid
+        yield match.group(1).decode(), process
     finally:
         process.terminate()
         with trio.move_on_after(10):

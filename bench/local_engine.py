@@ -105,7 +105,8 @@ async def measure(levels: list[int]) -> list[dict[str, float]]:
     with tempfile.TemporaryDirectory() as folder:
         config = Path(folder) / "config.toml"
         config.write_text(f'[apps.{APPKEY}]\nsecret = "{SECRET}"\n')
-        async with running_server(config) as (url, pid):
+        async with running_server(config) as (url, server):
+            pid = server.pid
             print(f"server idle RSS after model load: {rss_mib(pid):.0f} MiB", flush=True)
             for streams in levels:
                 print(f"running {streams} concurrent real-time stream(s)...", flush=True)

@@ -132,3 +132,21 @@ async def test_v1_refuses_foreign_browser_origins(base_url: str) -> None:
                 )
                 answer = await stream.receive_some()
         assert answer.startswith(f"HTTP/1.1 {expected} ".encode()), answer
+
+
+async def test_readyz_and_metrics(base_url: str) -> None:
+    """/readyz reports each routed engine; /metrics is Prometheus text that counts finished sessions."""
+    status, _, body = await http_get(base_url, "/readyz")
+    assert (200, {"ready": True, "checks": {"engine:fake": "ok"}}) == (status, json.loads(body))
+    _, _, body = await http_get(base_url, "/v1/sign")
+    with trio.fail_after(GUARD):
+        await client.stream_pcm(json.loads(body)["url"], b"\x01\x00" * 3200)
+        # The client has its `end`; the server counts the session once its close handshake is done.
+        while json.loads((await http_get(base_url, "/healthz"))[2])["sessions"]:  # noqa: ASYNC110
+            await trio.sleep(0.01)
+    status, headers, text = await http_get(base_url, "/metrics")
+    assert 200 == status
+    assert headers["content-type"].startswith("text/plain")
+    assert 'asr_sessions_total{outcome="ok"} 1.0' in text.decode()
+    assert "asr_sessions_active 0.0" in text.decode()
+    assert "asr_audio_seconds_total 0.2" in text.decode()

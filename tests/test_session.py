@@ -413,3 +413,32 @@ async def test_every_session_log_line_names_session_and_app(nursery: trio.Nurser
     lines = stream.getvalue().splitlines()
     assert any("stream opened" in line for line in lines)
     assert all(f"[session={task_id} app=test-app]" in line for line in lines), lines
+
+
+async def test_drain_lets_sessions_finish_then_ends_the_rest(autojump_clock: trio.testing.MockClock) -> None:
+    """Shutdown: a session that ends within the grace period ends normally; one still streaming when the
+    grace period (10 s) runs out gets 503 "Server is shutting down; reconnect" at that virtual time."""
+    gateway = make_gateway()
+    async with trio.open_nursery() as nursery:
+        quick = await open_connection(nursery, gateway)
+        await quick.send_message(PCM_100MS)
+        endless = await open_connection(nursery, gateway)
+
+        async def stream_forever() -> None:
+            while True:
+                await endless.send_message(PCM_100MS)
+                await trio.sleep(0.1)
+
+        nursery.start_soon(stream_forever)
+        await trio.sleep(1)
+        started = trio.current_time()
+        nursery.start_soon(gateway.drain, 10.0)
+        await trio.sleep(2)
+        await quick.send_message('{"status": "end"}')
+        assert "end" == statuses(await read_until_close(quick))[-1]
+        messages = await read_until_close(endless)
+        assert {"code": 503, "message": "Server is shutting down; reconnect", "data": ""} == messages[-1]
+        assert 4503 == endless.closed.code
+        assert started + 10 == pytest.approx(trio.current_time(), abs=0.2)
+        nursery.cancel_scope.cancel()
+    assert 0 == gateway.active_sessions

@@ -28,3 +28,7 @@ class Bus(Protocol):
         Leaving the context cancels the stream if it is still running.
         """
         ...
+
+    async def engine_problem(self, engine: str) -> str | None:
+        """Why `engine` cannot take sessions now, or None if it can (for /readyz)."""
+        ...

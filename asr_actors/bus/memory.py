@@ -51,6 +51,9 @@ class MemoryBus:
         finally:
             self._streams_by_engine[engine] -= 1
 
+    async def engine_problem(self, engine: str) -> str | None:
+        return None if engine in self._engines else "not configured in this gateway"
+
     def streams(self, engine: str) -> int:
         """Streams open on `engine` now."""
         return self._streams_by_engine[engine]

@@ -319,6 +319,14 @@ class RedisBus:
                     # Release the worker now rather than at its idle timeout.
                     await self._cancel_placement(stream)
 
+    async def engine_problem(self, engine: str) -> str | None:
+        try:
+            workers = await self._redis.client.keys(wire.worker_key("*"))
+            engines = [await self._redis.client.get(key) for key in workers]
+        except RedisError as exc:
+            return f"the bus is unreachable: {exc}"
+        return None if engine.encode() in engines else "no live worker"
+
     async def _place(self, stream: _Stream, results: trio.MemoryReceiveChannel[bytes]) -> str:
         """Queue the session for a worker; return the id of the worker that claimed it."""
         spec = stream.spec

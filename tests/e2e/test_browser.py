@@ -183,8 +183,8 @@ async def test_server_closing_mid_session_is_explained(tmp_path: Path) -> None:
             assert status.startswith("The connection to the server was lost"), status
             assert (True, False) == buttons(page)
 
-    async with running_server(write_config(tmp_path, FAKE_ENGINE)) as (url, pid):
-        await trio.to_thread.run_sync(drive, url, pid)
+    async with running_server(write_config(tmp_path, FAKE_ENGINE)) as (url, server):
+        await trio.to_thread.run_sync(drive, url, server.pid)
 
 
 async def test_unreachable_server_is_explained(tmp_path: Path) -> None:
@@ -200,8 +200,8 @@ async def test_unreachable_server_is_explained(tmp_path: Path) -> None:
             assert "Could not start: cannot reach the server." == wait_until_idle(page, timeout_ms=15000)
             assert (True, False) == buttons(page)
 
-    async with running_server(write_config(tmp_path, FAKE_ENGINE)) as (url, pid):
-        await trio.to_thread.run_sync(drive, url, pid)
+    async with running_server(write_config(tmp_path, FAKE_ENGINE)) as (url, server):
+        await trio.to_thread.run_sync(drive, url, server.pid)
 
 
 async def test_start_twice_opens_one_socket(tmp_path: Path) -> None:

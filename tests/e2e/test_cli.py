@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import signal
 import subprocess
 import sys
 import wave
@@ -9,6 +10,7 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 import numpy as np
+import pytest
 import trio
 
 from asr_actors import protocol, signing
@@ -100,3 +102,35 @@ async def test_transcribe_resamples_and_prints_finals(tmp_path: Path) -> None:
     lines = result.stdout.decode().splitlines()
     assert ["w0 w1 w2 w3 w4 w5 w6 w7 w8 w9", "w10 w11 w12 w13 w14 w15 w16 w17 w18 w19"] == lines
     assert "sent 100%" in result.stderr.decode()
+
+
+async def test_sigterm_drains_the_gateway(tmp_path: Path) -> None:
+    """SIGTERM: the gateway stops accepting, the running session still ends normally, the process exits 0."""
+    from asr_actors import client
+
+    config = tmp_path / "config.toml"
+    config.write_text(
+        '[apps.cli]\nsecret = "cli-secret"\n[engines]\ndefault = "fake"\n[languages.en]\nengine = "fake"\n'
+        "[server]\ndrain_timeout = 10.0\n"
+    )
+    with trio.fail_after(GUARD):
+        async with running_server(config) as (url, server):
+            ws_url = url.replace("http://", "ws://") + "v1/asr"
+            results: list[client.Received] = []
+
+            async def session() -> None:
+                signed = client.sign_url(ws_url, "cli", "cli-secret", nonce=client.fresh_nonce())
+                results.extend(await client.stream_pcm(signed, b"\x01\x00" * 16000 * 3, realtime=True))
+
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(session)
+                await trio.sleep(1)
+                server.send_signal(signal.SIGTERM)
+                await trio.sleep(0.5)
+                host, port = url.removeprefix("http://").rstrip("/").split(":")
+                with pytest.raises(OSError, match="connect"):
+                    await trio.open_tcp_stream(host, int(port))  # no longer accepting
+            exit_code = await server.wait()
+    assert "end" == results[-1].status
+    assert 3 == sum(1 for r in results if r.status == "final")
+    assert 0 == exit_code
