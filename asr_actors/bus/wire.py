@@ -112,7 +112,10 @@ def decode_audio(data: bytes) -> AudioFrame:
     if kind not in (_AUDIO, _END, _CANCEL):
         raise BusProtocolError(f"unknown audio message kind {kind!r}")
     start = _HEADER.size + length
-    session = data[_HEADER.size : start].decode()
+    try:
+        session = data[_HEADER.size : start].decode()
+    except UnicodeDecodeError:
+        raise BusProtocolError("audio message session id is not UTF-8") from None
     return AudioFrame(session, seq, bytes(data[start:]), end=kind == _END, cancel=kind == _CANCEL)
 
 

@@ -1,0 +1,97 @@
+"""Property tests: whatever bytes a peer sends, the codecs answer with their documented errors only.
+
+Hypothesis generates the inputs; a crash other than the protocol's own error types fails the test.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import json
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from asr_actors import bailian, protocol
+from asr_actors.bus import wire
+from asr_actors.protocol import AudioReceived, ClientDecoder, ProtocolError
+
+MAX = 4096
+messages = st.one_of(st.binary(max_size=MAX * 2), st.text(max_size=2000))
+
+
+def decoder() -> ClientDecoder:
+    return ClientDecoder(max_frame_bytes=MAX, default_language="en", default_sample_rate=16000)
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.lists(messages, max_size=6))
+def test_client_decoder_never_crashes(stream: list[str | bytes]) -> None:
+    """Any sequence of messages gives events or a ProtocolError with a code, never another exception."""
+    decode = decoder()
+    codes = []
+    for message in stream:
+        try:
+            decode.receive(message)
+        except ProtocolError as exc:
+            codes.append(exc.code)
+            break
+    assert all(400 <= code < 600 for code in codes)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.dictionaries(
+        st.sampled_from(["status", "data", "audio_format", "language_code", "x"]),
+        st.one_of(st.none(), st.integers(), st.text(max_size=40), st.booleans()),
+        max_size=5,
+    )
+)
+def test_json_frames_never_crash(frame: dict[str, object]) -> None:
+    """Arbitrary JSON objects with the protocol's field names: events or a ProtocolError."""
+    with contextlib.suppress(ProtocolError):
+        decoder().receive(json.dumps(frame))
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.binary(max_size=MAX).filter(lambda data: len(data) % 2 == 0 and not data.startswith(b"RIFF")),
+    st.booleans(),
+)
+def test_audio_arrives_unchanged(pcm: bytes, as_json: bool) -> None:
+    """Even-length PCM, binary or base64 in JSON, arrives byte for byte."""
+    message: str | bytes = pcm
+    if as_json:
+        message = json.dumps({"status": "partial", "data": base64.b64encode(pcm).decode()})
+    events = decoder().receive(message) if pcm or not as_json else []
+    audio = b"".join(event.pcm for event in events if isinstance(event, AudioReceived))
+    assert pcm == audio
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.text(max_size=300))
+def test_handshake_parser_never_crashes(target: str) -> None:
+    """Any request target parses or raises a ProtocolError."""
+    with contextlib.suppress(ProtocolError):
+        protocol.parse_handshake("/v1/asr?" + target)
+    with contextlib.suppress(ProtocolError):
+        protocol.parse_handshake(target)
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.binary(max_size=300))
+def test_bus_messages_never_crash(data: bytes) -> None:
+    """Any bytes on the bus decode or raise BusProtocolError (a worker or gateway never crashes on them)."""
+    for decode in (wire.decode_audio, wire.decode_result, wire.Request.decode):
+        with contextlib.suppress(wire.BusProtocolError):
+            decode(data)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(messages, max_size=5))
+def test_bailian_decoder_never_crashes(stream: list[str | bytes]) -> None:
+    """The Bailian dialect: events or a ProtocolError."""
+    decode = bailian.Decoder(max_frame_bytes=MAX, language="en", sample_rate=16000)
+    with contextlib.suppress(ProtocolError):
+        for message in stream:
+            decode.receive(message)
