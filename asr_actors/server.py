@@ -224,15 +224,15 @@ class Gateway:
         return http.json_response(200, {"status": "ok", "sessions": self.active_sessions})
 
     async def _ready(self, head: http.RequestHead) -> http.Response:
-        """Ready to take sessions: not draining, the bus answers, and every routed engine is available
-        (on the Redis bus: has a live worker)."""
-        checks: dict[str, str] = {}
-        if self.draining:
-            checks["gateway"] = "draining"
+        """Ready to take sessions: not draining, and at least one routed engine can take them (on the Redis
+        bus: has a live worker). Each engine's state is listed, so an unconfigured optional engine (say,
+        DashScope without a key) shows without taking the gateway out of service."""
+        engines: dict[str, str] = {}
         for engine in sorted(set((await self.directory.routes()).values())):
             reason = self.unavailable.get(engine) or await self.bus.engine_problem(engine)
-            checks[f"engine:{engine}"] = reason or "ok"
-        ready = all(value == "ok" for value in checks.values())
+            engines[f"engine:{engine}"] = reason or "ok"
+        checks = {"gateway": "draining" if self.draining else "ok", **engines}
+        ready = not self.draining and "ok" in engines.values()
         return http.json_response(200 if ready else 503, {"ready": ready, "checks": checks})
 
     async def _metrics(self, head: http.RequestHead) -> http.Response:

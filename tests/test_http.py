@@ -137,7 +137,10 @@ async def test_v1_refuses_foreign_browser_origins(base_url: str) -> None:
 async def test_readyz_and_metrics(base_url: str) -> None:
     """/readyz reports each routed engine; /metrics is Prometheus text that counts finished sessions."""
     status, _, body = await http_get(base_url, "/readyz")
-    assert (200, {"ready": True, "checks": {"engine:fake": "ok"}}) == (status, json.loads(body))
+    assert (200, {"ready": True, "checks": {"gateway": "ok", "engine:fake": "ok"}}) == (
+        status,
+        json.loads(body),
+    )
     _, _, body = await http_get(base_url, "/v1/sign")
     with trio.fail_after(GUARD):
         await client.stream_pcm(json.loads(body)["url"], b"\x01\x00" * 3200)
