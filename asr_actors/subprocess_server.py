@@ -42,10 +42,16 @@ async def running_server(
         assert match is not None, printed
         yield match.group(1).decode(), process
     finally:
+        await stop(process)
+        await process.stdout.aclose()
+
+
+async def stop(process: trio.Process, grace_s: float = 10) -> None:
+    """SIGTERM, and SIGKILL if the process has not exited after `grace_s`; always reaped."""
+    with trio.CancelScope(shield=True):
         process.terminate()
-        with trio.move_on_after(10):
+        with trio.move_on_after(grace_s):
             await process.wait()
         if process.returncode is None:
             process.kill()
             await process.wait()
-        await process.stdout.aclose()

@@ -13,7 +13,7 @@ import pytest
 import trio
 
 from asr_actors import client, conformance
-from asr_actors.subprocess_server import running_server
+from asr_actors.subprocess_server import running_server, stop
 from tests.redis_server import redis_server
 
 GUARD = 90
@@ -31,12 +31,7 @@ async def node_worker(redis_url: str) -> AsyncIterator[trio.Process]:
         await trio.sleep(1.5)  # connect and write its liveness key
         yield process
     finally:
-        process.terminate()
-        with trio.move_on_after(10):
-            await process.wait()
-        if process.returncode is None:
-            process.kill()
-            await process.wait()
+        await stop(process)
 
 
 async def test_node_worker_passes_the_conformance_suite(

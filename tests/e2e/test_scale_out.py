@@ -22,7 +22,7 @@ import trio
 
 from asr_actors import client
 from asr_actors.bus import wire
-from asr_actors.subprocess_server import running_server
+from asr_actors.subprocess_server import running_server, stop
 from tests.redis_server import RedisServer, redis_server
 
 GUARD = 120
@@ -68,15 +68,7 @@ async def workers(config: Path, count: int, redis: RedisServer) -> AsyncIterator
         yield processes
     finally:
         for process in processes:
-            if process.returncode is None:
-                process.terminate()
-        with trio.move_on_after(10):
-            for process in processes:
-                await process.wait()
-        for process in processes:
-            if process.returncode is None:
-                process.kill()
-                await process.wait()
+            await stop(process)
 
 
 async def claims(redis: RedisServer, sessions: list[str]) -> list[int]:
