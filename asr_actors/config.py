@@ -96,6 +96,8 @@ class AuthConfig:
     survival_time: float = attrs.field(default=120.0, validator=_positive)
     # Tolerated clock difference between the signer and this server, in both directions.
     clock_skew: float = attrs.field(default=5.0, validator=_positive)
+    # Concurrent sessions per app in this gateway (429 beyond); 0: unlimited.
+    sessions_per_app: int = 0
 
 
 @attrs.frozen
@@ -103,6 +105,8 @@ class AppConfig:
     # Prefer secret_env: the secret then stays out of every file.
     secret: str = ""
     secret_env: str = ""
+    # Concurrent sessions this app may hold; 0: [auth] sessions_per_app applies.
+    max_sessions: int = 0
 
     def resolve_secret(self, appkey: str) -> str:
         if self.secret_env:

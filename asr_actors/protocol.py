@@ -27,6 +27,7 @@ class ErrorCode(enum.IntEnum):
     NOT_FOUND = 404
     TIMEOUT = 408
     TOO_LARGE = 413
+    TOO_MANY = 429
     ENGINE_FAILURE = 500
     UNAVAILABLE = 503
 

@@ -23,6 +23,7 @@ from asr_actors.bus.memory import MemoryBus
 from asr_actors.config import Config
 from asr_actors.dialects import V1, Admission, Bailian, Dialect
 from asr_actors.directory import Directory, DirectoryAdmin, FileAdmin, StaticDirectory, read_apps_file
+from asr_actors.limits import MemorySessionSlots
 from asr_actors.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from asr_actors.metrics import Metrics
 from asr_actors.protocol import ErrorCode, ProtocolError
@@ -119,7 +120,9 @@ class Gateway:
         self.directory = shared_directory(own) if shared_directory else own
         self.v1 = V1(directory=self.directory, replay=replay or MemoryReplayGuard(), wall_clock=wall_clock)
         self.bailian = Bailian()
-        self.shared = Shared(config, self.bus, self.directory, records, wall_clock)
+        per_app = {appkey: app.max_sessions for appkey, app in config.apps.items() if app.max_sessions}
+        slots = MemorySessionSlots(config.auth.sessions_per_app, per_app)
+        self.shared = Shared(config, self.bus, self.directory, records, wall_clock, slots)
         self.active_sessions = 0
         self.sessions_total = 0
         self.draining = False

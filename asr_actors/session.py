@@ -23,9 +23,10 @@ from asr_actors import logs, protocol, transport
 from asr_actors.actors import receiver, relay, sender
 from asr_actors.bus.base import Bus
 from asr_actors.config import Config
-from asr_actors.dialects import Admission, Dialect
+from asr_actors.dialects import Admission, Admitted, Dialect
 from asr_actors.directory import Directory
 from asr_actors.groups import first_leaf
+from asr_actors.limits import SessionSlots
 from asr_actors.protocol import ErrorCode, ProtocolError, ServerEvent
 from asr_actors.records import RecordStore, SessionLedger, SessionRecord
 from asr_actors.transport import ClientGone, Transport
@@ -76,6 +77,8 @@ class Shared:
     directory: Directory
     records: RecordStore | None = None
     wall_clock: Callable[[], float] = time.time
+    # Per-app concurrent session limits (429); None: unlimited.
+    slots: SessionSlots | None = None
 
 
 async def run(
@@ -149,6 +152,17 @@ async def _run_actors(
     admitted = await dialect.admit(admission, config)
     logs.current_app.set(admitted.appkey)
     facts.app = admitted.appkey
+    if shared.slots is None:
+        await _run_admitted(connection, dialect, shared, task_id, facts, admitted)
+        return
+    async with shared.slots.hold(admitted.appkey):
+        await _run_admitted(connection, dialect, shared, task_id, facts, admitted)
+
+
+async def _run_admitted(
+    connection: Transport, dialect: Dialect, shared: Shared, task_id: str, facts: _Facts, admitted: Admitted
+) -> None:
+    config = shared.config
     audio_tx, audio_rx = trio.open_memory_channel[bytes](config.channels.audio)
     outbound_tx, outbound_rx = trio.open_memory_channel[ServerEvent](config.channels.outbound)
     async with trio.open_nursery() as nursery:

@@ -442,3 +442,38 @@ async def test_drain_lets_sessions_finish_then_ends_the_rest(autojump_clock: tri
         assert started + 10 == pytest.approx(trio.current_time(), abs=0.2)
         nursery.cancel_scope.cancel()
     assert 0 == gateway.active_sessions
+
+
+async def test_per_app_session_limit_is_429_until_a_slot_frees(nursery: trio.Nursery) -> None:
+    """[auth] sessions_per_app = 1: a second concurrent session of the app gets 429 (close 4429); once the
+    first has ended, the app may start another."""
+    gateway = make_gateway(auth={"sessions_per_app": 1})
+    first = await open_connection(nursery, gateway)
+    await first.send_message(PCM_100MS)
+    assert "start" == json.loads(await first.get_message())["data"]["status"]
+    second = await open_connection(nursery, gateway)
+    refused = await read_until_close(second)
+    assert {"code": 429, "message": "Too many sessions for app 'test-app' (limit 1)", "data": ""} == refused[
+        -1
+    ]
+    assert 4429 == second.closed.code
+    await first.send_message('{"status": "end"}')
+    assert "end" == statuses(await read_until_close(first))[-1]
+    third = await open_connection(nursery, gateway)
+    await third.send_message('{"status": "end"}')
+    assert ["start", "end"] == statuses(await read_until_close(third))
+
+
+async def test_per_app_override(nursery: trio.Nursery) -> None:
+    """[apps.X] max_sessions overrides the default limit for that app."""
+    gateway = make_gateway(
+        auth={"sessions_per_app": 1}, apps={"test-app": {"secret": "test-secret", "max_sessions": 2}}
+    )
+    held = []
+    for _ in range(2):
+        connection = await open_connection(nursery, gateway)
+        await connection.send_message(PCM_100MS)
+        assert "start" == json.loads(await connection.get_message())["data"]["status"]
+        held.append(connection)
+    third = await open_connection(nursery, gateway)
+    assert "429" == statuses(await read_until_close(third))[-1]

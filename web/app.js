@@ -16,6 +16,7 @@ const CLOSE_MESSAGES = {
   4403: "The server refused the audio",
   4408: "The session timed out",
   4413: "A frame was too large",
+  4429: "Too many sessions for this app right now",
   4500: "The recogniser failed",
   4503: "No recogniser is free right now; try again shortly",
 };
