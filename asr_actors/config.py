@@ -49,6 +49,8 @@ class ServerConfig:
     # Browser pages (by their Origin header) that may open WebSockets here besides the server's own
     # origin, which is always allowed. `scheme://host:*` matches any port; "null" would admit file:// pages.
     allowed_origins: tuple[str, ...] = ("http://localhost:*", "http://127.0.0.1:*")
+    # WebSocket handshakes one client address may make per minute (HTTP 429 beyond); 0: unlimited.
+    handshakes_per_minute: int = 0
     # On SIGTERM: stop accepting, let sessions finish for this long, then end the rest with 503.
     drain_timeout: float = attrs.field(default=30.0, validator=_positive)
     # Apps added with `python -m asr_actors apps add` (embedded mode); it holds secrets: git ignores it.

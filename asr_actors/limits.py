@@ -41,3 +41,34 @@ class MemorySessionSlots:
             yield
         finally:
             self._active[app] -= 1
+
+
+class HandshakeRate:
+    """Per client address, at most `per_minute` WebSocket handshakes in any 60 s (a token bucket).
+
+    Pure: the caller passes the time. Memory stays bounded: an address whose bucket is full again is
+    forgotten.
+    """
+
+    def __init__(self, per_minute: int) -> None:
+        self._capacity = float(per_minute)
+        self._refill_per_s = per_minute / 60.0
+        self._buckets: dict[str, tuple[float, float]] = {}  # address -> (tokens, at)
+
+    def allow(self, address: str, now: float) -> bool:
+        if not self._capacity:
+            return True
+        tokens, at = self._buckets.get(address, (self._capacity, now))
+        tokens = min(self._capacity, tokens + (now - at) * self._refill_per_s)
+        if tokens < 1:
+            self._buckets[address] = (tokens, now)
+            return False
+        self._buckets[address] = (tokens - 1, now)
+        if len(self._buckets) > 10_000:
+            self._forget_full(now)
+        return True
+
+    def _forget_full(self, now: float) -> None:
+        for address, (tokens, at) in list(self._buckets.items()):
+            if tokens + (now - at) * self._refill_per_s >= self._capacity:
+                del self._buckets[address]

@@ -23,7 +23,7 @@ from asr_actors.bus.memory import MemoryBus
 from asr_actors.config import Config
 from asr_actors.dialects import V1, Admission, Bailian, Dialect
 from asr_actors.directory import Directory, DirectoryAdmin, FileAdmin, StaticDirectory, read_apps_file
-from asr_actors.limits import MemorySessionSlots
+from asr_actors.limits import HandshakeRate, MemorySessionSlots
 from asr_actors.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from asr_actors.metrics import Metrics
 from asr_actors.protocol import ErrorCode, ProtocolError
@@ -69,6 +69,15 @@ def resolve_secrets(config: Config) -> dict[str, str]:
     """The config's apps, and those the `apps` command keeps in the apps file (embedded mode)."""
     configured = {appkey: app.resolve_secret(appkey) for appkey, app in config.apps.items()}
     return {**read_apps_file(Path(config.server.apps_file)), **configured}
+
+
+def _address(stream: trio.abc.Stream) -> str:
+    """The client's IP address, or "" for streams without a socket (in-memory tests)."""
+    socket = getattr(stream, "socket", None)
+    if socket is None:
+        return ""
+    peer = socket.getpeername()
+    return str(peer[0]) if isinstance(peer, tuple) else str(peer)
 
 
 def is_loopback(host: str) -> bool:
@@ -130,6 +139,7 @@ class Gateway:
         self._all_ended = trio.Event()
         self._all_ended.set()
         self.metrics = Metrics()
+        self._handshakes = HandshakeRate(config.server.handshakes_per_minute)
         self.metrics.watch(
             "asr_engines_unavailable", "Engines that failed to prepare", lambda: len(self.unavailable)
         )
@@ -178,6 +188,9 @@ class Gateway:
             if dialect is not None and origin is not None and not self._origin_allowed(origin, head.host):
                 log.info("refused %s connection from origin %r", dialect.name, origin)
                 response = http.text_response(403, "Origin not allowed")
+            elif dialect is not None and not self._handshakes.allow(_address(stream), trio.current_time()):
+                log.info("refused a handshake from %s: over the rate limit", _address(stream))
+                response = http.text_response(429, "Too many connections from this address; slow down")
             elif dialect is not None:
                 await self._websocket(
                     http.PrefixedStream(stream, head.raw), head, handshake_deadline, dialect

@@ -10,6 +10,7 @@ import pytest
 import trio
 
 from asr_actors import client
+from asr_actors.limits import HandshakeRate
 from asr_actors.server import Gateway, serve
 from tests.support import fake_config
 
@@ -153,3 +154,33 @@ async def test_readyz_and_metrics(base_url: str) -> None:
     assert 'asr_sessions_total{outcome="ok"} 1.0' in text.decode()
     assert "asr_sessions_active 0.0" in text.decode()
     assert "asr_audio_seconds_total 0.2" in text.decode()
+
+
+def test_handshake_rate_is_a_token_bucket() -> None:
+    """2 per minute: a burst of 2, then one more each 30 s; other addresses are not affected; 0 is off."""
+    rate = HandshakeRate(2)
+    assert [True, True, False] == [rate.allow("a", 0.0) for _ in range(3)]
+    assert rate.allow("b", 0.0)
+    assert not rate.allow("a", 29.0)
+    assert rate.allow("a", 59.5)
+    assert all(HandshakeRate(0).allow("a", 0.0) for _ in range(100))
+
+
+async def test_handshakes_over_the_rate_get_429(nursery: trio.Nursery) -> None:
+    """Over [server] handshakes_per_minute from one address: HTTP 429 before any WebSocket."""
+    listening = await nursery.start(serve, fake_config(server={"port": 0, "handshakes_per_minute": 2}))
+    host, port = listening.url.removeprefix("http://").rstrip("/").split(":")
+    answers = []
+    for _ in range(3):
+        with trio.fail_after(GUARD):
+            stream = await trio.open_tcp_stream(host, int(port))
+            async with stream:
+                await stream.send_all(
+                    f"GET /v1/asr HTTP/1.1\r\nHost: {host}:{port}\r\nUpgrade: websocket\r\n"
+                    "Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+                    "Sec-WebSocket-Version: 13\r\n\r\n".encode()
+                )
+                answers.append((await stream.receive_some()).split(b"\r\n", 1)[0])
+    assert [b"HTTP/1.1 101 ", b"HTTP/1.1 101 ", b"HTTP/1.1 429 Too Many Requests"] == [
+        answer if b"429" in answer else answer[:13] for answer in answers
+    ]
