@@ -133,7 +133,6 @@ class Gateway:
         slots = MemorySessionSlots(config.auth.sessions_per_app, per_app)
         self.shared = Shared(config, self.bus, self.directory, records, wall_clock, slots)
         self.active_sessions = 0
-        self.sessions_total = 0
         self.draining = False
         self._lifetimes: set[session.Lifetime] = set()
         self._all_ended = trio.Event()
@@ -142,6 +141,16 @@ class Gateway:
         self._handshakes = HandshakeRate(config.server.handshakes_per_minute)
         self.metrics.watch(
             "asr_engines_unavailable", "Engines that failed to prepare", lambda: len(self.unavailable)
+        )
+        self.metrics.watch(
+            "asr_bus_failovers",
+            "Sessions moved after their worker died",
+            lambda: self.bus.statistics().failovers,
+        )
+        self.metrics.watch(
+            "asr_bus_malformed_results",
+            "Engine worker results that broke the protocol",
+            lambda: self.bus.statistics().malformed_results,
         )
         # Engines that failed to prepare, with the reason (their sessions get 503).
         self.unavailable: dict[str, str] = {}
@@ -300,7 +309,6 @@ class Gateway:
             self._lifetimes.add(lifetime)
             self._all_ended = trio.Event()
             self.active_sessions += 1
-            self.sessions_total += 1
             self.metrics.sessions_active.inc()
             started = trio.current_time()
             try:

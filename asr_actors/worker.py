@@ -15,6 +15,7 @@ import os
 import signal
 import socket
 import uuid
+from collections.abc import Awaitable, Callable
 
 import attrs
 import trio
@@ -34,10 +35,20 @@ CLAIM_POLL_SECONDS = 1
 
 
 @attrs.define
-class WorkerStats:
-    claimed: int = 0
-    finished: int = 0
-    failed: int = 0
+class _Results:
+    """One session's results channel: numbers each message (before the publish: a publish cancelled
+    midway may still have reached Redis), so that every path, a crash included, keeps the sequence."""
+
+    redis: RedisConnection
+    request: wire.Request
+    seq: int = 0
+
+    async def send(self, result: wire.Result) -> None:
+        message = wire.ResultMessage(self.request.session, self.seq, result, self.request.attempt)
+        self.seq += 1
+        await self.redis.client.publish(
+            wire.results_channel(self.request.session), wire.encode_result(message)
+        )
 
 
 class Worker:
@@ -50,7 +61,6 @@ class Worker:
         self._concurrency = concurrency
         # A semaphore, not a CapacityLimiter: the claim loop takes a slot, the session's task gives it back.
         self._slots = trio.Semaphore(concurrency)
-        self.stats = WorkerStats()
         self._stop_claiming = trio.CancelScope()
 
     def drain(self) -> None:
@@ -116,46 +126,31 @@ class Worker:
                 self._slots.release()
                 log.warning("dropped a malformed request: %s", exc)
                 continue
-            self.stats.claimed += 1
             sessions.start_soon(self._session, redis, request)
 
     async def _session(self, redis: RedisConnection, request: wire.Request) -> None:
         logs.current_session.set(request.session)
+        results = _Results(redis, request)
+        crashed = False
         try:
-            await self._serve(redis, request)
-            self.stats.finished += 1
+            await self._serve(redis, request, results.send)
         except* RedisError as group:
-            self.stats.failed += 1
             log.warning("session lost its bus: %s", first_leaf(group))
         except* Exception:
             # A bug in one session must not take the worker's other sessions down, nor leave its gateway
-            # waiting: tell it, if the bus still works.
-            self.stats.failed += 1
+            # waiting: it is told, if the bus still works.
             log.exception("session failed")
-            await self._report_failure(redis, request)
+            crashed = True
         finally:
             self._slots.release()
+        if crashed:
+            with trio.move_on_after(self.config.bus.claim_timeout), contextlib.suppress(*RedisError):
+                await results.send(EngineFailed("Engine worker failure"))
 
-    async def _report_failure(self, redis: RedisConnection, request: wire.Request) -> None:
-        # seq far ahead: the gateway reads it as a gap, which ends the session with a coded error.
-        message = wire.ResultMessage(
-            request.session, 2**62, EngineFailed("Engine worker failure"), request.attempt
-        )
-        with trio.move_on_after(self.config.bus.claim_timeout), contextlib.suppress(*RedisError):
-            await redis.client.publish(wire.results_channel(request.session), wire.encode_result(message))
-
-    async def _serve(self, redis: RedisConnection, request: wire.Request) -> None:
+    async def _serve(
+        self, redis: RedisConnection, request: wire.Request, send: Callable[[wire.Result], Awaitable[None]]
+    ) -> None:
         session = request.session
-        publish = redis.client.publish
-        results_channel = wire.results_channel(session)
-        seq = 0
-
-        async def send(result: wire.Result) -> None:
-            nonlocal seq
-            # Numbered before the publish: a publish cancelled midway may still have reached Redis.
-            message = wire.ResultMessage(session, seq, result, request.attempt)
-            seq += 1
-            await publish(results_channel, wire.encode_result(message))
 
         spec = StreamSpec(session_id=session, language=request.language, sample_rate=request.sample_rate)
         if request.version != wire.PROTOCOL_VERSION:

@@ -184,5 +184,5 @@ async def test_a_malformed_result_ends_only_its_session_and_is_counted(tmp_path:
             nursery.cancel_scope.cancel()
     assert isinstance(broken[-1], EngineFailed)
     assert broken[-1].message.startswith("Malformed result from the engine worker")
-    assert 1 == bus.malformed
+    assert 1 == bus.statistics().malformed_results
     assert ["w0 w1 w2 w3 w4 w5 w6 w7 w8 w9", "w10 w11"] == [e.text for e in healthy if isinstance(e, Final)]

@@ -154,6 +154,7 @@ async def test_readyz_and_metrics(base_url: str) -> None:
     assert 'asr_sessions_total{outcome="ok"} 1.0' in text.decode()
     assert "asr_sessions_active 0.0" in text.decode()
     assert "asr_audio_seconds_total 0.2" in text.decode()
+    assert "asr_bus_failovers 0.0" in text.decode()
 
 
 def test_handshake_rate_is_a_token_bucket() -> None:

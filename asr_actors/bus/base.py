@@ -12,6 +12,16 @@ from engines.base import EngineEvent, StreamSpec
 
 
 @attrs.frozen
+class BusStatistics:
+    """Counted since the bus started (trio's `statistics()` convention)."""
+
+    # Sessions moved to another worker after theirs died (Redis bus).
+    failovers: int = 0
+    # Results from engine workers that broke the engine protocol (each ended its session with 500).
+    malformed_results: int = 0
+
+
+@attrs.frozen
 class EngineLink:
     """Send PCM on `audio` (close it at end of audio); read events until `events` ends."""
 
@@ -28,6 +38,8 @@ class Bus(Protocol):
         Leaving the context cancels the stream if it is still running.
         """
         ...
+
+    def statistics(self) -> BusStatistics: ...
 
     async def engine_problem(self, engine: str) -> str | None:
         """Why `engine` cannot take sessions now, or None if it can (for /readyz)."""

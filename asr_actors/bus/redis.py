@@ -12,6 +12,7 @@ sessions' workers; when one expires, the session is placed again and the audio s
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import logging
 import uuid
@@ -27,7 +28,7 @@ import trio
 from coredis.response.types import PubSubMessage
 
 from asr_actors.bus import wire
-from asr_actors.bus.base import EngineLink
+from asr_actors.bus.base import BusStatistics, EngineLink
 from asr_actors.config import BusConfig
 from asr_actors.directory import Directory
 from asr_actors.groups import first_leaf
@@ -259,7 +260,8 @@ class _Replay:
     """Audio since the last final, kept for a failover; byte offsets count from the stream's start."""
 
     bytes_per_ms: float
-    frames: list[tuple[int, bytes]] = attrs.field(factory=list)
+    # Appended per audio frame, dropped from the left at each final: a deque keeps both O(1).
+    frames: collections.deque[tuple[int, bytes]] = attrs.field(factory=collections.deque)
     received: int = 0
 
     def add(self, pcm: bytes) -> None:
@@ -269,7 +271,7 @@ class _Replay:
     def finalized_until(self, end_ms: int) -> None:
         cut = end_ms * self.bytes_per_ms
         while self.frames and self.frames[0][0] + len(self.frames[0][1]) <= cut:
-            self.frames.pop(0)
+            self.frames.popleft()
 
     @property
     def start_ms(self) -> int:
@@ -298,9 +300,12 @@ class RedisBus:
         self._config = config
         self._audio_capacity = audio_capacity
         self._events_capacity = events_capacity
-        self.failovers = 0
+        self._failovers = 0
         # Results from workers that broke the engine protocol (each ended its session with a 500).
-        self.malformed = 0
+        self._malformed = 0
+
+    def statistics(self) -> BusStatistics:
+        return BusStatistics(failovers=self._failovers, malformed_results=self._malformed)
 
     @asynccontextmanager
     async def open_stream(self, engine: str, spec: StreamSpec) -> AsyncIterator[EngineLink]:
@@ -341,7 +346,7 @@ class RedisBus:
                     try:
                         message = wire.decode_result(data)
                     except wire.BusProtocolError as exc:
-                        self.malformed += 1
+                        self._malformed += 1
                         raise EngineUnavailable(f"The engine worker broke the protocol: {exc}") from exc
                     if message.attempt != stream.attempt:
                         continue
@@ -382,7 +387,7 @@ class RedisBus:
                     stream.finished = True
                     return
                 await self._cancel_placement(stream)
-                self.failovers += 1
+                self._failovers += 1
                 stream.attempt += 1
                 log.warning("worker %s is gone; placing the session again", worker)
                 try:
@@ -480,7 +485,7 @@ class RedisBus:
             try:
                 message = wire.decode_result(data)
             except wire.BusProtocolError as exc:
-                self.malformed += 1
+                self._malformed += 1
                 log.warning("malformed result from the engine worker: %s", exc)
                 await events.send(EngineFailed(f"Malformed result from the engine worker: {exc}"))
                 return
