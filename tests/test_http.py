@@ -47,6 +47,20 @@ async def http_get(base: str, target: str, method: str = "GET") -> tuple[int, di
                     return status, headers, body
 
 
+async def upgrade_status_line(host: str, port: int, extra_headers: str = "") -> bytes:
+    """Send a WebSocket upgrade request by hand; return the first line of the answer."""
+    with trio.fail_after(GUARD):
+        stream = await trio.open_tcp_stream(host, port)
+        async with stream:
+            await stream.send_all(
+                f"GET /v1/asr HTTP/1.1\r\nHost: {host}:{port}\r\n{extra_headers}Upgrade: websocket\r\n"
+                "Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+                "Sec-WebSocket-Version: 13\r\n\r\n".encode()
+            )
+            answer: bytes = (await stream.receive_some()).split(b"\r\n", 1)[0]
+            return answer
+
+
 async def test_page_and_assets(base_url: str) -> None:
     """GET / is the page; its script and worklet are served with JavaScript types."""
     status, headers, body = await http_get(base_url, "/")
@@ -123,15 +137,7 @@ async def test_v1_refuses_foreign_browser_origins(base_url: str) -> None:
     host = json.loads(body)["url"].removeprefix("ws://").split("/")[0]
     hostname, port = host.split(":")
     for origin, expected in (("http://evil.example", 403), (f"http://{host}", 101)):
-        with trio.fail_after(GUARD):
-            stream = await trio.open_tcp_stream(hostname, int(port))
-            async with stream:
-                await stream.send_all(
-                    f"GET /v1/asr HTTP/1.1\r\nHost: {host}\r\nOrigin: {origin}\r\nUpgrade: websocket\r\n"
-                    "Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
-                    "Sec-WebSocket-Version: 13\r\n\r\n".encode()
-                )
-                answer = await stream.receive_some()
+        answer = await upgrade_status_line(hostname, int(port), f"Origin: {origin}\r\n")
         assert answer.startswith(f"HTTP/1.1 {expected} ".encode()), answer
 
 
@@ -171,17 +177,7 @@ async def test_handshakes_over_the_rate_get_429(nursery: trio.Nursery) -> None:
     """Over [server] handshakes_per_minute from one address: HTTP 429 before any WebSocket."""
     listening = await nursery.start(serve, fake_config(server={"port": 0, "handshakes_per_minute": 2}))
     host, port = listening.url.removeprefix("http://").rstrip("/").split(":")
-    answers = []
-    for _ in range(3):
-        with trio.fail_after(GUARD):
-            stream = await trio.open_tcp_stream(host, int(port))
-            async with stream:
-                await stream.send_all(
-                    f"GET /v1/asr HTTP/1.1\r\nHost: {host}:{port}\r\nUpgrade: websocket\r\n"
-                    "Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
-                    "Sec-WebSocket-Version: 13\r\n\r\n".encode()
-                )
-                answers.append((await stream.receive_some()).split(b"\r\n", 1)[0])
+    answers = [await upgrade_status_line(host, int(port)) for _ in range(3)]
     assert [b"HTTP/1.1 101 ", b"HTTP/1.1 101 ", b"HTTP/1.1 429 Too Many Requests"] == [
         answer if b"429" in answer else answer[:13] for answer in answers
     ]
