@@ -46,8 +46,6 @@ class _Session:
     """The gateway's side of one session, in plain Redis commands."""
 
     redis: RedisConnection
-    engine: str
-    claim_timeout: float
     session: str = attrs.field(factory=lambda: f"conformance-{uuid.uuid4().hex}")
     seq: int = 0
     results: list[dict[str, Any]] = attrs.field(factory=list)
@@ -71,15 +69,16 @@ class _Session:
 
 
 async def _run_case(
-    redis: RedisConnection,
-    engine: str,
-    claim_timeout: float,
-    finish_timeout: float,
-    drive: Callable[[_Session], Awaitable[None]],
-    expect_end: bool = True,
+    ctx: _Context, drive: Callable[[_Session], Awaitable[None]], expect_end: bool = True
 ) -> _Session:
     """Place a session, run `drive`, collect every result until `end` or `failed` (or the timeout)."""
-    session = _Session(redis, engine, claim_timeout)
+    redis, engine, claim_timeout, finish_timeout = (
+        ctx.redis,
+        ctx.engine,
+        ctx.claim_timeout,
+        ctx.finish_timeout,
+    )
+    session = _Session(redis)
     async with redis.subscription(wire.results_channel(session.session)) as results:
         request = wire.Request(session.session, engine, "en", SAMPLE_RATE)
         await redis.client.lpush(wire.queue_key(engine), [request.encode()])
@@ -158,9 +157,7 @@ class _Context:
     async def session(
         self, drive: Callable[[_Session], Awaitable[None]], *, expect_end: bool = True
     ) -> _Session:
-        return await _run_case(
-            self.redis, self.engine, self.claim_timeout, self.finish_timeout, drive, expect_end
-        )
+        return await _run_case(self, drive, expect_end)
 
 
 def _audio_then_end(pcm: bytes) -> Callable[[_Session], Awaitable[None]]:
