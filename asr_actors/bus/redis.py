@@ -286,6 +286,10 @@ class _Stream:
     spec: StreamSpec
     engine: str
     replay: _Replay
+    # The session's channels: results from the bus, audio from the relay, events to the relay.
+    results: trio.MemoryReceiveChannel[bytes]
+    audio: trio.MemoryReceiveChannel[bytes]
+    events: trio.MemorySendChannel[EngineEvent]
     audio_ended: bool = False
     attempt: int = 0
     # The worker ended the stream (its `end`, or a failure it reported): nothing to cancel.
@@ -311,12 +315,13 @@ class RedisBus:
     async def open_stream(self, engine: str, spec: StreamSpec) -> AsyncIterator[EngineLink]:
         audio_tx, audio_rx = trio.open_memory_channel[bytes](self._audio_capacity)
         events_tx, events_rx = trio.open_memory_channel[EngineEvent](self._events_capacity)
-        stream = _Stream(spec, engine, _Replay(bytes_per_ms=spec.sample_rate * 2 / 1000))
         async with self._redis.subscription(wire.results_channel(spec.session_id)) as results:
-            worker = await self._place(stream, results)
+            replay = _Replay(bytes_per_ms=spec.sample_rate * 2 / 1000)
+            stream = _Stream(spec, engine, replay, results, audio_rx, events_tx)
+            worker = await self._place(stream)
             try:
                 async with trio.open_nursery() as nursery:
-                    nursery.start_soon(self._serve, stream, worker, results, audio_rx, events_tx)
+                    nursery.start_soon(self._serve, stream, worker)
                     async with audio_tx, events_rx:
                         yield EngineLink(audio_tx, events_rx)
             finally:
@@ -332,7 +337,7 @@ class RedisBus:
             return f"the bus is unreachable: {exc}"
         return None if engine.encode() in engines else "no live worker"
 
-    async def _place(self, stream: _Stream, results: trio.MemoryReceiveChannel[bytes]) -> str:
+    async def _place(self, stream: _Stream) -> str:
         """Queue the session for a worker; return the id of the worker that claimed it."""
         spec = stream.spec
         request = wire.Request(
@@ -342,7 +347,7 @@ class RedisBus:
         try:
             await self._redis.client.lpush(queue, [request.encode()])
             with trio.move_on_after(self._config.claim_timeout):
-                async for data in results:
+                async for data in stream.results:
                     try:
                         message = wire.decode_result(data)
                     except wire.BusProtocolError as exc:
@@ -364,19 +369,13 @@ class RedisBus:
             f"No {stream.engine} worker claimed the session in {self._config.claim_timeout:g} s"
         )
 
-    async def _serve(
-        self,
-        stream: _Stream,
-        worker: str,
-        results: trio.MemoryReceiveChannel[bytes],
-        audio: trio.MemoryReceiveChannel[bytes],
-        events: trio.MemorySendChannel[EngineEvent],
-    ) -> None:
-        async with audio, events:
+    async def _serve(self, stream: _Stream, worker: str) -> None:
+        events = stream.events
+        async with stream.audio, events:
             while True:
                 bus_failure = None
                 try:
-                    lost = await self._serve_placement(stream, worker, results, audio, events)
+                    lost = await self._serve_placement(stream, worker)
                 except* RedisError as group:
                     bus_failure = first_leaf(group)
                 if bus_failure is not None:
@@ -391,19 +390,12 @@ class RedisBus:
                 stream.attempt += 1
                 log.warning("worker %s is gone; placing the session again", worker)
                 try:
-                    worker = await self._place(stream, results)
+                    worker = await self._place(stream)
                 except EngineUnavailable as exc:
                     await events.send(EngineFailed(f"The engine worker was lost and none took over: {exc}"))
                     return
 
-    async def _serve_placement(
-        self,
-        stream: _Stream,
-        worker: str,
-        results: trio.MemoryReceiveChannel[bytes],
-        audio: trio.MemoryReceiveChannel[bytes],
-        events: trio.MemorySendChannel[EngineEvent],
-    ) -> bool:
+    async def _serve_placement(self, stream: _Stream, worker: str) -> bool:
         """Audio out, results in, until the worker's `end`; True if the worker died first."""
         lost = False
         async with trio.open_nursery() as nursery:
@@ -414,9 +406,9 @@ class RedisBus:
                 lost = True
                 nursery.cancel_scope.cancel()
 
-            nursery.start_soon(self._send_audio, stream, audio)
+            nursery.start_soon(self._send_audio, stream)
             nursery.start_soon(watch)
-            await self._receive_results(stream, results, events)
+            await self._receive_results(stream)
             nursery.cancel_scope.cancel()
         return lost
 
@@ -430,7 +422,8 @@ class RedisBus:
         ):
             await self._redis.client.publish(wire.audio_channel(session, stream.attempt), cancel)
 
-    async def _send_audio(self, stream: _Stream, audio: trio.MemoryReceiveChannel[bytes]) -> None:
+    async def _send_audio(self, stream: _Stream) -> None:
+        audio = stream.audio
         session = stream.spec.session_id
         channel = wire.audio_channel(session, stream.attempt)
         seq = 0
@@ -472,12 +465,8 @@ class RedisBus:
         while await self._redis.client.exists([key]):  # noqa: ASYNC110
             await trio.sleep(self._config.heartbeat_interval)
 
-    async def _receive_results(
-        self,
-        stream: _Stream,
-        results: trio.MemoryReceiveChannel[bytes],
-        events: trio.MemorySendChannel[EngineEvent],
-    ) -> None:
+    async def _receive_results(self, stream: _Stream) -> None:
+        results, events = stream.results, stream.events
         # Times from a new placement count from the start of its replayed audio.
         offset_ms = stream.replay.start_ms
         expected = 1  # seq 0 was the claim
