@@ -16,7 +16,7 @@ import cattrs
 import cattrs.v
 
 CONFIG_ENV = "ASR_ACTORS_CONFIG"
-KNOWN_ENGINES = frozenset({"local", "fake", "dashscope"})
+KNOWN_ENGINES = frozenset({"local", "fake", "dashscope", "synthetic"})
 # On the Redis bus engines are separate workers, in any language: any name of this shape may be routed.
 ENGINE_NAME = re.compile(r"^[a-z][a-z0-9_-]{0,31}$")
 
@@ -159,6 +159,15 @@ class FakeEngineConfig:
 
 
 @attrs.frozen
+class SyntheticEngineConfig:
+    # No decoding cost (the benchmark's engine): a partial every partial_frames audio frames, a final
+    # every final_frames (at 100 ms frames: a partial each 0.5 s, a 5 s sentence).
+    partial_frames: int = attrs.field(default=5, validator=_positive)
+    final_frames: int = attrs.field(default=50, validator=_positive)
+    max_streams: int = attrs.field(default=100000, validator=_positive)
+
+
+@attrs.frozen
 class DashScopeEngineConfig:
     # paraformer-realtime-v2 recognises Chinese and English (and more); fun-asr-realtime also works.
     model: str = "paraformer-realtime-v2"
@@ -188,6 +197,7 @@ class EnginesConfig:
     local: LocalEngineConfig = LocalEngineConfig()
     fake: FakeEngineConfig = FakeEngineConfig()
     dashscope: DashScopeEngineConfig = DashScopeEngineConfig()
+    synthetic: SyntheticEngineConfig = SyntheticEngineConfig()
 
 
 @attrs.frozen

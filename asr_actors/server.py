@@ -62,6 +62,15 @@ def build_engines(config: Config, wanted: set[str] | None = None) -> dict[str, E
         engines["fake"] = FakeEngine(
             partial_bytes=fake.partial_bytes, sentence_bytes=fake.sentence_bytes, max_streams=fake.max_streams
         )
+    if "synthetic" in wanted:
+        from engines.synthetic import SyntheticEngine
+
+        synthetic = config.engines.synthetic
+        engines["synthetic"] = SyntheticEngine(
+            partial_frames=synthetic.partial_frames,
+            final_frames=synthetic.final_frames,
+            max_streams=synthetic.max_streams,
+        )
     return engines
 
 
