@@ -22,6 +22,26 @@ SECRET_ENV = "ASR_ACTORS_SECRET"
 LANGUAGE_CODE = re.compile(r"^[a-z]{2,3}(-[A-Za-z0-9]{2,8})?$")
 
 
+def _add_bench(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    bench = commands.add_parser(
+        "bench", help="measure streams, latency, CPU and memory of the gateway (synthetic engine)"
+    )
+    bench.add_argument("--streams", type=int, default=100, help="concurrent real-time clients")
+    bench.add_argument("--duration", type=float, default=30, help="seconds of audio each client sends")
+    bench.add_argument("--bus", choices=["memory", "redis"], default="memory")
+    bench.add_argument("--gateways", type=int, default=1, help="gateway processes (serve --workers)")
+    bench.add_argument("--engine-workers", type=int, default=1, help="synthetic worker processes (Redis bus)")
+    bench.add_argument("--load-processes", type=int, default=1, help="client processes generating the load")
+    bench.add_argument(
+        "--baseline", action="store_true", help="also run the workload against bench/reference_relay.py"
+    )
+    bench.add_argument(
+        "--sweep", help="comma-separated stream counts to run one after another (instead of --streams)"
+    )
+    bench.add_argument("--json", metavar="FILE", help="write every measurement as JSON")
+    bench.add_argument("--plot", metavar="FILE", help="write a PNG of p99 latency and CPU against streams")
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m asr_actors", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -39,6 +59,15 @@ def _parser() -> argparse.ArgumentParser:
         type=int,
         metavar="PORT",
         help="also speak the Bailian web demo's protocol on ws://127.0.0.1:PORT/ (loopback only)",
+    )
+    serve.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        help="gateway processes sharing the port (SO_REUSEPORT), to use a host's cores; needs the Redis bus",
+    )
+    serve.add_argument(
+        "--reuse-port", action="store_true", help="share the port with other processes (set by --workers)"
     )
     serve.add_argument("--log-level", default="INFO")
 
@@ -88,6 +117,8 @@ def _parser() -> argparse.ArgumentParser:
     conformance.add_argument("--redis", required=True, help="redis://host:port/db the worker uses")
     conformance.add_argument("--audio", help="speech to use (any audio file); default: synthetic tone bursts")
 
+    _add_bench(commands)
+
     sign = commands.add_parser("sign", help="print a signed, single-use WebSocket URL")
     sign.add_argument("--appkey", required=True)
     sign.add_argument(
@@ -126,6 +157,7 @@ def main(argv: list[str] | None = None) -> int:
         "apps": lambda arguments: trio.run(_apps, arguments),
         "routes": lambda arguments: trio.run(_routes, arguments),
         "transcribe": lambda arguments: trio.run(_transcribe, arguments),
+        "bench": lambda arguments: trio.run(_bench, arguments),
     }
     try:
         return commands_by_name[args.command](args)
@@ -143,13 +175,24 @@ def _serve(args: argparse.Namespace) -> int:
     logs.configure(args.log_level)
     config = load_config(args.config)
     server = config.server
-    if args.host is not None or args.port is not None:
-        server = attrs.evolve(
-            server,
-            host=server.host if args.host is None else args.host,
-            port=server.port if args.port is None else args.port,
-        )
-        config = attrs.evolve(config, server=server)
+    server = attrs.evolve(
+        server,
+        host=server.host if args.host is None else args.host,
+        port=server.port if args.port is None else args.port,
+        reuse_port=server.reuse_port or args.reuse_port,
+    )
+    config = attrs.evolve(config, server=server)
+    if args.workers < 1:
+        raise ConfigError(f"--workers must be at least 1, got {args.workers}")
+    if args.workers > 1:
+        if args.compat_bailian is not None:
+            raise ConfigError("--compat-bailian serves from one process: leave out --workers")
+        from asr_actors.prefork import serve_processes
+
+        child_arguments = ["--log-level", args.log_level]
+        if args.config:
+            child_arguments += ["--config", args.config]
+        return trio.run(serve_processes, config, args.workers, child_arguments)
 
     async def run() -> None:
         from asr_actors.server import serve
@@ -308,6 +351,46 @@ def _sign(args: argparse.Namespace) -> int:
         return 2
     nonce = client.fresh_nonce() if args.nonce else None
     print(client.sign_url(args.url, args.appkey, secret, time.time(), nonce))
+    return 0
+
+
+async def _bench(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from asr_actors.benchmark import report
+    from asr_actors.benchmark.run import Measurement, System, Workload, measure
+
+    try:
+        counts = [int(count) for count in args.sweep.split(",")] if args.sweep else [args.streams]
+    except ValueError:
+        print(f"--sweep takes stream counts like 100,500,1000, not {args.sweep!r}", file=sys.stderr)
+        return 2
+    if args.gateways > 1 and args.bus != "redis":
+        print("--gateways above 1 needs --bus redis (serve --workers does)", file=sys.stderr)
+        return 2
+    ours = System("asr-actors", args.bus, args.gateways, args.engine_workers)
+    systems = [ours, System("reference")] if args.baseline else [ours]
+
+    def progress(line: str) -> None:
+        print(line, file=sys.stderr, flush=True)
+
+    measurements: list[Measurement] = []
+    for count in counts:
+        workload = Workload(count, args.duration, args.load_processes)
+        for system in systems:
+            measurements.append(await measure(system, workload, progress))
+            if args.json:
+                report.write_json(Path(args.json), measurements)
+    print(report.table(measurements))
+    if args.baseline:
+        for count in counts:
+            pair = [m for m in measurements if m.streams == count]
+            ratios = report.ratios(pair[0], pair[1])
+            shown = ", ".join(f"{name} {value:g}" for name, value in ratios.items())
+            print(f"\n{count} streams, asr-actors ÷ reference: {shown}")
+    if args.plot:
+        report.plot(Path(args.plot), measurements)
+        print(f"\nplot written to {args.plot}")
     return 0
 
 

@@ -55,6 +55,8 @@ class ServerConfig:
     drain_timeout: float = attrs.field(default=30.0, validator=_positive)
     # Apps added with `python -m asr_actors apps add` (embedded mode); it holds secrets: git ignores it.
     apps_file: str = "apps.local.toml"
+    # Listen with SO_REUSEPORT, so that several gateway processes share the port (`serve --workers`).
+    reuse_port: bool = False
 
     def web_root_path(self) -> Path:
         return Path(self.web_root) if self.web_root else DEFAULT_WEB_ROOT

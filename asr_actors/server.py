@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import ipaddress
 import logging
+import os
 import secrets
 import signal
 import time
@@ -74,10 +75,16 @@ def build_engines(config: Config, wanted: set[str] | None = None) -> dict[str, E
     return engines
 
 
+# `serve --workers` hands its processes one demo secret here, so that a link any of them signs works on all.
+DEMO_SECRET_ENV = "ASR_ACTORS_DEMO_SECRET"
+
+
 def resolve_secrets(config: Config) -> dict[str, str]:
     """The config's apps, and those the `apps` command keeps in the apps file (embedded mode)."""
     configured = {appkey: app.resolve_secret(appkey) for appkey, app in config.apps.items()}
-    return {**read_apps_file(Path(config.server.apps_file)), **configured}
+    shared_demo = os.environ.get(DEMO_SECRET_ENV)
+    demo = {config.demo.appkey: shared_demo} if shared_demo else {}
+    return {**demo, **read_apps_file(Path(config.server.apps_file)), **configured}
 
 
 def _address(stream: trio.abc.Stream) -> str:
@@ -372,13 +379,39 @@ async def _listen(
     host: str,
     port: int,
     connections: trio.Nursery,
+    reuse_port: bool = False,
 ) -> str:
-    listeners = await nursery.start(
-        functools.partial(trio.serve_tcp, handler, port, host=host, handler_nursery=connections)
-    )
+    if reuse_port:
+        listeners = await nursery.start(
+            functools.partial(
+                trio.serve_listeners,
+                handler,
+                [await _shared_port_listener(host, port)],
+                handler_nursery=connections,
+            )
+        )
+    else:
+        listeners = await nursery.start(
+            functools.partial(trio.serve_tcp, handler, port, host=host, handler_nursery=connections)
+        )
     bound_port = listeners[0].socket.getsockname()[1]
     shown_host = f"[{host}]" if ":" in host else host
     return f"{shown_host}:{bound_port}"
+
+
+# Connections the kernel queues before the gateway accepts them (it caps this at net.core.somaxconn).
+LISTEN_BACKLOG = 4096
+
+
+async def _shared_port_listener(host: str, port: int) -> trio.SocketListener:
+    """A listener on a port that other gateway processes listen on too; the kernel spreads connections."""
+    family = trio.socket.AF_INET6 if ":" in host else trio.socket.AF_INET
+    sock = trio.socket.socket(family, trio.socket.SOCK_STREAM)
+    sock.setsockopt(trio.socket.SOL_SOCKET, trio.socket.SO_REUSEADDR, 1)
+    sock.setsockopt(trio.socket.SOL_SOCKET, trio.socket.SO_REUSEPORT, 1)
+    await sock.bind((host, port))
+    sock.listen(LISTEN_BACKLOG)
+    return trio.SocketListener(sock)
 
 
 async def serve(
@@ -466,7 +499,12 @@ async def _serve_gateway(
     async with trio.open_nursery() as connections:
         async with trio.open_nursery() as listeners:
             address = await _listen(
-                listeners, gateway.handle_connection, config.server.host, config.server.port, connections
+                listeners,
+                gateway.handle_connection,
+                config.server.host,
+                config.server.port,
+                connections,
+                config.server.reuse_port,
             )
             listening = Listening(url=f"http://{address}/")
             if bailian_port is not None:

@@ -9,9 +9,9 @@ import pytest
 import trio
 
 from asr_actors import conformance
+from asr_actors.redis_server import redis_server
 from asr_actors.worker import Worker
 from engines.fake import FakeEngine
-from tests.redis_server import redis_server
 from tests.support import fake_config
 
 GUARD = 60

@@ -14,9 +14,9 @@ import trio
 
 from asr_actors.bus.redis import RedisConnection, RedisRecordStore
 from asr_actors.records import DAY, FinalRecord, RecordStore, SessionRecord, SqliteRecordStore, TrafficRow
+from asr_actors.redis_server import redis_server
 from asr_actors.server import Gateway
 from engines.fake import FakeEngine
-from tests.redis_server import redis_server
 from tests.support import APPKEY, SECRET, fake_config, open_connection, read_until_close
 
 GUARD = 30

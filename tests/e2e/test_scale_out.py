@@ -22,8 +22,8 @@ import trio
 
 from asr_actors import client
 from asr_actors.bus import wire
+from asr_actors.redis_server import RedisServer, redis_server
 from asr_actors.subprocess_server import running_server, stop
-from tests.redis_server import RedisServer, redis_server
 
 GUARD = 120
 APPKEY, SECRET = "scale", "scale-secret"

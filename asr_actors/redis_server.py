@@ -1,4 +1,4 @@
-"""A real redis-server on a free loopback port, started and stopped by the tests themselves."""
+"""A real redis-server on a free loopback port, started and stopped by its user (tests, the benchmark)."""
 
 from __future__ import annotations
 
