@@ -1,0 +1,68 @@
+"""The benchmark as a user runs it (`python -m asr_actors bench`), small enough for CI.
+
+These check that the benchmark measures what it says (every frame accounted for, latency samples from
+both directions, JSON and plot written), never how fast anything is: speed figures live in
+docs/performance.md.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+GUARD = 300
+
+
+def bench(*arguments: str) -> tuple[str, list[dict[str, object]]]:
+    json_path = Path(arguments[arguments.index("--json") + 1])
+    finished = subprocess.run(
+        [sys.executable, "-m", "asr_actors", "bench", *arguments],
+        capture_output=True,
+        text=True,
+        timeout=GUARD,
+        check=True,
+    )
+    # Progress goes to stderr while it runs; the table to stdout.
+    assert "frames sent" in finished.stderr
+    return finished.stdout, json.loads(json_path.read_text())
+
+
+def test_memory_bus_and_reference_relay_side_by_side(tmp_path: Path) -> None:
+    plot = tmp_path / "sweep.png"
+    table, measured = bench(
+        "--sweep", "2,4", "--duration", "1.5", "--baseline", "--json", str(tmp_path / "m.json"), "--plot", str(plot)
+    )
+    assert ["asr-actors (memory bus, 1 gateway)", "reference (asyncio websockets)"] * 2 == [
+        m["system"] for m in measured
+    ]
+    for m in measured:
+        streams = m["streams"]
+        assert isinstance(streams, int)
+        # 15 frames of 100 ms per stream, every one heard by the engine, every stream ended cleanly.
+        assert streams * 15 == m["frames_sent"] == m["frames_heard"]
+        assert 0 == m["dropped_frames"]
+        assert streams == m["streams_ok"]
+        assert {} == m["errors"]
+        uplink, downlink = m["uplink_ms"], m["downlink_ms"]
+        assert isinstance(uplink, list) and isinstance(downlink, list)
+        assert 0 < uplink[0] <= uplink[1] <= uplink[2]
+        assert 0 < downlink[0] <= downlink[1] <= downlink[2]
+        assert isinstance(m["gateway_cpu_us_per_frame"], float) and m["gateway_cpu_us_per_frame"] > 0
+    assert "asr-actors ÷ reference: gateway CPU µs per frame" in table
+    assert plot.read_bytes().startswith(b"\x89PNG")
+
+
+def test_redis_bus_with_two_gateway_processes_and_a_worker(tmp_path: Path) -> None:
+    _table, [m] = bench(
+        "--streams", "6", "--duration", "1", "--bus", "redis", "--gateways", "2", "--json", str(tmp_path / "m.json")
+    )
+    assert "asr-actors (redis bus, 2 gateways)" == m["system"]
+    assert 60 == m["frames_sent"] == m["frames_heard"]
+    assert 6 == m["streams_ok"]
+    engine_cpu, redis_cpu = m["engine_cpu_us_per_frame"], m["redis_cpu_us_per_frame"]
+    assert isinstance(engine_cpu, float) and isinstance(redis_cpu, float)
+    # The engine ran in the worker process, and the frames crossed redis-server.
+    assert engine_cpu > 0
+    assert redis_cpu > 0
