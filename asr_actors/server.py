@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import gc
 import ipaddress
 import logging
 import os
@@ -399,6 +400,21 @@ async def _listen(
     return f"{shown_host}:{bound_port}"
 
 
+# Allocations between young-generation collections. Each audio frame allocates a few dozen small objects;
+# the default (700) runs a collection every few frames at load, and the older generations' collections,
+# which walk every live session object, then stall all sessions (docs/performance.md).
+GC_YOUNG_THRESHOLD = 50_000
+
+
+def _settle_garbage_collector() -> None:
+    """Keep the objects made at start-up (modules, engines, config) out of every later collection, and
+    collect the young generation less often."""
+    gc.collect()
+    gc.freeze()
+    _young, middle, old = gc.get_threshold()
+    gc.set_threshold(GC_YOUNG_THRESHOLD, middle, old)
+
+
 # Connections the kernel queues before the gateway accepts them (it caps this at net.core.somaxconn).
 LISTEN_BACKLOG = 4096
 
@@ -436,6 +452,7 @@ async def serve(
             shared_directory=chosen.shared_directory,
         )
         await gateway.prepare()
+        _settle_garbage_collector()
         await _serve_gateway(gateway, bailian_port, task_status, drain_on_signal)
 
 
