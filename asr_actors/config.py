@@ -88,7 +88,7 @@ class ChannelConfig:
     audio: int = attrs.field(default=64, validator=_positive)
     # relay and receiver -> sender: results and pongs.
     outbound: int = attrs.field(default=64, validator=_positive)
-    # relay -> engine stream (in-process bus).
+    # Engine workers: bus audio -> engine stream (in the gateway the engine reads `audio` directly).
     engine_audio: int = attrs.field(default=64, validator=_positive)
     # engine stream -> relay (in-process bus).
     engine_events: int = attrs.field(default=64, validator=_positive)

@@ -139,7 +139,6 @@ class Gateway:
         self.wall_clock = wall_clock
         self.bus: Bus = bus or MemoryBus(
             engines,
-            audio_capacity=config.channels.engine_audio,
             events_capacity=config.channels.engine_events,
         )
         own = StaticDirectory(config, all_secrets)
@@ -478,9 +477,7 @@ async def backend(config: Config) -> AsyncIterator[Backend]:
     keep = config.records
     if config.bus.kind == "memory":
         engines = build_engines(config)
-        memory = MemoryBus(
-            engines, audio_capacity=channels.engine_audio, events_capacity=channels.engine_events
-        )
+        memory = MemoryBus(engines, events_capacity=channels.engine_events)
         records = SqliteRecordStore(keep.path, keep.retention_days) if keep.enabled else None
         yield Backend(memory, engines, MemoryReplayGuard(), records, admin=FileAdmin(config))
         return
@@ -494,9 +491,7 @@ async def backend(config: Config) -> AsyncIterator[Backend]:
 
     links = config.bus
     async with RedisConnection(links.url, links.subscription_queue, links.heartbeat_interval).open() as redis:
-        bus = RedisBus(
-            redis, config.bus, audio_capacity=channels.engine_audio, events_capacity=channels.engine_events
-        )
+        bus = RedisBus(redis, config.bus, events_capacity=channels.engine_events)
         shared = RedisRecordStore(redis, keep.retention_days) if keep.enabled else None
         yield Backend(
             bus,

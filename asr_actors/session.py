@@ -1,12 +1,13 @@
 """The session supervisor: one nursery of actors per connection, its channels and its cancel scopes.
 
-    admit (auth) ─▶ receiver ──audio──▶ relay ──▶ bus / engine
-                │                 │
-                └──pong──▶ sender ◀──results
+    admit (auth) ─▶ receiver ──audio──▶ bus / engine ──events──▶ relay
+                │                                            │
+                └──pong──▶ sender ◀──────────results─────────┘
 
 The first actor to fail cancels the set; the supervisor then sends the one coded error and closes.
-An orderly end flows by channel closure: the receiver closes `audio` at the client's end, the relay closes
-`outbound` after `end`, the sender returns when `outbound` is drained, and the socket closes with 1000.
+An orderly end flows by channel closure: the receiver closes `audio` at the client's end (and starts the
+flush deadline), the engine's events end after its last final, the relay closes `outbound` after `end`,
+the sender returns when `outbound` is drained, and the socket closes with 1000.
 """
 
 from __future__ import annotations
@@ -165,6 +166,7 @@ async def _run_admitted(
     config = shared.config
     audio_tx, audio_rx = trio.open_memory_channel[bytes](config.channels.audio)
     outbound_tx, outbound_rx = trio.open_memory_channel[ServerEvent](config.channels.outbound)
+    flush = relay.Flush(config.session.flush_timeout)
     async with trio.open_nursery() as nursery:
         await nursery.start(sender.run, connection, outbound_rx, dialect.encoder(task_id))
         opened = await nursery.start(
@@ -174,6 +176,8 @@ async def _run_admitted(
             audio_tx,
             outbound_tx.clone(),
             config.session.idle_timeout,
+            facts.ledger,
+            flush.start,
         )
         engine = await shared.directory.engine_for(opened.language)
         if engine is None:
@@ -188,7 +192,7 @@ async def _run_admitted(
             shared.bus,
             engine,
             spec,
-            config.session.flush_timeout,
+            flush,
             facts.ledger,
         )
 

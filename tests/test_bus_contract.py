@@ -32,7 +32,7 @@ BusFactory = Callable[[FakeEngine], AbstractAsyncContextManager[Bus]]
 
 @asynccontextmanager
 async def memory_bus(engine: FakeEngine) -> AsyncIterator[Bus]:
-    yield MemoryBus({"fake": engine}, audio_capacity=8, events_capacity=8)
+    yield MemoryBus({"fake": engine}, events_capacity=8)
 
 
 def redis_bus_factory(folder: Path) -> BusFactory:
@@ -43,7 +43,7 @@ def redis_bus_factory(folder: Path) -> BusFactory:
             config = fake_config(bus={"kind": "redis", "url": server.url, "claim_timeout": 2.0})
             await nursery.start(Worker(config, engine, concurrency=4).run)
             async with RedisConnection(server.url, 1024).open() as redis:
-                yield RedisBus(redis, config.bus, audio_capacity=8, events_capacity=8)
+                yield RedisBus(redis, config.bus, events_capacity=8)
             nursery.cancel_scope.cancel()
 
     return redis_bus
@@ -57,18 +57,19 @@ def open_bus(request: pytest.FixtureRequest, tmp_path: Path) -> BusFactory:
 async def run_stream(bus: Bus, frames: int, language: str = "en") -> list[EngineEvent]:
     spec = StreamSpec(session_id=f"contract-{frames}-{language}", language=language, sample_rate=16000)
     received: list[EngineEvent] = []
-    async with bus.open_stream("fake", spec) as link, trio.open_nursery() as nursery:
+    audio_tx, audio_rx = trio.open_memory_channel[bytes](8)
+    async with bus.open_stream("fake", spec, audio_rx) as events, trio.open_nursery() as nursery:
 
         async def send_audio() -> None:
-            async with link.audio:
+            async with audio_tx:
                 for _ in range(frames):
                     try:
-                        await link.audio.send(FRAME)
+                        await audio_tx.send(FRAME)
                     except trio.BrokenResourceError:
                         return  # the stream ended early (an engine failure); its events say why
 
         nursery.start_soon(send_audio)
-        received += [event async for event in link.events]
+        received += [event async for event in events]
     return received
 
 
@@ -116,14 +117,15 @@ async def test_lagging_subscriber_is_reported_not_silent(tmp_path: Path) -> None
             config = fake_config(bus={"kind": "redis", "url": server.url})
             await nursery.start(Worker(config, FakeEngine(), concurrency=1).run)
             async with RedisConnection(server.url, 2).open() as redis:
-                bus = RedisBus(redis, config.bus, audio_capacity=64, events_capacity=1)
+                bus = RedisBus(redis, config.bus, events_capacity=1)
                 spec = StreamSpec(session_id="lagging", language="en", sample_rate=16000)
-                async with bus.open_stream("fake", spec) as link:
-                    async with link.audio:
+                audio_tx, audio_rx = trio.open_memory_channel[bytes](64)
+                async with bus.open_stream("fake", spec, audio_rx) as results:
+                    async with audio_tx:
                         for _ in range(40):
-                            await link.audio.send(FRAME)
+                            await audio_tx.send(FRAME)
                     await trio.sleep(1)  # the consumer stalls while the worker publishes ~44 results
-                    events = [event async for event in link.events]
+                    events = [event async for event in results]
             nursery.cancel_scope.cancel()
     assert isinstance(events[-1], EngineFailed)
     assert events[-1].message.startswith("Results were lost on the bus")
@@ -165,18 +167,19 @@ async def test_a_malformed_result_ends_only_its_session_and_is_counted(tmp_path:
                     await redis.client.publish(channel, b'{"session": "x", "seq": 1, "type": "partial"}')
 
                 nursery.start_soon(bad_worker)
-                bus = RedisBus(redis, config.bus, audio_capacity=64, events_capacity=64)
+                bus = RedisBus(redis, config.bus, events_capacity=64)
                 broken: list[EngineEvent] = []
                 healthy: list[EngineEvent] = []
 
                 async def collect(engine: str, into: list[EngineEvent]) -> None:
                     spec = StreamSpec(session_id=f"malformed-{engine}", language="en", sample_rate=16000)
-                    async with bus.open_stream(engine, spec) as link:
-                        async with link.audio:
+                    audio_tx, audio_rx = trio.open_memory_channel[bytes](64)
+                    async with bus.open_stream(engine, spec, audio_rx) as events:
+                        async with audio_tx:
                             for _ in range(12):
                                 with contextlib.suppress(trio.BrokenResourceError):
-                                    await link.audio.send(FRAME)
-                        into.extend([event async for event in link.events])
+                                    await audio_tx.send(FRAME)
+                        into.extend([event async for event in events])
 
                 async with trio.open_nursery() as sessions:
                     sessions.start_soon(collect, "broken", broken)

@@ -75,7 +75,7 @@ async def test_live_edits_in_redis_reach_running_gateways(tmp_path: Path) -> Non
             await nursery.start(
                 Worker(config, FakeEngine(languages=frozenset({"en", "de"})), concurrency=4).run
             )
-            bus = RedisBus(redis, config.bus, audio_capacity=8, events_capacity=8)
+            bus = RedisBus(redis, config.bus, events_capacity=8)
             gateway = Gateway(
                 config, {}, {}, bus=bus, shared_directory=lambda own: RedisDirectory(redis, own)
             )

@@ -7,6 +7,8 @@ receiver sees audio arrive: its deadline moves on each audio frame, pings do not
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import trio
 
 from asr_actors import transport
@@ -21,6 +23,7 @@ from asr_actors.protocol import (
     ServerEvent,
     StreamOpened,
 )
+from asr_actors.records import SessionLedger
 from asr_actors.transport import Transport
 
 
@@ -30,11 +33,16 @@ async def run(
     audio: trio.MemorySendChannel[bytes],
     outbound: trio.MemorySendChannel[ServerEvent],
     idle_timeout: float,
+    ledger: SessionLedger,
+    audio_ended: Callable[[], None],
     *,
     task_status: trio.TaskStatus[StreamOpened] = trio.TASK_STATUS_IGNORED,
 ) -> None:
+    """`audio_ended` is called once the client has ended its audio (it starts the engine's flush)."""
     async with audio, outbound:
         idle = trio.CancelScope()
+        # Once the engine stream has ended (a failure, which its events report) further audio is dropped.
+        engine_listening = True
 
         def audio_arrived() -> None:
             idle.deadline = trio.current_time() + idle_timeout
@@ -48,8 +56,14 @@ async def run(
                         task_status.started(event)
                     elif isinstance(event, AudioReceived):
                         audio_arrived()
-                        await audio.send(event.pcm)
+                        ledger.audio_bytes += len(event.pcm)
+                        if engine_listening:
+                            try:
+                                await audio.send(event.pcm)
+                            except trio.BrokenResourceError:
+                                engine_listening = False
                     elif isinstance(event, PingReceived):
                         await outbound.send(Pong())
         if idle.cancelled_caught:
             raise ProtocolError(ErrorCode.TIMEOUT, IDLE)
+        audio_ended()

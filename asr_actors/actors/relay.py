@@ -1,11 +1,14 @@
-"""The engine relay actor: audio to the engine stream, engine events to protocol results.
+"""The engine relay actor: opens the engine stream on the bus and turns its events into protocol results.
 
-It owns the flush: once the client's audio has ended, the engine has `flush_timeout` to deliver its last
-finals; then `end` is sent and the outbound channel closes, which lets the sender finish.
+The session's audio goes from the receiver to the bus directly (the bus reads the channel), so a frame
+makes no hop through this actor. The relay runs the stream inside the session's `Flush` scope: once the
+client's audio has ended, the engine has `flush_timeout` to deliver its last finals; then `end` is sent and
+the outbound channel closes, which lets the sender finish.
 """
 
 from __future__ import annotations
 
+import attrs
 import trio
 
 from asr_actors.bus.base import Bus
@@ -14,54 +17,43 @@ from asr_actors.records import FinalRecord, SessionLedger
 from engines.base import EngineEvent, EngineFailed, EngineUnavailable, Final, StreamSpec, UnsupportedStream
 
 
+@attrs.define(eq=False)
+class Flush:
+    """The deadline for the engine's last finals: started (`start`) when the client's audio ends."""
+
+    timeout: float
+    scope: trio.CancelScope = attrs.field(factory=trio.CancelScope)
+
+    def start(self) -> None:
+        self.scope.deadline = trio.current_time() + self.timeout
+
+
 async def run(
     audio: trio.MemoryReceiveChannel[bytes],
     outbound: trio.MemorySendChannel[ServerEvent],
     bus: Bus,
     engine: str,
     spec: StreamSpec,
-    flush_timeout: float,
+    flush: Flush,
     ledger: SessionLedger,
     *,
     task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
 ) -> None:
-    async with audio, outbound:
-        # The flush deadline is set once the client's audio has ended; it cancels the engine stream too.
-        flush = trio.CancelScope()
+    async with outbound:
         try:
-            with flush:
-                async with bus.open_stream(engine, spec) as link:
+            with flush.scope:
+                async with bus.open_stream(engine, spec, audio) as events:
                     task_status.started()
                     await outbound.send(Result(ResultStatus.START))
-                    async with trio.open_nursery() as nursery:
-                        nursery.start_soon(_forward_audio, audio, link.audio, flush, flush_timeout, ledger)
-                        await _relay_events(link.events, outbound, spec.session_id, ledger)
+                    await _relay_events(events, outbound, spec.session_id, ledger)
         # Both are raised by open_stream before anything runs.
         except UnsupportedStream as exc:
             raise ProtocolError(ErrorCode.BAD_INPUT, str(exc)) from None
         except EngineUnavailable as exc:
             raise ProtocolError(ErrorCode.UNAVAILABLE, f"No engine available: {exc}") from None
-        if flush.cancelled_caught:
+        if flush.scope.cancelled_caught:
             raise ProtocolError(ErrorCode.ENGINE_FAILURE, "Engine did not finish in time")
         await outbound.send(Result(ResultStatus.END))
-
-
-async def _forward_audio(
-    audio: trio.MemoryReceiveChannel[bytes],
-    engine_audio: trio.MemorySendChannel[bytes],
-    flush: trio.CancelScope,
-    flush_timeout: float,
-    ledger: SessionLedger,
-) -> None:
-    async with engine_audio:
-        try:
-            async for pcm in audio:
-                ledger.audio_bytes += len(pcm)
-                await engine_audio.send(pcm)
-        except trio.BrokenResourceError:
-            # The engine stopped listening; its event stream says why.
-            return
-    flush.deadline = trio.current_time() + flush_timeout
 
 
 async def _relay_events(

@@ -1,4 +1,4 @@
-"""The bus interface: open a stream on a named engine and get a pair of channels to it."""
+"""The bus interface: open a stream on a named engine, hand it the session's audio, read its events."""
 
 from __future__ import annotations
 
@@ -21,21 +21,18 @@ class BusStatistics:
     malformed_results: int = 0
 
 
-@attrs.frozen
-class EngineLink:
-    """Send PCM on `audio` (close it at end of audio); read events until `events` ends."""
-
-    audio: trio.MemorySendChannel[bytes]
-    events: trio.MemoryReceiveChannel[EngineEvent]
-
-
 class Bus(Protocol):
-    def open_stream(self, engine: str, spec: StreamSpec) -> AbstractAsyncContextManager[EngineLink]:
-        """Open a stream; raises UnsupportedStream if the engine cannot take it, EngineBusy if it is full.
+    def open_stream(
+        self, engine: str, spec: StreamSpec, audio: trio.MemoryReceiveChannel[bytes]
+    ) -> AbstractAsyncContextManager[trio.MemoryReceiveChannel[EngineEvent]]:
+        """Open a stream that consumes `audio` until its senders close it (the end of audio); yield the
+        stream's events, which end after its last final. Raises UnsupportedStream if the engine cannot take
+        the stream, EngineBusy if it is full.
 
-        An engine failure arrives as an `EngineFailed` event, never as an exception out of the link;
-        sending audio after the stream has ended may raise trio.BrokenResourceError.
-        Leaving the context cancels the stream if it is still running.
+        The bus reads `audio` itself, so that a frame makes no extra channel hop on its way to the engine,
+        and closes it when the stream ends early (the sender then gets trio.BrokenResourceError). An engine
+        failure arrives as an `EngineFailed` event, never as an exception. Leaving the context cancels the
+        stream if it is still running.
         """
         ...
 

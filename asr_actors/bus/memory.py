@@ -10,7 +10,7 @@ from contextlib import asynccontextmanager
 
 import trio
 
-from asr_actors.bus.base import BusStatistics, EngineLink
+from asr_actors.bus.base import BusStatistics
 from asr_actors.groups import first_leaf
 from engines.base import (
     Engine,
@@ -26,14 +26,15 @@ log = logging.getLogger(__name__)
 
 
 class MemoryBus:
-    def __init__(self, engines: Mapping[str, Engine], *, audio_capacity: int, events_capacity: int) -> None:
+    def __init__(self, engines: Mapping[str, Engine], *, events_capacity: int) -> None:
         self._engines = engines
-        self._audio_capacity = audio_capacity
         self._events_capacity = events_capacity
         self._streams_by_engine: collections.Counter[str] = collections.Counter()
 
     @asynccontextmanager
-    async def open_stream(self, engine: str, spec: StreamSpec) -> AsyncIterator[EngineLink]:
+    async def open_stream(
+        self, engine: str, spec: StreamSpec, audio: trio.MemoryReceiveChannel[bytes]
+    ) -> AsyncIterator[trio.MemoryReceiveChannel[EngineEvent]]:
         chosen = self._engines.get(engine)
         if chosen is None:
             raise UnsupportedStream(f"Engine {engine!r} is not available")
@@ -42,12 +43,11 @@ class MemoryBus:
             raise EngineBusy(f"All {chosen.max_streams} {engine} streams are busy")
         self._streams_by_engine[engine] += 1
         try:
-            audio_tx, audio_rx = trio.open_memory_channel[bytes](self._audio_capacity)
             events_tx, events_rx = trio.open_memory_channel[EngineEvent](self._events_capacity)
             async with trio.open_nursery() as nursery:
-                nursery.start_soon(run_engine, chosen, spec, audio_rx, events_tx)
-                async with audio_tx, events_rx:
-                    yield EngineLink(audio_tx, events_rx)
+                nursery.start_soon(run_engine, chosen, spec, audio, events_tx)
+                async with events_rx:
+                    yield events_rx
         finally:
             self._streams_by_engine[engine] -= 1
 

@@ -28,7 +28,7 @@ import trio
 from coredis.response.types import PubSubMessage
 
 from asr_actors.bus import wire
-from asr_actors.bus.base import BusStatistics, EngineLink
+from asr_actors.bus.base import BusStatistics
 from asr_actors.config import BusConfig
 from asr_actors.directory import Directory
 from asr_actors.groups import first_leaf
@@ -286,7 +286,7 @@ class _Stream:
     spec: StreamSpec
     engine: str
     replay: _Replay
-    # The session's channels: results from the bus, audio from the relay, events to the relay.
+    # The session's channels: results from the bus, audio from the receiver, events to the relay.
     results: trio.MemoryReceiveChannel[bytes]
     audio: trio.MemoryReceiveChannel[bytes]
     events: trio.MemorySendChannel[EngineEvent]
@@ -297,12 +297,9 @@ class _Stream:
 
 
 class RedisBus:
-    def __init__(
-        self, connection: RedisConnection, config: BusConfig, *, audio_capacity: int, events_capacity: int
-    ):
+    def __init__(self, connection: RedisConnection, config: BusConfig, *, events_capacity: int):
         self._redis = connection
         self._config = config
-        self._audio_capacity = audio_capacity
         self._events_capacity = events_capacity
         self._failovers = 0
         # Results from workers that broke the engine protocol (each ended its session with a 500).
@@ -312,18 +309,19 @@ class RedisBus:
         return BusStatistics(failovers=self._failovers, malformed_results=self._malformed)
 
     @asynccontextmanager
-    async def open_stream(self, engine: str, spec: StreamSpec) -> AsyncIterator[EngineLink]:
-        audio_tx, audio_rx = trio.open_memory_channel[bytes](self._audio_capacity)
+    async def open_stream(
+        self, engine: str, spec: StreamSpec, audio: trio.MemoryReceiveChannel[bytes]
+    ) -> AsyncIterator[trio.MemoryReceiveChannel[EngineEvent]]:
         events_tx, events_rx = trio.open_memory_channel[EngineEvent](self._events_capacity)
         async with self._redis.subscription(wire.results_channel(spec.session_id)) as results:
             replay = _Replay(bytes_per_ms=spec.sample_rate * 2 / 1000)
-            stream = _Stream(spec, engine, replay, results, audio_rx, events_tx)
+            stream = _Stream(spec, engine, replay, results, audio, events_tx)
             worker = await self._place(stream)
             try:
                 async with trio.open_nursery() as nursery:
                     nursery.start_soon(self._serve, stream, worker)
-                    async with audio_tx, events_rx:
-                        yield EngineLink(audio_tx, events_rx)
+                    async with events_rx:
+                        yield events_rx
             finally:
                 if not stream.finished:
                     # Release the worker now rather than at its idle timeout.

@@ -32,7 +32,15 @@ def bench(*arguments: str) -> tuple[str, list[dict[str, object]]]:
 def test_memory_bus_and_reference_relay_side_by_side(tmp_path: Path) -> None:
     plot = tmp_path / "sweep.png"
     table, measured = bench(
-        "--sweep", "2,4", "--duration", "1.5", "--baseline", "--json", str(tmp_path / "m.json"), "--plot", str(plot)
+        "--sweep",
+        "2,4",
+        "--duration",
+        "1.5",
+        "--baseline",
+        "--json",
+        str(tmp_path / "m.json"),
+        "--plot",
+        str(plot),
     )
     assert ["asr-actors (memory bus, 1 gateway)", "reference (asyncio websockets)"] * 2 == [
         m["system"] for m in measured
@@ -46,23 +54,35 @@ def test_memory_bus_and_reference_relay_side_by_side(tmp_path: Path) -> None:
         assert streams == m["streams_ok"]
         assert {} == m["errors"]
         uplink, downlink = m["uplink_ms"], m["downlink_ms"]
-        assert isinstance(uplink, list) and isinstance(downlink, list)
+        assert isinstance(uplink, list)
+        assert isinstance(downlink, list)
         assert 0 < uplink[0] <= uplink[1] <= uplink[2]
         assert 0 < downlink[0] <= downlink[1] <= downlink[2]
-        assert isinstance(m["gateway_cpu_us_per_frame"], float) and m["gateway_cpu_us_per_frame"] > 0
+        assert isinstance(m["gateway_cpu_us_per_frame"], float)
+        assert m["gateway_cpu_us_per_frame"] > 0
     assert "asr-actors ÷ reference: gateway CPU µs per frame" in table
     assert plot.read_bytes().startswith(b"\x89PNG")
 
 
 def test_redis_bus_with_two_gateway_processes_and_a_worker(tmp_path: Path) -> None:
     _table, [m] = bench(
-        "--streams", "6", "--duration", "1", "--bus", "redis", "--gateways", "2", "--json", str(tmp_path / "m.json")
+        "--streams",
+        "6",
+        "--duration",
+        "1",
+        "--bus",
+        "redis",
+        "--gateways",
+        "2",
+        "--json",
+        str(tmp_path / "m.json"),
     )
     assert "asr-actors (redis bus, 2 gateways)" == m["system"]
     assert 60 == m["frames_sent"] == m["frames_heard"]
     assert 6 == m["streams_ok"]
     engine_cpu, redis_cpu = m["engine_cpu_us_per_frame"], m["redis_cpu_us_per_frame"]
-    assert isinstance(engine_cpu, float) and isinstance(redis_cpu, float)
+    assert isinstance(engine_cpu, float)
+    assert isinstance(redis_cpu, float)
     # The engine ran in the worker process, and the frames crossed redis-server.
     assert engine_cpu > 0
     assert redis_cpu > 0
