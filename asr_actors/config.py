@@ -76,8 +76,6 @@ class SessionConfig:
     max_frame_bytes: int = attrs.field(default=65536, validator=_positive)
     # The WebSocket layer's own hard cap; above it the library closes with 1009 without our envelope.
     max_message_bytes: int = attrs.field(default=4 * 1024 * 1024, validator=_positive)
-    # Messages trio-websocket buffers between its reader task and our receiver.
-    websocket_queue: int = attrs.field(default=8, validator=_positive)
     default_language: str = "en"
     default_sample_rate: int = 16000
 

@@ -17,7 +17,6 @@ from pathlib import Path
 import attrs
 import h11
 import trio
-import trio_websocket
 
 from asr_actors import http, protocol, session
 from asr_actors.bus.base import Bus
@@ -32,6 +31,8 @@ from asr_actors.protocol import ErrorCode, ProtocolError
 from asr_actors.records import RecordStore, SqliteRecordStore
 from asr_actors.session import Shared
 from asr_actors.signing import MemoryReplayGuard, ReplayGuard
+from asr_actors.transport import ClientGone
+from asr_actors.websocket import WebSocket
 from engines.base import Engine, EngineUnavailable
 
 log = logging.getLogger(__name__)
@@ -217,9 +218,7 @@ class Gateway:
                 log.info("refused a handshake from %s: over the rate limit", _address(stream))
                 response = http.text_response(429, "Too many connections from this address; slow down")
             elif dialect is not None:
-                await self._websocket(
-                    http.PrefixedStream(stream, head.raw), head, handshake_deadline, dialect
-                )
+                await self._websocket(stream, head, handshake_deadline, dialect)
                 return
             with trio.move_on_at(handshake_deadline):
                 if dialect is None:
@@ -306,40 +305,33 @@ class Gateway:
         return http.text_response(426, "This endpoint speaks WebSocket")
 
     async def _websocket(
-        self, stream: http.PrefixedStream, head: http.RequestHead, deadline: float, dialect: Dialect
+        self, stream: trio.abc.Stream, head: http.RequestHead, deadline: float, dialect: Dialect
     ) -> None:
-        limits = self.config.session
-        async with trio.open_nursery() as nursery:
-            with trio.move_on_at(deadline) as handshake:
-                request = await trio_websocket.wrap_server_stream(
-                    nursery,
-                    stream,
-                    message_queue_size=limits.websocket_queue,
-                    max_message_size=limits.max_message_bytes,
-                )
-                connection = await request.accept()
-            if handshake.cancelled_caught:
-                nursery.cancel_scope.cancel()
-                return
-            lifetime = session.Lifetime()
-            self._lifetimes.add(lifetime)
-            self._all_ended = trio.Event()
-            self.active_sessions += 1
-            self.metrics.sessions_active.inc()
-            started = trio.current_time()
+        connection: WebSocket | None = None
+        with trio.move_on_at(deadline):
             try:
-                outcome = await session.run(
-                    connection, Admission(head.host, head.target), dialect, self.shared, lifetime
-                )
-                self._count(outcome, trio.current_time() - started)
-            finally:
-                self._lifetimes.discard(lifetime)
-                self.active_sessions -= 1
-                self.metrics.sessions_active.dec()
-                if not self._lifetimes:
-                    self._all_ended.set()
-                # The library's reader task would otherwise wait on a peer that may never close.
-                nursery.cancel_scope.cancel()
+                connection = await WebSocket.accept(stream, head.raw, self.config.session.max_message_bytes)
+            except ClientGone:
+                return
+        if connection is None:
+            return
+        lifetime = session.Lifetime()
+        self._lifetimes.add(lifetime)
+        self._all_ended = trio.Event()
+        self.active_sessions += 1
+        self.metrics.sessions_active.inc()
+        started = trio.current_time()
+        try:
+            outcome = await session.run(
+                connection, Admission(head.host, head.target), dialect, self.shared, lifetime
+            )
+            self._count(outcome, trio.current_time() - started)
+        finally:
+            self._lifetimes.discard(lifetime)
+            self.active_sessions -= 1
+            self.metrics.sessions_active.dec()
+            if not self._lifetimes:
+                self._all_ended.set()
 
     def _count(self, outcome: session.Outcome, seconds: float) -> None:
         metrics = self.metrics

@@ -20,7 +20,7 @@ from collections.abc import Callable
 import attrs
 import trio
 
-from asr_actors import logs, protocol, transport
+from asr_actors import logs, protocol
 from asr_actors.actors import receiver, relay, sender
 from asr_actors.bus.base import Bus
 from asr_actors.config import Config
@@ -218,7 +218,7 @@ async def _close(
     with trio.move_on_after(close_timeout, shield=True):
         try:
             if error is not None:
-                await transport.send(connection, dialect.encode_error(error))
+                await connection.send_message(dialect.encode_error(error))
         except ClientGone:
             return
         if error is None:

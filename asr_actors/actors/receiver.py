@@ -11,7 +11,6 @@ from collections.abc import Callable
 
 import trio
 
-from asr_actors import transport
 from asr_actors.protocol import (
     IDLE,
     AudioReceived,
@@ -50,7 +49,7 @@ async def run(
         audio_arrived()
         with idle:
             while not decoder.ended:
-                message = await transport.receive(connection)
+                message = await connection.get_message()
                 for event in decoder.receive(message):
                     if isinstance(event, StreamOpened):
                         task_status.started(event)

@@ -6,7 +6,6 @@ from collections.abc import Callable
 
 import trio
 
-from asr_actors import transport
 from asr_actors.protocol import ServerEvent
 from asr_actors.transport import Transport
 
@@ -27,4 +26,4 @@ async def run(
         async for event in outbound:
             message = encode(event)
             if message is not None:
-                await transport.send(connection, message)
+                await connection.send_message(message)

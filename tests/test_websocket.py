@@ -1,0 +1,118 @@
+"""The server WebSocket (asr_actors/websocket.py), driven by a wsproto client over an in-memory stream."""
+
+from __future__ import annotations
+
+import pytest
+import trio
+import trio.testing
+from wsproto import ConnectionType, WSConnection
+from wsproto.events import (
+    AcceptConnection,
+    BytesMessage,
+    CloseConnection,
+    Event,
+    Ping,
+    Pong,
+    Request,
+    TextMessage,
+)
+
+from asr_actors.transport import ClientGone
+from asr_actors.websocket import WebSocket
+
+LIMIT = 1000
+
+
+class Client:
+    """The client side: sends wsproto events, collects what the server sends back."""
+
+    def __init__(self, stream: trio.abc.Stream) -> None:
+        self.stream = stream
+        self.protocol = WSConnection(ConnectionType.CLIENT)
+
+    async def send(self, event: Event) -> None:
+        await self.stream.send_all(self.protocol.send(event))
+
+    async def receive(self) -> list[Event]:
+        self.protocol.receive_data(await self.stream.receive_some())
+        return list(self.protocol.events())
+
+
+async def connected() -> tuple[Client, WebSocket]:
+    client_stream, server_stream = trio.testing.memory_stream_pair()
+    client = Client(client_stream)
+    request = client.protocol.send(Request(host="gateway.test", target="/v1/asr"))
+    server = await WebSocket.accept(server_stream, request, LIMIT)
+    assert [AcceptConnection] == [type(event) for event in await client.receive()]
+    return client, server
+
+
+async def test_fragmented_messages_are_joined() -> None:
+    client, server = await connected()
+    await client.send(BytesMessage(data=b"\x01\x02", message_finished=False))
+    await client.send(BytesMessage(data=b"\x03\x04", message_finished=True))
+    await client.send(TextMessage(data="pi", message_finished=False))
+    await client.send(TextMessage(data="ng", message_finished=True))
+    assert b"\x01\x02\x03\x04" == await server.get_message()
+    assert "ping" == await server.get_message()
+
+
+async def test_a_ping_is_answered_while_reading() -> None:
+    client, server = await connected()
+    await client.send(Ping(payload=b"are you there"))
+    await client.send(TextMessage(data="hello"))
+    assert "hello" == await server.get_message()
+    assert [Pong(payload=b"are you there")] == await client.receive()
+
+
+async def test_a_message_over_the_limit_closes_with_1009() -> None:
+    client, server = await connected()
+    await client.send(BytesMessage(data=bytes(LIMIT // 2), message_finished=False))
+    await client.send(BytesMessage(data=bytes(LIMIT // 2 + 2), message_finished=True))
+    with pytest.raises(ClientGone, match="refused"):
+        await server.get_message()
+    [close] = await client.receive()
+    assert isinstance(close, CloseConnection)
+    assert 1009 == close.code
+
+
+async def test_the_clients_close_is_answered_and_ends_reading() -> None:
+    client, server = await connected()
+    await client.send(TextMessage(data="last words"))
+    await client.send(CloseConnection(code=1000, reason="bye"))
+    # Messages sent before the close are still delivered, then the close is reported.
+    assert "last words" == await server.get_message()
+    with pytest.raises(ClientGone, match="closed by the client"):
+        await server.get_message()
+    assert [CloseConnection(code=1000, reason="bye")] == await client.receive()
+
+
+async def test_a_dropped_connection_is_client_gone_for_reader_and_writer() -> None:
+    client, server = await connected()
+    await client.stream.aclose()
+    with pytest.raises(ClientGone, match="without a close frame"):
+        await server.get_message()
+    with pytest.raises(ClientGone):
+        await server.send_message("anyone?")
+
+
+async def test_the_servers_close_waits_for_the_clients_reply() -> None:
+    client, server = await connected()
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(server.aclose, 4408, "Connection Timeout")
+        [close] = await client.receive()
+        assert CloseConnection(code=4408, reason="Connection Timeout") == close
+        await client.send(close.response())
+    # The server closed its socket after the handshake: the client reads the end of the stream.
+    assert b"" == await client.stream.receive_some()
+
+
+async def test_an_upgrade_without_a_key_is_refused_with_400() -> None:
+    client_stream, server_stream = trio.testing.memory_stream_pair()
+    request = (
+        b"GET /v1/asr HTTP/1.1\r\nHost: gateway.test\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+        b"Sec-WebSocket-Version: 13\r\n\r\n"
+    )
+    with pytest.raises(ClientGone, match="refused the upgrade"):
+        await WebSocket.accept(server_stream, request, LIMIT)
+    assert (await client_stream.receive_some()).startswith(b"HTTP/1.1 400 ")
