@@ -46,9 +46,7 @@ class _Results:
     async def send(self, result: wire.Result) -> None:
         message = wire.ResultMessage(self.request.session, self.seq, result, self.request.attempt)
         self.seq += 1
-        await self.redis.client.publish(
-            wire.results_channel(self.request.session), wire.encode_result(message)
-        )
+        await self.redis.publish(wire.results_channel(self.request.session), wire.encode_result(message))
 
 
 class Worker:

@@ -46,13 +46,62 @@ from engines.base import (
 
 log = logging.getLogger(__name__)
 
-# Audio frames published in one pipelined round trip at most (1.6 s of audio at 100 ms a frame).
+# Audio frames of one session taken from its channel at once when they have queued up (1.6 s of audio).
 MAX_PUBLISH_BATCH = 16
 RedisError = (coredis.exceptions.RedisError, OSError, anyio.BrokenResourceError, anyio.ClosedResourceError)
 
 
+@attrs.define(eq=False)
+class _Batch:
+    """Messages that go to Redis in one pipelined round trip; everyone who added one waits for `done`."""
+
+    messages: list[tuple[str, bytes]] = attrs.field(factory=list)
+    done: trio.Event = attrs.field(factory=trio.Event)
+    error: Exception | None = None
+
+
+class _Publisher:
+    """Every PUBLISH of the process goes through one task, many per round trip.
+
+    A command per message costs the client far more CPU than Redis spends on it (docs/performance.md:
+    the gateway spent a third of its time in per-frame PUBLISH calls), so messages queued by any session
+    while a round trip is in flight leave together in the next one. Nothing waits for a batch to fill: a
+    message queued while none is in flight leaves at once. `publish` returns when Redis has the message
+    (or raises why not), as a plain PUBLISH would; messages keep the order they were queued in.
+    """
+
+    def __init__(self, client: coredis.Redis[bytes]) -> None:
+        self._client = client
+        self._filling = _Batch()
+        self._queued = trio.Event()
+
+    async def publish(self, channel: str, messages: list[bytes]) -> None:
+        if not messages:
+            return
+        batch = self._filling
+        batch.messages.extend((channel, message) for message in messages)
+        self._queued.set()
+        await batch.done.wait()
+        if batch.error is not None:
+            raise batch.error
+
+    async def run(self) -> None:
+        while True:
+            await self._queued.wait()
+            self._queued = trio.Event()
+            batch, self._filling = self._filling, _Batch()
+            try:
+                async with self._client.pipeline(transaction=False) as pipeline:
+                    for channel, message in batch.messages:
+                        pipeline.publish(channel, message)
+            except RedisError as exc:
+                batch.error = exc
+            finally:
+                batch.done.set()
+
+
 class RedisConnection:
-    """One command client and one shared pub/sub connection per process."""
+    """One command client, one shared pub/sub connection and one publisher per process."""
 
     def __init__(self, url: str, subscription_queue: int, check_interval: float = 1.0) -> None:
         split = urlsplit(url)
@@ -67,6 +116,11 @@ class RedisConnection:
         self._check_interval = check_interval
         self._streams: dict[str, trio.MemorySendChannel[bytes]] = {}
         self._canary_heard = trio.Event()
+        self._publisher = _Publisher(self.client)
+
+    async def publish(self, channel: str, *messages: bytes) -> None:
+        """PUBLISH each message on `channel`, in order, batched with every other publish of the process."""
+        await self._publisher.publish(channel, list(messages))
 
     def _hear_canary(self, _message: PubSubMessage) -> None:
         self._canary_heard.set()
@@ -75,6 +129,7 @@ class RedisConnection:
     async def open(self) -> AsyncIterator[RedisConnection]:
         async with self.client, trio.open_nursery() as nursery:
             await nursery.start(self._keep_pubsub)
+            nursery.start_soon(self._publisher.run)
             yield self
             nursery.cancel_scope.cancel()
 
@@ -418,7 +473,7 @@ class RedisBus:
             trio.move_on_after(self._config.claim_timeout),
             contextlib.suppress(*RedisError),
         ):
-            await self._redis.client.publish(wire.audio_channel(session, stream.attempt), cancel)
+            await self._redis.publish(wire.audio_channel(session, stream.attempt), cancel)
 
     async def _send_audio(self, stream: _Stream) -> None:
         audio = stream.audio
@@ -432,7 +487,7 @@ class RedisBus:
             return wire.encode_audio(wire.AudioFrame(session, seq - 1, pcm, end=end))
 
         # A new placement starts with the audio since the last final (nothing on the first one).
-        await self._publish(channel, [frame(pcm) for _, pcm in list(stream.replay.frames)])
+        await self._redis.publish(channel, *[frame(pcm) for _, pcm in list(stream.replay.frames)])
         if not stream.audio_ended:
             async for pcm in audio:
                 batch = [pcm]
@@ -444,17 +499,9 @@ class RedisBus:
                         break
                 for queued in batch:
                     stream.replay.add(queued)
-                await self._publish(channel, [frame(queued) for queued in batch])
+                await self._redis.publish(channel, *[frame(queued) for queued in batch])
             stream.audio_ended = True
-        await self._publish(channel, [frame(b"", end=True)])
-
-    async def _publish(self, channel: str, messages: list[bytes]) -> None:
-        if len(messages) == 1:
-            await self._redis.client.publish(channel, messages[0])
-        elif messages:
-            async with self._redis.client.pipeline(transaction=False) as pipeline:
-                for message in messages:
-                    pipeline.publish(channel, message)
+        await self._redis.publish(channel, frame(b"", end=True))
 
     async def _wait_until_gone(self, worker: str) -> None:
         """Returns once the worker's liveness key has expired (it missed its heartbeats)."""
