@@ -4,7 +4,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 NODE_WORKER := engines/node-echo
 
-.PHONY: serve test lint typecheck unit clean
+.PHONY: serve test lint typecheck unit bench clean
 
 # Re-install when the project's dependencies change.
 $(STAMP): pyproject.toml
@@ -32,6 +32,11 @@ unit: $(STAMP) $(NODE_WORKER)/node_modules/.installed
 	$(BIN)/pytest
 
 test: lint typecheck unit
+
+# The gateway against the reference relay (docs/performance.md); BENCH_ARGS to change the workload.
+BENCH_ARGS ?= --streams 500 --duration 30 --baseline
+bench: $(STAMP)
+	$(BIN)/python -m asr_actors bench $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache

@@ -72,6 +72,9 @@ class SessionConfig:
     flush_timeout: float = attrs.field(default=30.0, validator=_positive)
     # Sending the last message and the close frame to a client that may not read any more.
     close_timeout: float = attrs.field(default=5.0, validator=_positive)
+    # A client that reads no results for this long (its socket buffer stays full): code 408. Until then
+    # the session's bounded channels hold what is waiting, so a slow reader costs no growing memory.
+    send_timeout: float = attrs.field(default=15.0, validator=_positive)
     # A binary frame or decoded JSON audio larger than this gets code 413.
     max_frame_bytes: int = attrs.field(default=65536, validator=_positive)
     # The WebSocket layer's own hard cap; above it the library closes with 1009 without our envelope.

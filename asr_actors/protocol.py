@@ -50,6 +50,7 @@ class ProtocolError(Exception):
 UNAUTHORIZED = "Unauthorized or Timeout"
 NOT_JSON = "The data must be json format"
 IDLE = "Connection Timeout"
+NOT_READING = "Client is not reading results"
 
 
 def missing(name: str) -> ProtocolError:

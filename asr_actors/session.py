@@ -168,7 +168,9 @@ async def _run_admitted(
     outbound_tx, outbound_rx = trio.open_memory_channel[ServerEvent](config.channels.outbound)
     flush = relay.Flush(config.session.flush_timeout)
     async with trio.open_nursery() as nursery:
-        await nursery.start(sender.run, connection, outbound_rx, dialect.encoder(task_id))
+        await nursery.start(
+            sender.run, connection, outbound_rx, dialect.encoder(task_id), config.session.send_timeout
+        )
         opened = await nursery.start(
             receiver.run,
             connection,

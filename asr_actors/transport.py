@@ -17,4 +17,7 @@ class Transport(Protocol):
 
     async def send_message(self, message: str | bytes) -> None: ...
 
+    async def wait_writable(self) -> None:
+        """Until the client's socket takes data again (the client reads what it was sent)."""
+
     async def aclose(self, code: int = 1000, reason: str | None = None) -> None: ...

@@ -84,6 +84,12 @@ class WebSocket:
         event = TextMessage(data=message) if isinstance(message, str) else BytesMessage(data=message)
         await self._send(event)
 
+    async def wait_writable(self) -> None:
+        try:
+            await self._stream.wait_send_all_might_not_block()
+        except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+            raise ClientGone(f"connection lost: {exc}") from None
+
     async def aclose(self, code: int = 1000, reason: str | None = None) -> None:
         """Send a close frame, wait for the client's (the caller bounds the wait), close the socket."""
         try:

@@ -17,6 +17,8 @@ import pytest
 import trio
 import trio.testing
 import trio_websocket
+from wsproto import ConnectionType, WSConnection
+from wsproto.events import AcceptConnection, BytesMessage, Request
 
 from asr_actors import client, logs, session
 from engines.fake import FakeEngine
@@ -328,6 +330,45 @@ async def test_close_is_bounded_when_client_stops_reading(autojump_clock: trio.t
         opened = trio.current_time()
         # Never read again: the server's idle timeout fires at 5 s, its close waits at most 5 s more.
     assert opened + 5 + 5 == pytest.approx(trio.current_time(), abs=0.01)
+    assert 0 == gateway.active_sessions
+
+
+async def test_a_client_that_stops_reading_gets_408_after_send_timeout(
+    autojump_clock: trio.testing.MockClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A client that keeps talking but reads nothing: the results wait in the session's bounded channels
+    (no growing memory) until send_timeout, then 408; the close is bounded by close_timeout."""
+    gateway = make_gateway(session={"send_timeout": 10.0, "idle_timeout": 30.0})
+    # Lockstep streams hold every byte until the other side reads it: no socket buffer to hide in.
+    client_stream, server_stream = trio.testing.lockstep_stream_pair()
+    client = WSConnection(ConnectionType.CLIENT)
+    ended_at: list[float] = []
+
+    async def serve() -> None:
+        await gateway.handle_connection(server_stream)
+        ended_at.append(trio.current_time())
+
+    async def talk_without_reading() -> None:
+        # Until the server closes the connection (BrokenResourceError).
+        with contextlib.suppress(trio.BrokenResourceError):
+            while True:
+                await client_stream.send_all(client.send(BytesMessage(data=PCM_100MS)))
+                await trio.sleep(0.1)
+
+    caplog.set_level(logging.INFO)
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(serve)
+        await client_stream.send_all(client.send(Request(host="gateway.test", target=signed_target())))
+        client.receive_data(await client_stream.receive_some())
+        assert [AcceptConnection] == [type(event) for event in client.events()]
+        first_audio = trio.current_time()
+        nursery.start_soon(talk_without_reading)
+        while not ended_at:  # noqa: ASYNC110 -- the session's end is what is measured
+            await trio.sleep(0.1)
+        nursery.cancel_scope.cancel()
+    # The start result never leaves: 10 s of waiting, then 5 s for the close that nobody reads.
+    assert first_audio + 10 + 5 == pytest.approx(ended_at[0], abs=0.2)
+    assert any("ends with 408 Client is not reading results" in r.getMessage() for r in caplog.records)
     assert 0 == gateway.active_sessions
 
 

@@ -1,4 +1,9 @@
-"""The result sender actor: encodes server events in the session's dialect and writes them, in order."""
+"""The result sender actor: encodes server events in the session's dialect and writes them, in order.
+
+It owns the slow-reader limit: a message waits at most `send_timeout` for the client's socket to take data.
+The wait comes before the write, never inside it, so that a timeout leaves no half-written frame and the
+coded close can still follow the results already queued.
+"""
 
 from __future__ import annotations
 
@@ -6,7 +11,7 @@ from collections.abc import Callable
 
 import trio
 
-from asr_actors.protocol import ServerEvent
+from asr_actors.protocol import NOT_READING, ErrorCode, ProtocolError, ServerEvent
 from asr_actors.transport import Transport
 
 
@@ -14,6 +19,7 @@ async def run(
     connection: Transport,
     outbound: trio.MemoryReceiveChannel[ServerEvent],
     encode: Callable[[ServerEvent], str | None],
+    send_timeout: float,
     *,
     task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
 ) -> None:
@@ -25,5 +31,10 @@ async def run(
         task_status.started()
         async for event in outbound:
             message = encode(event)
-            if message is not None:
-                await connection.send_message(message)
+            if message is None:
+                continue
+            with trio.move_on_after(send_timeout) as stalled:
+                await connection.wait_writable()
+            if stalled.cancelled_caught:
+                raise ProtocolError(ErrorCode.TIMEOUT, NOT_READING)
+            await connection.send_message(message)
