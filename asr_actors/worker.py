@@ -32,6 +32,8 @@ log = logging.getLogger(__name__)
 
 # BRPOP's own timeout: how often the claim loop looks up from an empty queue.
 CLAIM_POLL_SECONDS = 1
+# Queued requests taken in one round trip at most when sessions arrive in a burst.
+CLAIM_BATCH = 64
 
 
 @attrs.define
@@ -118,13 +120,30 @@ class Worker:
             if popped is None:
                 self._slots.release()
                 continue
-            try:
-                request = wire.Request.decode(popped[1])
-            except wire.BusProtocolError as exc:
-                self._slots.release()
-                log.warning("dropped a malformed request: %s", exc)
-                continue
-            sessions.start_soon(self._session, redis, request)
+            self._start(redis, sessions, popped[1])
+            # A burst of sessions (a gateway restarting, its clients reconnecting) is taken in bulk: one
+            # round trip for as many queued requests as there are free slots, not one BRPOP each.
+            while self._slots.value:
+                try:
+                    queued = await redis.client.rpop(queue, count=min(self._slots.value, CLAIM_BATCH))
+                except RedisError as exc:
+                    log.warning("claiming failed: %s", exc)
+                    break
+                if not queued:
+                    break
+                for raw in queued:
+                    self._slots.acquire_nowait()
+                    self._start(redis, sessions, raw)
+
+    def _start(self, redis: RedisConnection, sessions: trio.Nursery, raw: bytes) -> None:
+        """Start a claimed request's session in the slot already taken for it."""
+        try:
+            request = wire.Request.decode(raw)
+        except wire.BusProtocolError as exc:
+            self._slots.release()
+            log.warning("dropped a malformed request: %s", exc)
+            return
+        sessions.start_soon(self._session, redis, request)
 
     async def _session(self, redis: RedisConnection, request: wire.Request) -> None:
         logs.current_session.set(request.session)

@@ -115,7 +115,8 @@ class RedisConnection:
         self._subscription_queue = subscription_queue
         self._check_interval = check_interval
         self._streams: dict[str, trio.MemorySendChannel[bytes]] = {}
-        self._canary_heard = trio.Event()
+        # Set by every delivery on the pub/sub connection, the canary's or any stream's.
+        self._delivered = trio.Event()
         self._publisher = _Publisher(self.client)
 
     async def publish(self, channel: str, *messages: bytes) -> None:
@@ -123,7 +124,7 @@ class RedisConnection:
         await self._publisher.publish(channel, list(messages))
 
     def _hear_canary(self, _message: PubSubMessage) -> None:
-        self._canary_heard.set()
+        self._delivered.set()
 
     @asynccontextmanager
     async def open(self) -> AsyncIterator[RedisConnection]:
@@ -137,8 +138,10 @@ class RedisConnection:
         """Keep one working pub/sub connection. Redis cuts a subscriber past its output-buffer limit (and
         all of them when it restarts), and the client then resubscribes without delivering anything more
         (measured with coredis 6.9). So a canary message goes round this connection every check
-        interval; when one does not come back, every stream on it ends (its session reports the loss at
-        once) and a fresh connection takes over for new subscriptions."""
+        interval; when neither it nor any other message comes back within the interval, every stream on
+        the connection ends (its session reports the loss at once) and a fresh connection takes over for
+        new subscriptions. Other messages count: under load the canary may queue behind thousands of them,
+        and a connection that delivers them is alive."""
         canary = f"{wire.PREFIX}canary:{uuid.uuid4().hex}"
         started = False
         while True:
@@ -152,14 +155,14 @@ class RedisConnection:
                             task_status.started()
                         while True:
                             await trio.sleep(self._check_interval)
-                            self._canary_heard = trio.Event()
+                            self._delivered = trio.Event()
                             try:
                                 await self.client.publish(canary, b"1")
                             except RedisError:
                                 continue  # Redis itself is away; judge the connection once it is back
                             with trio.move_on_after(self._check_interval):
-                                await self._canary_heard.wait()
-                            if not self._canary_heard.is_set():
+                                await self._delivered.wait()
+                            if not self._delivered.is_set():
                                 log.warning("the pub/sub connection stopped delivering; ending its streams")
                                 connection_scope.cancel()
             except* RedisError as group:
@@ -179,6 +182,7 @@ class RedisConnection:
         messages_tx, messages_rx = trio.open_memory_channel[bytes](self._subscription_queue)
 
         def deliver(message: PubSubMessage) -> None:
+            self._delivered.set()
             data = message["data"]
             if not isinstance(data, bytes):
                 return
