@@ -160,6 +160,11 @@ class Gateway:
             "asr_engines_unavailable", "Engines that failed to prepare", lambda: len(self.unavailable)
         )
         self.metrics.watch(
+            "asr_engine_streams_open",
+            "Engine streams open now (in-process tasks or worker placements)",
+            lambda: self.bus.statistics().streams_open,
+        )
+        self.metrics.watch(
             "asr_bus_failovers",
             "Sessions moved after their worker died",
             lambda: self.bus.statistics().failovers,

@@ -24,13 +24,17 @@ class FakeEngine:
         fail_after_bytes: int | None = None,
         hang_on_finish: bool = False,
         max_streams: int = 64,
+        fault_languages: frozenset[str] | None = None,
     ) -> None:
+        """`fault_languages`: the failure switches apply to streams in these languages only (all if None),
+        so that one gateway can hold faulty and healthy sessions side by side."""
         self.partial_bytes = partial_bytes
         self.sentence_bytes = sentence_bytes
         self.languages = languages
         self.fail_after_bytes = fail_after_bytes
         self.hang_on_finish = hang_on_finish
         self.max_streams = max_streams
+        self.fault_languages = fault_languages
         self.streams_started = 0
         self.streams_finished = 0
 
@@ -48,6 +52,8 @@ class FakeEngine:
         events: trio.MemorySendChannel[EngineEvent],
     ) -> None:
         self.streams_started += 1
+        faulty = self.fault_languages is None or spec.language in self.fault_languages
+        fail_after_bytes = self.fail_after_bytes if faulty else None
         ms_per_byte = 1000 / (spec.sample_rate * 2)
         received = 0
         sentence_start = 0
@@ -56,7 +62,7 @@ class FakeEngine:
         async with events:
             async for pcm in audio:
                 received += len(pcm)
-                if self.fail_after_bytes is not None and received > self.fail_after_bytes:
+                if fail_after_bytes is not None and received > fail_after_bytes:
                     raise EngineError("fake engine failed on purpose")
                 before = words_heard
                 while (words_heard + 1) * self.partial_bytes <= received:
@@ -79,7 +85,7 @@ class FakeEngine:
                         )
                     )
                     sentence_start, sentence = received, []
-            if self.hang_on_finish:
+            if self.hang_on_finish and faulty:
                 await trio.sleep_forever()
             if received > sentence_start:
                 # The flush: the tail of the stream becomes a sentence, a started word counting as heard.

@@ -13,8 +13,10 @@ from engines.base import EngineEvent, StreamSpec
 
 @attrs.frozen
 class BusStatistics:
-    """Counted since the bus started (trio's `statistics()` convention)."""
+    """The bus's state now and its counts since it started (trio's `statistics()` convention)."""
 
+    # Engine streams open now (in-process: engine tasks; Redis: placements this gateway holds).
+    streams_open: int = 0
     # Sessions moved to another worker after theirs died (Redis bus).
     failovers: int = 0
     # Results from engine workers that broke the engine protocol (each ended its session with 500).

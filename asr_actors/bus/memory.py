@@ -55,7 +55,7 @@ class MemoryBus:
         return None if engine in self._engines else "not configured in this gateway"
 
     def statistics(self) -> BusStatistics:
-        return BusStatistics()
+        return BusStatistics(streams_open=sum(self._streams_by_engine.values()))
 
 
 async def run_engine(

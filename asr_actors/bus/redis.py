@@ -361,30 +361,37 @@ class RedisBus:
         self._config = config
         self._events_capacity = events_capacity
         self._failovers = 0
+        self._streams_open = 0
         # Results from workers that broke the engine protocol (each ended its session with a 500).
         self._malformed = 0
 
     def statistics(self) -> BusStatistics:
-        return BusStatistics(failovers=self._failovers, malformed_results=self._malformed)
+        return BusStatistics(
+            streams_open=self._streams_open, failovers=self._failovers, malformed_results=self._malformed
+        )
 
     @asynccontextmanager
     async def open_stream(
         self, engine: str, spec: StreamSpec, audio: trio.MemoryReceiveChannel[bytes]
     ) -> AsyncIterator[trio.MemoryReceiveChannel[EngineEvent]]:
         events_tx, events_rx = trio.open_memory_channel[EngineEvent](self._events_capacity)
-        async with self._redis.subscription(wire.results_channel(spec.session_id)) as results:
-            replay = _Replay(bytes_per_ms=spec.sample_rate * 2 / 1000)
-            stream = _Stream(spec, engine, replay, results, audio, events_tx)
-            worker = await self._place(stream)
-            try:
-                async with trio.open_nursery() as nursery:
-                    nursery.start_soon(self._serve, stream, worker)
-                    async with events_rx:
-                        yield events_rx
-            finally:
-                if not stream.finished:
-                    # Release the worker now rather than at its idle timeout.
-                    await self._cancel_placement(stream)
+        self._streams_open += 1
+        try:
+            async with self._redis.subscription(wire.results_channel(spec.session_id)) as results:
+                replay = _Replay(bytes_per_ms=spec.sample_rate * 2 / 1000)
+                stream = _Stream(spec, engine, replay, results, audio, events_tx)
+                worker = await self._place(stream)
+                try:
+                    async with trio.open_nursery() as nursery:
+                        nursery.start_soon(self._serve, stream, worker)
+                        async with events_rx:
+                            yield events_rx
+                finally:
+                    if not stream.finished:
+                        # Release the worker now rather than at its idle timeout.
+                        await self._cancel_placement(stream)
+        finally:
+            self._streams_open -= 1
 
     async def engine_problem(self, engine: str) -> str | None:
         try:
