@@ -26,6 +26,8 @@ from asr_actors.redis_server import RedisServer, redis_server
 from asr_actors.subprocess_server import running_server, stop
 
 GUARD = 120
+# The fault tests run this many sessions at once (the hardening issue's figure).
+LIVE_SESSIONS = 50
 APPKEY, SECRET = "scale", "scale-secret"
 SECOND = b"\x01\x00" * 16000
 
@@ -54,7 +56,7 @@ async def workers(config: Path, count: int, redis: RedisServer) -> AsyncIterator
                 "--config",
                 str(config),
                 "--concurrency",
-                "8",
+                str(LIVE_SESSIONS + 14),
             ],
             stderr=subprocess.DEVNULL,
         )
@@ -69,6 +71,20 @@ async def workers(config: Path, count: int, redis: RedisServer) -> AsyncIterator
     finally:
         for process in processes:
             await stop(process)
+
+
+async def session_channels(redis: RedisServer) -> list[bytes]:
+    """Pub/sub channels of sessions (audio and results) that someone still subscribes to."""
+    async with coredis.Redis(host="127.0.0.1", port=redis.port) as probe:
+        channels = await probe.pubsub_channels(f"{wire.PREFIX}*")
+    return sorted(channel for channel in channels if b"canary" not in channel)
+
+
+async def settled_channels(redis: RedisServer) -> list[bytes]:
+    with trio.move_on_after(5):
+        while await session_channels(redis):  # noqa: ASYNC110 -- another process's state
+            await trio.sleep(0.1)
+    return await session_channels(redis)
 
 
 async def claims(redis: RedisServer, sessions: list[str]) -> list[int]:
@@ -131,30 +147,30 @@ def session_task_id(received: list[client.Received]) -> str:
 async def test_worker_killed_mid_sentence_loses_and_repeats_nothing(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    """kill -9 one of two workers while 4 sessions stream: every second of audio still becomes exactly one
-    final (the finals tile the audio with no gap or overlap), and the sessions end normally."""
+    """kill -9 one of two workers while 50 sessions stream: every second of audio still becomes exactly one
+    final (the finals tile the audio with no gap or overlap), the sessions end normally, and afterwards no
+    session channel is left subscribed."""
     seconds = 6
     pcm = SECOND * seconds
     results: list[list[client.Received]] = []
     with trio.fail_after(GUARD):
         async with redis_server(tmp_path) as redis:
             config = write_config(tmp_path, redis.url)
-            async with (
-                workers(config, 2, redis) as processes,
-                running_server(config) as (url, _),
-                trio.open_nursery() as nursery,
-            ):
-                for _ in range(4):
+            async with workers(config, 2, redis) as processes, running_server(config) as (url, _):
+                async with trio.open_nursery() as nursery:
+                    for _ in range(LIVE_SESSIONS):
 
-                    async def one() -> None:
-                        results.append(await client.stream_pcm(signed(url), pcm, realtime=True))
+                        async def one() -> None:
+                            results.append(await client.stream_pcm(signed(url), pcm, realtime=True))
 
-                    nursery.start_soon(one)
-                await trio.sleep(2.45)  # mid-sentence: the third second of audio is half sent
-                os.kill(processes[0].pid, signal.SIGKILL)
+                        nursery.start_soon(one)
+                    await trio.sleep(2.45)  # mid-sentence: the third second of audio is half sent
+                    os.kill(processes[0].pid, signal.SIGKILL)
+                # Every session over: the gateway and the surviving worker hold no session subscription.
+                assert [] == await settled_channels(redis)
             task_ids = [session_task_id(received) for received in results]
             claim_counts = await claims(redis, task_ids)
-    assert 4 == len(results)
+    assert LIVE_SESSIONS == len(results)
     assert any(count == 2 for count in claim_counts), claim_counts  # some sessions were on the killed worker
     assert all(count in (1, 2) for count in claim_counts), claim_counts
     gaps = []
@@ -166,7 +182,7 @@ async def test_worker_killed_mid_sentence_loses_and_repeats_nothing(
         gaps.append(max(later - earlier for earlier, later in itertools.pairwise(times)))
     report(
         f"failover: longest pause in results {max(gaps):.2f} s (worker_ttl 1.5 s, heartbeat 0.5 s); "
-        f"claims per session {claim_counts}",
+        f"{claim_counts.count(2)} of {len(claim_counts)} sessions moved to the surviving worker",
         capsys,
     )
 
@@ -174,8 +190,9 @@ async def test_worker_killed_mid_sentence_loses_and_repeats_nothing(
 async def test_redis_restart_never_hangs_and_new_sessions_work(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    """redis-server restarts (losing every key) while 2 sessions stream: each either completes or ends with
-    a coded error, none hangs; afterwards gateway and worker have reconnected and a new session works."""
+    """redis-server restarts (losing every key) while 50 sessions stream: each either completes or ends
+    with a coded error, none hangs; afterwards gateway and worker have reconnected, a new session works,
+    and no session channel is left subscribed."""
     pcm = SECOND * 4
     outcomes: list[str] = []
     with trio.fail_after(GUARD):
@@ -183,7 +200,7 @@ async def test_redis_restart_never_hangs_and_new_sessions_work(
             config = write_config(tmp_path, redis.url)
             async with workers(config, 1, redis), running_server(config) as (url, _):
                 async with trio.open_nursery() as nursery:
-                    for _ in range(2):
+                    for _ in range(LIVE_SESSIONS):
 
                         async def one() -> None:
                             try:
@@ -205,10 +222,12 @@ async def test_redis_restart_never_hangs_and_new_sessions_work(
                             if exc.code != 503:
                                 raise
                             await trio.sleep(0.5)
-    assert 2 == len(outcomes)
+                assert [] == await settled_channels(redis)
+    assert LIVE_SESSIONS == len(outcomes)
     assert set(outcomes) <= {"end", "500", "503"}, outcomes
     assert ["w0 w1 w2 w3 w4 w5 w6 w7 w8 w9"] == [r.text for r in after if r.status == "final"]
-    report(f"redis restart: in-flight sessions ended with {outcomes}; a new session then succeeded", capsys)
+    ended = {outcome: outcomes.count(outcome) for outcome in sorted(set(outcomes))}
+    report(f"redis restart: in-flight sessions ended with {ended}; a new session then succeeded", capsys)
 
 
 async def test_sigterm_drains_the_worker(tmp_path: Path) -> None:
