@@ -4,7 +4,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 NODE_WORKER := engines/node-echo
 
-.PHONY: serve test lint typecheck unit bench clean
+.PHONY: serve test lint typecheck unit fuzz bench clean
 
 # Re-install when the project's dependencies change.
 $(STAMP): pyproject.toml
@@ -31,7 +31,18 @@ $(NODE_WORKER)/node_modules/.installed: $(NODE_WORKER)/package-lock.json
 unit: $(STAMP) $(NODE_WORKER)/node_modules/.installed
 	$(BIN)/pytest
 
-test: lint typecheck unit
+# Coverage-guided fuzzing of every parser of peer input (fuzz/fuzz_codecs.py); libFuzzer prints the
+# executions run. New inputs it finds go to a scratch corpus, never into the repository's seeds.
+FUZZ_RUNS ?= 200000
+FUZZ_SCRATCH := tests/artifacts/fuzz-corpus
+fuzz: $(STAMP)
+	mkdir -p $(FUZZ_SCRATCH)
+	$(BIN)/python fuzz/fuzz_codecs.py $(FUZZ_SCRATCH) fuzz/corpus -runs=$(FUZZ_RUNS) -max_len=4096 \
+		-artifact_prefix=tests/artifacts/ -print_final_stats=1 > tests/artifacts/fuzz.log 2>&1 \
+		|| (tail -40 tests/artifacts/fuzz.log; exit 1)
+	grep -E "^Done|number_of_executed_units|cov:.*DONE" tests/artifacts/fuzz.log
+
+test: lint typecheck unit fuzz
 
 # The gateway against the reference relay (docs/performance.md); BENCH_ARGS to change the workload.
 BENCH_ARGS ?= --streams 500 --duration 30 --baseline

@@ -64,8 +64,14 @@ async def read_request_head(
         if not chunk:
             raise BadRequest("connection closed before the request head ended")
         buffer += chunk
+    return parse_request_head(bytes(buffer))
+
+
+def parse_request_head(buffer: bytes) -> tuple[RequestHead, h11.Connection]:
+    """The request head at the start of `buffer` (sans-IO: the fuzzer drives it directly); BadRequest if
+    it is not one."""
     connection = h11.Connection(h11.SERVER)
-    connection.receive_data(bytes(buffer))
+    connection.receive_data(buffer)
     try:
         event = connection.next_event()
     except h11.RemoteProtocolError as exc:
@@ -78,7 +84,7 @@ async def read_request_head(
         target=event.target.decode("latin-1"),
         host=headers.get("host", ""),
         headers=headers,
-        raw=bytes(buffer),
+        raw=buffer,
     )
     return head, connection
 

@@ -12,7 +12,7 @@ import enum
 import json
 import struct
 from typing import Any, Protocol
-from urllib.parse import parse_qs, urlsplit
+from urllib.parse import parse_qs
 
 import attrs
 
@@ -73,11 +73,13 @@ class Handshake:
 
 def parse_handshake(target: str) -> Handshake:
     """Parse the request target of the WebSocket handshake, e.g. `/v1/asr?appkey=..&date=..&signature=..`."""
-    split = urlsplit(target)
-    if split.path != PATH:
-        raise ProtocolError(ErrorCode.NOT_FOUND, f"No WebSocket endpoint at {split.path}")
+    # A request target is a path and a query, not a URL: urlsplit would read `//host[...` as an address
+    # and raise ValueError on it (found by the fuzzer).
+    path, _, query_string = target.partition("?")
+    if path != PATH:
+        raise ProtocolError(ErrorCode.NOT_FOUND, f"No WebSocket endpoint at {path}")
     # parse_qs turns a literal `+` into a space; signing.verify accepts that for the old clients.
-    query = {name: values[-1] for name, values in parse_qs(split.query, keep_blank_values=True).items()}
+    query = {name: values[-1] for name, values in parse_qs(query_string, keep_blank_values=True).items()}
     try:
         appkey, date, signature = query["appkey"], query["date"], query["signature"]
     except KeyError:
@@ -86,7 +88,7 @@ def parse_handshake(target: str) -> Handshake:
     if "sample_rate" in query:
         sample_rate = _parse_rate(query["sample_rate"], "sample_rate")
     return Handshake(
-        path=split.path,
+        path=path,
         appkey=appkey,
         date=date,
         signature=signature,

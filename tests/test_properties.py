@@ -9,6 +9,7 @@ import base64
 import contextlib
 import json
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -76,6 +77,14 @@ def test_handshake_parser_never_crashes(target: str) -> None:
         protocol.parse_handshake("/v1/asr?" + target)
     with contextlib.suppress(ProtocolError):
         protocol.parse_handshake(target)
+
+
+def test_handshake_target_that_looks_like_an_ipv6_url() -> None:
+    """Found by the fuzzer (urlsplit raised ValueError): a target is a path and a query, never a URL."""
+    with pytest.raises(ProtocolError) as refused:
+        protocol.parse_handshake("tp://localhost:8[00/v1/asr?appkey=a")
+    assert 404 == refused.value.code
+    assert "a" == protocol.parse_handshake("/v1/asr?appkey=a&date=1&signature=s&x=[").appkey
 
 
 @settings(max_examples=400, deadline=None)

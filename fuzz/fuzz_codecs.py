@@ -1,0 +1,91 @@
+"""Coverage-guided fuzzing (atheris, libFuzzer) of everything that parses bytes from a peer.
+
+    make fuzz                                    # FUZZ_RUNS executions (default 300000)
+    .venv/bin/python fuzz/fuzz_codecs.py fuzz/corpus -runs=1000000
+
+The first input byte picks the entry point; the rest is its input:
+
+    0  protocol v1 client messages (ClientDecoder), split into up to 8 messages at b"\\xff\\xfe"; a message
+       starting with b"t" is a text frame, others binary
+    1  the v1 handshake (the request target: query, signature fields)
+    2  the HTTP request head the gateway reads before any upgrade
+    3  engine bus messages (audio frames, results, session requests), as a gateway or worker reads them
+    4  the Bailian dialect's client messages, split like 0
+
+The only exceptions allowed are the documented protocol errors (ProtocolError with its code,
+BusProtocolError, BadRequest); anything else is a crash, and libFuzzer stops with the input that caused
+it. libFuzzer prints the executions run ("Done N runs in S second(s)").
+"""
+
+from __future__ import annotations
+
+import contextlib
+import sys
+
+import atheris
+
+with atheris.instrument_imports():
+    from asr_actors import bailian, http, protocol
+    from asr_actors.bus import wire
+
+SEPARATOR = b"\xff\xfe"
+MAX_FRAME = 4096
+
+
+def _messages(data: bytes) -> list[str | bytes]:
+    messages: list[str | bytes] = []
+    for part in data.split(SEPARATOR)[:8]:
+        if part.startswith(b"t"):
+            messages.append(part[1:].decode("utf-8", errors="replace"))
+        else:
+            messages.append(part)
+    return messages
+
+
+def _client_messages(data: bytes) -> None:
+    decoder = protocol.ClientDecoder(
+        max_frame_bytes=MAX_FRAME, default_language="en", default_sample_rate=16000
+    )
+    try:
+        for message in _messages(data):
+            decoder.receive(message)
+    except protocol.ProtocolError as exc:
+        if not 400 <= exc.code < 600:
+            raise AssertionError(f"undocumented code {exc.code}") from exc
+
+
+def _handshake(data: bytes) -> None:
+    with contextlib.suppress(protocol.ProtocolError):
+        protocol.parse_handshake(data.decode("utf-8", errors="replace"))
+
+
+def _request_head(data: bytes) -> None:
+    with contextlib.suppress(http.BadRequest):
+        http.parse_request_head(data)
+
+
+def _bus_message(data: bytes) -> None:
+    for decode in (wire.decode_audio, wire.decode_result, wire.Request.decode):
+        with contextlib.suppress(wire.BusProtocolError):
+            decode(data)
+
+
+def _bailian_messages(data: bytes) -> None:
+    decoder = bailian.Decoder(max_frame_bytes=MAX_FRAME, language="en", sample_rate=16000)
+    with contextlib.suppress(protocol.ProtocolError):
+        for message in _messages(data):
+            decoder.receive(message)
+
+
+ENTRY_POINTS = (_client_messages, _handshake, _request_head, _bus_message, _bailian_messages)
+
+
+def test_one_input(data: bytes) -> None:
+    if not data:
+        return
+    ENTRY_POINTS[data[0] % len(ENTRY_POINTS)](data[1:])
+
+
+if __name__ == "__main__":
+    atheris.Setup(sys.argv, test_one_input)
+    atheris.Fuzz()
