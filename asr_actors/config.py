@@ -101,8 +101,15 @@ class AuthConfig:
     survival_time: float = attrs.field(default=120.0, validator=_positive)
     # Tolerated clock difference between the signer and this server, in both directions.
     clock_skew: float = attrs.field(default=5.0, validator=_positive)
-    # Concurrent sessions per app in this gateway (429 beyond); 0: unlimited.
+    # Concurrent sessions per app (429 beyond); 0: unlimited. Counted per gateway process on the
+    # in-process bus, across every gateway on the Redis bus.
     sessions_per_app: int = 0
+    # Minutes of audio per app per UTC day (429 beyond, also mid-session); 0: unlimited. Counted per
+    # process on the in-process bus, across every gateway on the Redis bus.
+    audio_minutes_per_day: float = 0.0
+    # Redis bus: a session's hold on its app's slot is renewed every third of this; the slots of a
+    # gateway that dies without letting go are free again after it.
+    shared_slot_ttl: float = attrs.field(default=15.0, validator=_positive)
 
 
 @attrs.frozen
@@ -112,6 +119,8 @@ class AppConfig:
     secret_env: str = ""
     # Concurrent sessions this app may hold; 0: [auth] sessions_per_app applies.
     max_sessions: int = 0
+    # Minutes of audio per UTC day; 0: [auth] audio_minutes_per_day applies.
+    audio_minutes_per_day: float = 0.0
 
     def resolve_secret(self, appkey: str) -> str:
         if self.secret_env:

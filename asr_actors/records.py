@@ -76,7 +76,7 @@ def day_of(unix: float) -> str:
 
 @attrs.define
 class SessionLedger:
-    """Filled in while a session runs (by the relay, which sees both its audio and its finals)."""
+    """Filled in while a session runs: audio by the receiver, finals by the relay."""
 
     audio_bytes: int = 0
     finals: list[FinalRecord] = attrs.field(factory=list)

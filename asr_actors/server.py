@@ -24,7 +24,7 @@ from asr_actors.bus.memory import MemoryBus
 from asr_actors.config import Config
 from asr_actors.dialects import V1, Admission, Bailian, Dialect
 from asr_actors.directory import Directory, DirectoryAdmin, FileAdmin, StaticDirectory, read_apps_file
-from asr_actors.limits import HandshakeRate, MemorySessionSlots
+from asr_actors.limits import HandshakeRate, Limits, app_limits, memory_limits
 from asr_actors.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from asr_actors.metrics import Metrics
 from asr_actors.protocol import ErrorCode, ProtocolError
@@ -124,8 +124,10 @@ class Gateway:
         replay: ReplayGuard | None = None,
         records: RecordStore | None = None,
         shared_directory: Callable[[Directory], Directory] | None = None,
+        limits: Limits | None = None,
     ) -> None:
-        """`shared_directory` wraps the config's directory in one shared by all gateways (Redis)."""
+        """`shared_directory` wraps the config's directory in one shared by all gateways (Redis); `limits`
+        count in this process unless given (Redis: across gateways)."""
         self.config = config
         self.engines = engines
         demo = config.demo
@@ -146,9 +148,9 @@ class Gateway:
         self.directory = shared_directory(own) if shared_directory else own
         self.v1 = V1(directory=self.directory, replay=replay or MemoryReplayGuard(), wall_clock=wall_clock)
         self.bailian = Bailian()
-        per_app = {appkey: app.max_sessions for appkey, app in config.apps.items() if app.max_sessions}
-        slots = MemorySessionSlots(config.auth.sessions_per_app, per_app)
-        self.shared = Shared(config, self.bus, self.directory, records, wall_clock, slots)
+        self.shared = Shared(
+            config, self.bus, self.directory, records, wall_clock, limits or memory_limits(config)
+        )
         self.active_sessions = 0
         self.draining = False
         self._lifetimes: set[session.Lifetime] = set()
@@ -446,6 +448,7 @@ async def serve(
             replay=chosen.replay,
             records=chosen.records,
             shared_directory=chosen.shared_directory,
+            limits=chosen.limits,
         )
         await gateway.prepare()
         _settle_garbage_collector()
@@ -464,6 +467,8 @@ class Backend:
     shared_directory: Callable[[Directory], Directory] | None = None
     # What the `apps` and `routes` commands change.
     admin: DirectoryAdmin | None = None
+    # Per-app limits; None: counted in this process.
+    limits: Limits | None = None
 
 
 @asynccontextmanager
@@ -479,11 +484,13 @@ async def backend(config: Config) -> AsyncIterator[Backend]:
         yield Backend(memory, engines, MemoryReplayGuard(), records, admin=FileAdmin(config))
         return
     from asr_actors.bus.redis import (
+        RedisAudioQuota,
         RedisBus,
         RedisConnection,
         RedisDirectory,
         RedisRecordStore,
         RedisReplayGuard,
+        RedisSessionSlots,
     )
 
     links = config.bus
@@ -497,6 +504,11 @@ async def backend(config: Config) -> AsyncIterator[Backend]:
             shared,
             shared_directory=lambda fallback: RedisDirectory(redis, fallback),
             admin=RedisDirectory(redis, StaticDirectory(config, {})),
+            limits=app_limits(
+                config,
+                lambda limit, per_app: RedisSessionSlots(redis, limit, per_app, config.auth.shared_slot_ttl),
+                RedisAudioQuota(redis),
+            ),
         )
 
 

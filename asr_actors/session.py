@@ -27,7 +27,7 @@ from asr_actors.config import Config
 from asr_actors.dialects import Admission, Admitted, Dialect
 from asr_actors.directory import Directory
 from asr_actors.groups import first_leaf
-from asr_actors.limits import SessionSlots
+from asr_actors.limits import AudioAllowance, Limits
 from asr_actors.protocol import ErrorCode, ProtocolError, ServerEvent
 from asr_actors.records import RecordStore, SessionLedger, SessionRecord
 from asr_actors.transport import ClientGone, Transport
@@ -78,8 +78,8 @@ class Shared:
     directory: Directory
     records: RecordStore | None = None
     wall_clock: Callable[[], float] = time.time
-    # Per-app concurrent session limits (429); None: unlimited.
-    slots: SessionSlots | None = None
+    # Per-app limits on concurrent sessions and daily audio (429); None: unlimited.
+    limits: Limits | None = None
 
 
 async def run(
@@ -132,7 +132,20 @@ async def run(
         )
         await _save(records, record, config.session.close_timeout)
     audio_seconds = facts.ledger.audio_bytes / (2 * facts.sample_rate) if facts.sample_rate else 0.0
+    if shared.limits is not None and audio_seconds:
+        await _charge(shared.limits, facts.app, audio_seconds, config.session.close_timeout)
     return Outcome(task_id=task_id, error=error, client_gone=client_gone, audio_seconds=audio_seconds)
+
+
+async def _charge(limits: Limits, app: str, audio_seconds: float, timeout_s: float) -> None:
+    # Shielded and bounded like the record: the audio was received, so it counts against the day.
+    with trio.move_on_after(timeout_s, shield=True) as overrun:
+        try:
+            await limits.audio.charge(app, audio_seconds)
+        except Exception:
+            log.exception("could not count the session's audio against its app's daily limit")
+    if overrun.cancelled_caught:
+        log.warning("counting the session's audio took too long; it is not counted")
 
 
 async def _save(records: RecordStore, record: SessionRecord, timeout_s: float) -> None:
@@ -153,15 +166,22 @@ async def _run_actors(
     admitted = await dialect.admit(admission, config)
     logs.current_app.set(admitted.appkey)
     facts.app = admitted.appkey
-    if shared.slots is None:
-        await _run_admitted(connection, dialect, shared, task_id, facts, admitted)
+    if shared.limits is None:
+        await _run_admitted(connection, dialect, shared, task_id, facts, admitted, None)
         return
-    async with shared.slots.hold(admitted.appkey):
-        await _run_admitted(connection, dialect, shared, task_id, facts, admitted)
+    allowance = await shared.limits.audio.allowance(admitted.appkey)
+    async with shared.limits.slots.hold(admitted.appkey):
+        await _run_admitted(connection, dialect, shared, task_id, facts, admitted, allowance)
 
 
 async def _run_admitted(
-    connection: Transport, dialect: Dialect, shared: Shared, task_id: str, facts: _Facts, admitted: Admitted
+    connection: Transport,
+    dialect: Dialect,
+    shared: Shared,
+    task_id: str,
+    facts: _Facts,
+    admitted: Admitted,
+    allowance: AudioAllowance | None,
 ) -> None:
     config = shared.config
     audio_tx, audio_rx = trio.open_memory_channel[bytes](config.channels.audio)
@@ -180,6 +200,7 @@ async def _run_admitted(
             config.session.idle_timeout,
             facts.ledger,
             flush.start,
+            allowance,
         )
         engine = await shared.directory.engine_for(opened.language)
         if engine is None:

@@ -11,6 +11,7 @@ from collections.abc import Callable
 
 import trio
 
+from asr_actors.limits import AudioAllowance
 from asr_actors.protocol import (
     IDLE,
     AudioReceived,
@@ -34,10 +35,12 @@ async def run(
     idle_timeout: float,
     ledger: SessionLedger,
     audio_ended: Callable[[], None],
+    allowance: AudioAllowance | None,
     *,
     task_status: trio.TaskStatus[StreamOpened] = trio.TASK_STATUS_IGNORED,
 ) -> None:
-    """`audio_ended` is called once the client has ended its audio (it starts the engine's flush)."""
+    """`audio_ended` is called once the client has ended its audio (it starts the engine's flush);
+    `allowance` is the audio its app may still send today (None: unlimited)."""
     async with audio, outbound:
         idle = trio.CancelScope()
         # Once the engine stream has ended (a failure, which its events report) further audio is dropped.
@@ -47,15 +50,21 @@ async def run(
             idle.deadline = trio.current_time() + idle_timeout
 
         audio_arrived()
+        allowed_bytes = float("inf")
+        over_allowance = allowance.exceeded if allowance is not None else None
         with idle:
             while not decoder.ended:
                 message = await connection.get_message()
                 for event in decoder.receive(message):
                     if isinstance(event, StreamOpened):
+                        if allowance is not None:
+                            allowed_bytes = allowance.seconds * 2 * event.sample_rate
                         task_status.started(event)
                     elif isinstance(event, AudioReceived):
                         audio_arrived()
                         ledger.audio_bytes += len(event.pcm)
+                        if ledger.audio_bytes > allowed_bytes and over_allowance is not None:
+                            raise over_allowance
                         if engine_listening:
                             try:
                                 await audio.send(event.pcm)

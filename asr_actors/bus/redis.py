@@ -15,6 +15,7 @@ from __future__ import annotations
 import collections
 import contextlib
 import logging
+import time
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -32,6 +33,8 @@ from asr_actors.bus.base import BusStatistics
 from asr_actors.config import BusConfig
 from asr_actors.directory import Directory
 from asr_actors.groups import first_leaf
+from asr_actors.limits import DAY_SECONDS, too_many, utc_day
+from asr_actors.protocol import ErrorCode, ProtocolError
 from asr_actors.records import DAY, SessionRecord, TrafficRow, aggregate
 from asr_actors.signing import LinkRefused
 from engines.base import (
@@ -210,6 +213,86 @@ class RedisConnection:
             messages_tx.close()
             with trio.CancelScope(shield=True), trio.move_on_after(5), contextlib.suppress(*RedisError):
                 await self._pubsub.unsubscribe(channel)
+
+
+class RedisAudioQuota:
+    """Today's audio seconds per app, shared by every gateway: one counter per app and UTC day."""
+
+    def __init__(self, connection: RedisConnection) -> None:
+        self._redis = connection
+
+    @staticmethod
+    def _key(app: str, now: float) -> str:
+        return f"{wire.PREFIX}audio:{app}:{utc_day(now)}"
+
+    async def used_today(self, app: str, now: float) -> float:
+        try:
+            stored = await self._redis.client.get(self._key(app, now))
+        except RedisError as exc:
+            # Without the shared count the limit cannot be kept: refuse rather than admit unmetered.
+            raise ProtocolError(ErrorCode.UNAVAILABLE, f"Usage limits unavailable: {exc}") from exc
+        return float(stored) if stored is not None else 0.0
+
+    async def charge(self, app: str, seconds: float, now: float) -> None:
+        key = self._key(app, now)
+        async with self._redis.client.pipeline(transaction=False) as pipeline:
+            pipeline.incrbyfloat(key, seconds)
+            pipeline.expire(key, 2 * DAY_SECONDS)
+
+
+class RedisSessionSlots:
+    """Concurrent sessions per app across every gateway: a sorted set of the sessions holding a slot,
+    scored by when their hold expires. A session adds itself, then counts; over the limit it takes itself
+    out again (two racing for the last slot may both be refused, never both admitted). Holds are renewed
+    every third of `ttl`, so a gateway that dies frees its slots after `ttl`."""
+
+    def __init__(self, connection: RedisConnection, limit: int, per_app: dict[str, int], ttl: float) -> None:
+        self._redis = connection
+        self._limit = limit
+        self._per_app = per_app
+        self._ttl = ttl
+
+    @asynccontextmanager
+    async def hold(self, app: str) -> AsyncIterator[None]:
+        limit = self._per_app.get(app, self._limit)
+        if not limit:
+            yield
+            return
+        key, member = f"{wire.PREFIX}slots:{app}", uuid.uuid4().hex
+        try:
+            held = await self._take(key, member)
+        except RedisError as exc:
+            raise ProtocolError(ErrorCode.UNAVAILABLE, f"Usage limits unavailable: {exc}") from exc
+        try:
+            if held > limit:
+                raise too_many(app, limit)
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(self._renew, key, member)
+                yield
+                nursery.cancel_scope.cancel()
+        finally:
+            with (
+                trio.CancelScope(shield=True),
+                trio.move_on_after(self._ttl),
+                contextlib.suppress(*RedisError),
+            ):
+                await self._redis.client.zrem(key, [member])
+
+    async def _take(self, key: str, member: str) -> int:
+        now = time.time()
+        async with self._redis.client.pipeline(transaction=True) as pipeline:
+            pipeline.zremrangebyscore(key, float("-inf"), now)
+            pipeline.zadd(key, {member: now + self._ttl})
+            held = pipeline.zcard(key)
+            pipeline.expire(key, int(self._ttl * 2) + 1)
+        return await held
+
+    async def _renew(self, key: str, member: str) -> None:
+        while True:
+            await trio.sleep(self._ttl / 3)
+            with contextlib.suppress(*RedisError):  # a missed renewal is retried; the hold lasts ttl
+                await self._redis.client.zadd(key, {member: time.time() + self._ttl})
+                await self._redis.client.expire(key, int(self._ttl * 2) + 1)
 
 
 class RedisReplayGuard:
