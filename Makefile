@@ -4,7 +4,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 NODE_WORKER := engines/node-echo
 
-.PHONY: serve test lint typecheck unit fuzz bench clean
+.PHONY: serve test lint typecheck unit fuzz bench soak clean
 
 # Re-install when the project's dependencies change.
 $(STAMP): pyproject.toml
@@ -48,6 +48,13 @@ test: lint typecheck unit fuzz
 BENCH_ARGS ?= --streams 500 --duration 30 --baseline
 bench: $(STAMP)
 	$(BIN)/python -m asr_actors bench $(BENCH_ARGS)
+
+# 1,000 real-time connections for 10 minutes (not in CI): errors, drops and the RSS drift
+# (docs/reliability.md). SOAK_ARGS to change it.
+SOAK_ARGS ?= --streams 1000 --duration 600 --load-processes 2
+soak: $(STAMP)
+	mkdir -p tests/artifacts
+	$(BIN)/python -m asr_actors bench $(SOAK_ARGS) --json tests/artifacts/soak.json
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache

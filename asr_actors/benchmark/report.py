@@ -28,6 +28,7 @@ _ROWS: tuple[tuple[str, Callable[[Measurement], str]], ...] = (
     ("gateway RSS before connections MiB", lambda m: f"{m.rss_base_mib:g}"),
     ("RSS per idle connection KiB", lambda m: f"{m.rss_idle_kib_per_connection:g}"),
     ("RSS per streaming connection KiB", lambda m: f"{m.rss_streaming_kib_per_connection:g}"),
+    ("gateway RSS drift over the run %", lambda m: f"{m.rss_drift_percent:g}"),
     ("errors", lambda m: ", ".join(f"{k}: {v}" for k, v in m.errors.items()) or "none"),
 )
 

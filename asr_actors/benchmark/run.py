@@ -84,6 +84,9 @@ class Measurement:
     rss_base_mib: float
     rss_idle_kib_per_connection: float
     rss_streaming_kib_per_connection: float
+    # Gateway RSS at the end of the streaming phase against its start (each the mean of a tenth of the
+    # phase's one-second samples): a leak shows as steady growth on long runs (`make soak`).
+    rss_drift_percent: float
     errors: dict[str, int]
 
 
@@ -325,13 +328,15 @@ async def _drive(
             await process.stdin.send_all(b"go\n")
         summaries: list[dict[str, object]] = []
         rss_peak = rss_idle
+        rss_samples: list[int] = []
         async with trio.open_nursery() as nursery:
             sent = [0] * len(loads)
             for index, (process, pending, _) in enumerate(loads):
                 nursery.start_soon(_follow, process, pending, sent, index, summaries)
             while len(summaries) < len(loads):
                 await trio.sleep(1)
-                rss_peak = max(rss_peak, _rss(running.gateway))
+                rss_samples.append(_rss(running.gateway))
+                rss_peak = max(rss_peak, rss_samples[-1])
                 elapsed = trio.current_time() - started
                 rate = sum(sent) / max(elapsed, 1e-9)
                 rss_mib = _rss(running.gateway) / 2**20
@@ -375,8 +380,17 @@ async def _drive(
         rss_base_mib=round(rss_base / 2**20, 1),
         rss_idle_kib_per_connection=round((rss_idle - rss_base) / connected / 1024, 1),
         rss_streaming_kib_per_connection=round((rss_peak - rss_base) / connected / 1024, 1),
+        rss_drift_percent=_drift(rss_samples),
         errors=errors,
     )
+
+
+def _drift(samples: list[int]) -> float:
+    if len(samples) < 4:
+        return math.nan
+    tenth = max(1, len(samples) // 10)
+    first, last = np.mean(samples[:tenth]), np.mean(samples[-tenth:])
+    return round(float((last - first) / first * 100), 2)
 
 
 _COUNTS = ("streams_ok", "frames_sent", "frames_heard", "missing_frames", "late_sends")
