@@ -10,7 +10,6 @@ import attrs
 
 from asr_actors.benchmark.run import Measurement
 
-
 _ROWS: tuple[tuple[str, Callable[[Measurement], str]], ...] = (
     ("streams ok / started", lambda m: f"{m.streams_ok} / {m.streams}"),
     ("frames/s heard", lambda m: f"{m.frames_per_s:,.0f}"),
