@@ -51,7 +51,7 @@ bench: $(STAMP)
 
 # 1,000 real-time connections for 10 minutes (not in CI): errors, drops and the RSS drift
 # (docs/reliability.md). SOAK_ARGS to change it.
-SOAK_ARGS ?= --streams 1000 --duration 600 --load-processes 2
+SOAK_ARGS ?= --streams 1000 --duration 600 --session-seconds 60 --load-processes 2
 soak: $(STAMP)
 	mkdir -p tests/artifacts
 	$(BIN)/python -m asr_actors bench $(SOAK_ARGS) --json tests/artifacts/soak.json

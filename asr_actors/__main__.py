@@ -33,6 +33,12 @@ def _add_bench(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     bench.add_argument("--engine-workers", type=int, default=1, help="synthetic worker processes (Redis bus)")
     bench.add_argument("--load-processes", type=int, default=1, help="client processes generating the load")
     bench.add_argument(
+        "--session-seconds",
+        type=float,
+        default=0,
+        help="each client starts a new session this often (0: one session per client for --duration)",
+    )
+    bench.add_argument(
         "--baseline", action="store_true", help="also run the workload against bench/reference_relay.py"
     )
     bench.add_argument(
@@ -376,7 +382,7 @@ async def _bench(args: argparse.Namespace) -> int:
 
     measurements: list[Measurement] = []
     for count in counts:
-        workload = Workload(count, args.duration, args.load_processes)
+        workload = Workload(count, args.duration, args.load_processes, args.session_seconds)
         for system in systems:
             measurements.append(await measure(system, workload, progress))
             if args.json:

@@ -54,6 +54,8 @@ class Tally:
     results: int = 0
     finals: int = 0
     streams_ok: int = 0
+    # Sessions after each stream's first (with --session-seconds).
+    sessions_started: int = 0
     errors: collections.Counter[str] = attrs.field(factory=collections.Counter)
     uplink_us: array[int] = attrs.field(factory=lambda: array("q"))
     downlink_us: array[int] = attrs.field(factory=lambda: array("q"))
@@ -94,14 +96,9 @@ async def _receive(connection: ClientConnection, tally: Tally) -> tuple[bool, in
     return ended, heard
 
 
-async def _stream(
-    index: int, streams: int, args: argparse.Namespace, secret: str, go: asyncio.Event, tally: Tally
-) -> None:
-    frame_s = args.frame_ms / 1000
-    frame_bytes = int(args.sample_rate * 2 * frame_s)
-    frames = round(args.duration / frame_s)
+async def _connect(args: argparse.Namespace, secret: str, tally: Tally) -> ClientConnection | None:
     try:
-        connection = await asyncio.wait_for(
+        return await asyncio.wait_for(
             websockets.connect(
                 _sign(args.url, args.appkey, secret),
                 compression=None,
@@ -114,38 +111,73 @@ async def _stream(
     except (OSError, TimeoutError, websockets.exceptions.WebSocketException) as exc:
         tally.connect_failures += 1
         tally.errors[f"connect: {type(exc).__name__}: {exc}"[:120]] += 1
+        return None
+
+
+async def _stream(
+    index: int, streams: int, args: argparse.Namespace, secret: str, go: asyncio.Event, tally: Tally
+) -> None:
+    """One client: real-time audio for the whole duration, in sessions of `--session-seconds` (a new
+    connection each, right after the last one ended), or in one session."""
+    frame_s = args.frame_ms / 1000
+    frames = round(args.duration / frame_s)
+    per_session = round(args.session_seconds / frame_s) if args.session_seconds else frames
+    connection = await _connect(args, secret, tally)
+    if connection is None:
         return
     tally.connected += 1
-    async with connection:
-        await go.wait()
-        receiver = asyncio.ensure_future(_receive(connection, tally))
-        loop = asyncio.get_running_loop()
-        start = loop.time() + frame_s * index / streams
-        frame = bytearray(frame_bytes)
-        sent = 0
-        try:
-            for number in range(frames):
-                due = start + number * frame_s
-                delay = due - loop.time()
-                if delay > 0:
-                    await asyncio.sleep(delay)
-                elif -delay > frame_s:
-                    tally.late_sends += 1
-                stamp(frame, number, time.time_ns())
-                await connection.send(bytes(frame))
-                sent += 1
-                tally.frames_sent += 1
-            await connection.send(END)
-            ended, heard = await asyncio.wait_for(receiver, RESULT_TIMEOUT)
-        except websockets.exceptions.ConnectionClosed as closed:
-            tally.errors[f"closed {closed.rcvd.code if closed.rcvd else 'abnormally'}"] += 1
-            receiver.cancel()
+    await go.wait()
+    loop = asyncio.get_running_loop()
+    start = loop.time() + frame_s * index / streams
+    schedule = [start + number * frame_s for number in range(frames)]
+    while True:
+        async with connection:
+            sent_ok = await _session(connection, schedule[:per_session], frame_s, args, tally)
+        schedule = schedule[per_session:]
+        if not sent_ok or not schedule:
             return
-        except TimeoutError:
-            tally.errors["no end within the result timeout"] += 1
+        tally.sessions_started += 1
+        connection = await _connect(args, secret, tally)
+        if connection is None:
             return
-        if ended and heard == sent:
-            tally.streams_ok += 1
+
+
+async def _session(
+    connection: ClientConnection,
+    schedule: list[float],
+    frame_s: float,
+    args: argparse.Namespace,
+    tally: Tally,
+) -> bool:
+    """Send one stamped frame at each scheduled time, then end; True if every frame was heard."""
+    receiver = asyncio.ensure_future(_receive(connection, tally))
+    loop = asyncio.get_running_loop()
+    frame = bytearray(int(args.sample_rate * 2 * frame_s))
+    sent = 0
+    try:
+        for number, due in enumerate(schedule):
+            delay = due - loop.time()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            elif -delay > frame_s:
+                tally.late_sends += 1
+            stamp(frame, number, time.time_ns())
+            await connection.send(bytes(frame))
+            sent += 1
+            tally.frames_sent += 1
+        await connection.send(END)
+        ended, heard = await asyncio.wait_for(receiver, RESULT_TIMEOUT)
+    except websockets.exceptions.ConnectionClosed as closed:
+        tally.errors[f"closed {closed.rcvd.code if closed.rcvd else 'abnormally'}"] += 1
+        receiver.cancel()
+        return False
+    except TimeoutError:
+        tally.errors["no end within the result timeout"] += 1
+        return False
+    if ended and heard == sent:
+        tally.streams_ok += 1
+        return True
+    return False
 
 
 async def _progress(tally: Tally, done: asyncio.Event) -> None:
@@ -207,6 +239,7 @@ async def main(args: argparse.Namespace) -> None:
             "connected": tally.connected,
             "connect_failures": tally.connect_failures,
             "streams_ok": tally.streams_ok,
+            "sessions": tally.connected + tally.sessions_started,
             "frames_sent": tally.frames_sent,
             "frames_heard": tally.frames_heard,
             "missing_frames": tally.missing_frames,
@@ -227,6 +260,9 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--duration", type=float, required=True, help="seconds of audio per stream")
     parser.add_argument("--frame-ms", type=int, default=100)
     parser.add_argument("--sample-rate", type=int, default=16000)
+    parser.add_argument(
+        "--session-seconds", type=float, default=0, help="reconnect with a new session this often (0: never)"
+    )
     parser.add_argument("--connect-batch", type=int, default=50)
     parser.add_argument("--samples", required=True, help=".npz file for the latency samples")
     return parser

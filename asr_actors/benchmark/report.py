@@ -11,7 +11,8 @@ import attrs
 from asr_actors.benchmark.run import Measurement
 
 _ROWS: tuple[tuple[str, Callable[[Measurement], str]], ...] = (
-    ("streams ok / started", lambda m: f"{m.streams_ok} / {m.streams}"),
+    ("streams", lambda m: f"{m.streams}"),
+    ("sessions ok / started", lambda m: f"{m.streams_ok} / {m.sessions}"),
     ("frames/s heard", lambda m: f"{m.frames_per_s:,.0f}"),
     ("dropped frames", lambda m: f"{m.dropped_frames}"),
     ("late frames (> 100 ms to engine)", lambda m: f"{m.late_frames}"),

@@ -41,6 +41,8 @@ class Workload:
     streams: int
     duration: float
     load_processes: int = 1
+    # Each stream starts a new session this often (0: one session for the whole duration).
+    session_seconds: float = 0
     partial_frames: int = 5
     final_frames: int = 50
 
@@ -66,7 +68,9 @@ class Measurement:
     system: str
     streams: int
     duration_s: float
+    # Sessions that ended cleanly with every frame heard, of all sessions started.
     streams_ok: int
+    sessions: int
     connect_failures: int
     frames_sent: int
     frames_heard: int
@@ -305,6 +309,8 @@ async def _drive(
                     str(workload.duration),
                     "--samples",
                     str(samples),
+                    "--session-seconds",
+                    str(workload.session_seconds),
                 ],
                 stdin=subprocess.PIPE,
                 stdout=subprocess.PIPE,
@@ -362,6 +368,7 @@ async def _drive(
         streams=workload.streams,
         duration_s=round(wall, 1),
         streams_ok=total["streams_ok"],
+        sessions=total["sessions"],
         connect_failures=connect_failures,
         frames_sent=total["frames_sent"],
         frames_heard=total["frames_heard"],
@@ -393,7 +400,7 @@ def _drift(samples: list[int]) -> float:
     return round(float((last - first) / first * 100), 2)
 
 
-_COUNTS = ("streams_ok", "frames_sent", "frames_heard", "missing_frames", "late_sends")
+_COUNTS = ("streams_ok", "sessions", "frames_sent", "frames_heard", "missing_frames", "late_sends")
 
 
 def _groups(running: _Running) -> dict[str, list[psutil.Process]]:

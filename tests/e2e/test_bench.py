@@ -86,3 +86,14 @@ def test_redis_bus_with_two_gateway_processes_and_a_worker(tmp_path: Path) -> No
     # The engine ran in the worker process, and the frames crossed redis-server.
     assert engine_cpu > 0
     assert redis_cpu > 0
+
+
+def test_clients_that_reconnect_for_new_sessions(tmp_path: Path) -> None:
+    """--session-seconds: each client's audio is cut into back-to-back sessions on new connections (the
+    soak's workload), every session accounted for."""
+    _table, [m] = bench(
+        "--streams", "3", "--duration", "1.5", "--session-seconds", "0.5", "--json", str(tmp_path / "m.json")
+    )
+    assert 9 == m["sessions"] == m["streams_ok"]
+    assert 45 == m["frames_sent"] == m["frames_heard"]
+    assert 0 == m["dropped_frames"]
