@@ -88,8 +88,9 @@ class Measurement:
     rss_base_mib: float
     rss_idle_kib_per_connection: float
     rss_streaming_kib_per_connection: float
-    # Gateway RSS at the end of the streaming phase against its start (each the mean of a tenth of the
-    # phase's one-second samples): a leak shows as steady growth on long runs (`make soak`).
+    # Gateway RSS in the last quarter of the streaming phase against the second quarter (means of the
+    # one-second samples; the first quarter is warm-up: allocator arenas, the first session turnover).
+    # A leak shows as steady growth on long runs (`make soak`).
     rss_drift_percent: float
     errors: dict[str, int]
 
@@ -395,9 +396,9 @@ async def _drive(
 def _drift(samples: list[int]) -> float:
     if len(samples) < 4:
         return math.nan
-    tenth = max(1, len(samples) // 10)
-    first, last = np.mean(samples[:tenth]), np.mean(samples[-tenth:])
-    return round(float((last - first) / first * 100), 2)
+    quarter = len(samples) // 4
+    settled, last = np.mean(samples[quarter : 2 * quarter]), np.mean(samples[-quarter:])
+    return round(float((last - settled) / settled * 100), 2)
 
 
 _COUNTS = ("streams_ok", "sessions", "frames_sent", "frames_heard", "missing_frames", "late_sends")
