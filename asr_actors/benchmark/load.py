@@ -130,10 +130,14 @@ async def _stream(
     loop = asyncio.get_running_loop()
     start = loop.time() + frame_s * index / streams
     schedule = [start + number * frame_s for number in range(frames)]
+    # Independent users do not hang up in step: the first sessions' lengths are spread over one session
+    # length, so that later sessions end and start spread out too.
+    this_session = max(1, round(per_session * (index + 1) / streams))
     while True:
         async with connection:
-            sent_ok = await _session(connection, schedule[:per_session], frame_s, args, tally)
-        schedule = schedule[per_session:]
+            sent_ok = await _session(connection, schedule[:this_session], frame_s, args, tally)
+        schedule = schedule[this_session:]
+        this_session = per_session
         if not sent_ok or not schedule:
             return
         tally.sessions_started += 1
