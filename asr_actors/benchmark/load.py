@@ -132,7 +132,7 @@ async def _stream(
     schedule = [start + number * frame_s for number in range(frames)]
     # Independent users do not hang up in step: the first sessions' lengths are spread over one session
     # length, so that later sessions end and start spread out too.
-    this_session = max(1, round(per_session * (index + 1) / streams))
+    this_session = max(1, round(per_session * (index + 1) / streams)) if args.session_seconds else frames
     while True:
         async with connection:
             sent_ok = await _session(connection, schedule[:this_session], frame_s, args, tally)
