@@ -51,6 +51,7 @@ UNAUTHORIZED = "Unauthorized or Timeout"
 NOT_JSON = "The data must be json format"
 IDLE = "Connection Timeout"
 NOT_READING = "Client is not reading results"
+ENGINE_STALLED = "Engine stopped taking audio"
 
 
 def missing(name: str) -> ProtocolError:

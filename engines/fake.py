@@ -25,6 +25,7 @@ class FakeEngine:
         hang_on_finish: bool = False,
         max_streams: int = 64,
         fault_languages: frozenset[str] | None = None,
+        stall_after_bytes: int | None = None,
     ) -> None:
         """`fault_languages`: the failure switches apply to streams in these languages only (all if None),
         so that one gateway can hold faulty and healthy sessions side by side."""
@@ -35,6 +36,8 @@ class FakeEngine:
         self.hang_on_finish = hang_on_finish
         self.max_streams = max_streams
         self.fault_languages = fault_languages
+        # Stops taking audio (and saying anything) after this much: an engine hung mid-stream.
+        self.stall_after_bytes = stall_after_bytes
         self.streams_started = 0
         self.streams_finished = 0
 
@@ -64,6 +67,8 @@ class FakeEngine:
                 received += len(pcm)
                 if fail_after_bytes is not None and received > fail_after_bytes:
                     raise EngineError("fake engine failed on purpose")
+                if faulty and self.stall_after_bytes is not None and received > self.stall_after_bytes:
+                    await trio.sleep_forever()
                 before = words_heard
                 while (words_heard + 1) * self.partial_bytes <= received:
                     sentence.append(f"w{words_heard}")

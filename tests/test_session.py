@@ -283,6 +283,24 @@ async def test_flush_timeout_when_engine_hangs_at_end(autojump_clock: trio.testi
         nursery.cancel_scope.cancel()
 
 
+async def test_an_engine_that_stops_taking_audio_is_a_500_not_an_idle_client(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """The engine hangs mid-stream: the bounded channels fill, the receiver waits to hand on a frame, and at
+    the idle timeout the client is told the engine stalled (500), not that it went quiet (408)."""
+    engine = FakeEngine(stall_after_bytes=5 * len(PCM_100MS))
+    async with trio.open_nursery() as nursery:
+        connection = await open_connection(nursery, make_gateway(engine))
+        for _ in range(200):  # more than the channels hold: the last frames wait for the engine
+            await connection.send_message(PCM_100MS)
+        sent = trio.current_time()
+        messages = await read_until_close(connection)
+        assert {"code": 500, "message": "Engine stopped taking audio", "data": ""} == messages[-1]
+        assert sent + 30 == pytest.approx(trio.current_time(), abs=0.01)
+        assert 4500 == connection.closed.code
+        nursery.cancel_scope.cancel()
+
+
 async def test_handshake_timeout_without_request(autojump_clock: trio.testing.MockClock) -> None:
     """A client that connects and sends nothing is dropped after handshake_timeout (10 s)."""
     client_stream, server_stream = trio.testing.memory_stream_pair()

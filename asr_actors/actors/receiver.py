@@ -13,6 +13,7 @@ import trio
 
 from asr_actors.limits import AudioAllowance
 from asr_actors.protocol import (
+    ENGINE_STALLED,
     IDLE,
     AudioReceived,
     Decoder,
@@ -45,6 +46,8 @@ async def run(
         idle = trio.CancelScope()
         # Once the engine stream has ended (a failure, which its events report) further audio is dropped.
         engine_listening = True
+        # True while a frame waits for room in `audio`: a timeout then is the engine's fault.
+        waiting_for_engine = False
 
         def audio_arrived() -> None:
             idle.deadline = trio.current_time() + idle_timeout
@@ -66,12 +69,16 @@ async def run(
                         if ledger.audio_bytes > allowed_bytes and over_allowance is not None:
                             raise over_allowance
                         if engine_listening:
+                            waiting_for_engine = True
                             try:
                                 await audio.send(event.pcm)
                             except trio.BrokenResourceError:
                                 engine_listening = False
+                            waiting_for_engine = False
                     elif isinstance(event, PingReceived):
                         await outbound.send(Pong())
         if idle.cancelled_caught:
+            if waiting_for_engine:
+                raise ProtocolError(ErrorCode.ENGINE_FAILURE, ENGINE_STALLED)
             raise ProtocolError(ErrorCode.TIMEOUT, IDLE)
         audio_ended()
