@@ -53,6 +53,8 @@ class WebSocket:
         self._parts: list[str | bytes] = []
         self._size = 0
         self._closed: str | None = None
+        # A client frame that breaks the protocol: wsproto reports it as the close to send (1002, 1007).
+        self._violation: CloseConnection | None = None
 
     @classmethod
     async def accept(cls, stream: trio.abc.Stream, request_bytes: bytes, max_message_bytes: int) -> WebSocket:
@@ -77,6 +79,8 @@ class WebSocket:
                 self._take_events()
             except _TooBig:
                 await self._fail(MESSAGE_TOO_BIG, f"Message exceeds {self._max_message_bytes} bytes")
+            if self._violation is not None:
+                await self._fail(self._violation.code, self._violation.reason or "protocol error")
             await self._flush_replies()
         return self._messages.popleft()
 
@@ -117,6 +121,9 @@ class WebSocket:
             elif isinstance(event, Ping):
                 self._pending_replies.append(event.response())
             elif isinstance(event, CloseConnection):
+                if self._protocol.state is ConnectionState.OPEN:
+                    self._violation = event
+                    return
                 self._closed = f"closed by the client ({event.code} {event.reason or ''})".strip()
                 if self._protocol.state is ConnectionState.REMOTE_CLOSING:
                     self._pending_replies.append(event.response())

@@ -116,3 +116,14 @@ async def test_an_upgrade_without_a_key_is_refused_with_400() -> None:
     with pytest.raises(ClientGone, match="refused the upgrade"):
         await WebSocket.accept(server_stream, request, LIMIT)
     assert (await client_stream.receive_some()).startswith(b"HTTP/1.1 400 ")
+
+
+async def test_a_frame_that_breaks_the_protocol_is_closed_with_its_code() -> None:
+    """An unmasked client frame (RFC 6455 says a server must refuse it): close 1002, the reader is told."""
+    client, server = await connected()
+    await client.stream.send_all(b"\x82\x02\x01\x00")  # binary, 2 bytes, no mask
+    with pytest.raises(ClientGone, match="refused"):
+        await server.get_message()
+    [close] = await client.receive()
+    assert isinstance(close, CloseConnection)
+    assert 1002 == close.code
