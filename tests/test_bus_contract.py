@@ -189,3 +189,21 @@ async def test_a_malformed_result_ends_only_its_session_and_is_counted(tmp_path:
     assert broken[-1].message.startswith("Malformed result from the engine worker")
     assert 1 == bus.statistics().malformed_results
     assert ["w0 w1 w2 w3 w4 w5 w6 w7 w8 w9", "w10 w11"] == [e.text for e in healthy if isinstance(e, Final)]
+
+
+async def test_readiness_on_redis_names_engines_without_live_workers(tmp_path: Path) -> None:
+    """/readyz's engine check on the Redis bus: an engine with a live worker is ready, one without is named,
+    and so is the engine whose worker has left."""
+    with trio.fail_after(GUARD):
+        async with redis_server(tmp_path) as server, RedisConnection(server.url, 8).open() as redis:
+            config = fake_config(bus={"kind": "redis", "url": server.url})
+            bus = RedisBus(redis, config.bus, events_capacity=8)
+            # Keys that are not workers' are left alone by the scan.
+            await redis.client.set("asr:link:unrelated", b"fake")
+            async with trio.open_nursery() as nursery:
+                worker = Worker(config, FakeEngine(), concurrency=1)
+                await nursery.start(worker.run)
+                assert await bus.engine_problem("fake") is None
+                assert "no live worker" == await bus.engine_problem("local")
+                worker.drain()
+            assert "no live worker" == await bus.engine_problem("fake")

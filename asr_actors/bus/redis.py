@@ -478,8 +478,11 @@ class RedisBus:
 
     async def engine_problem(self, engine: str) -> str | None:
         try:
-            workers = await self._redis.client.keys(wire.worker_key("*"))
-            engines = [await self._redis.client.get(key) for key in workers]
+            # SCAN, not KEYS: a large keyspace (sessions, records) must not block Redis for a health check.
+            workers = [
+                key async for key in self._redis.client.scan_iter(match=wire.worker_key("*"), count=1000)
+            ]
+            engines = await self._redis.client.mget(workers) if workers else ()
         except RedisError as exc:
             return f"the bus is unreachable: {exc}"
         return None if engine.encode() in engines else "no live worker"
