@@ -23,7 +23,7 @@ import trio
 
 from asr_actors.config import Config, ConfigError
 from asr_actors.server import DEMO_SECRET_ENV
-from asr_actors.subprocess_server import stop
+from asr_actors.subprocess_server import read_line, stop
 
 CHILD_STARTUP_TIMEOUT = 120
 
@@ -35,17 +35,6 @@ def _reserve_port(host: str, port: int) -> socket.socket:
     reserved.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
     reserved.bind((host, port))
     return reserved
-
-
-async def _wait_listening(child: trio.Process) -> str:
-    assert child.stdout is not None
-    printed = b""
-    while b"\n" not in printed:
-        chunk = await child.stdout.receive_some()
-        if not chunk:
-            raise ConfigError(f"a gateway process exited with {await child.wait()} before listening")
-        printed += chunk
-    return printed.decode().strip()
 
 
 async def serve_processes(config: Config, count: int, child_arguments: Sequence[str]) -> int:
@@ -80,7 +69,10 @@ async def serve_processes(config: Config, count: int, child_arguments: Sequence[
                 children.append(child)
             with trio.fail_after(CHILD_STARTUP_TIMEOUT):
                 for child in children:
-                    await _wait_listening(child)
+                    try:
+                        await read_line(child, bytearray())
+                    except RuntimeError as exc:
+                        raise ConfigError(f"a gateway process did not start: {exc}") from None
             shown_host = f"[{host}]" if ":" in host else host
             print(
                 f"asr-actors is listening: open http://{shown_host}:{port}/ ({count} processes)", flush=True

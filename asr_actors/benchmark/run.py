@@ -27,7 +27,7 @@ import trio
 
 from asr_actors.benchmark.load import SECRET_ENV
 from asr_actors.redis_server import redis_server
-from asr_actors.subprocess_server import stop
+from asr_actors.subprocess_server import read_line, running_server, stop
 
 REFERENCE_RELAY = Path(__file__).resolve().parent.parent.parent / "bench" / "reference_relay.py"
 STARTUP_TIMEOUT = 120
@@ -103,18 +103,6 @@ class _Running:
     redis: list[psutil.Process] = attrs.field(factory=list)
 
 
-async def _read_line(process: trio.Process, pending: bytearray) -> str:
-    assert process.stdout is not None
-    while b"\n" not in pending:
-        chunk = await process.stdout.receive_some()
-        if not chunk:
-            raise RuntimeError(f"{process.args!r} exited with {await process.wait()}")
-        pending += chunk
-    line, _, rest = bytes(pending).partition(b"\n")
-    pending[:] = rest
-    return line.decode()
-
-
 @asynccontextmanager
 async def _process(
     arguments: list[str], log: Path, env: dict[str, str], ready: re.Pattern[str] | None
@@ -130,7 +118,7 @@ async def _process(
             pending = bytearray()
             with trio.fail_after(STARTUP_TIMEOUT):
                 while found is None:
-                    found = ready.search(await _read_line(process, pending))
+                    found = ready.search(await read_line(process, pending))
         yield process, found
     finally:
         await stop(process)
@@ -220,29 +208,12 @@ async def _running(
                     )
                 )
                 running.engine.append(psutil.Process(worker.pid))
-        gateway, found = await stack.enter_async_context(
-            _process(
-                [
-                    python,
-                    "-m",
-                    "asr_actors",
-                    "serve",
-                    "--config",
-                    str(config),
-                    "--port",
-                    "0",
-                    "--workers",
-                    str(system.gateways),
-                ],
-                log,
-                env,
-                re.compile(r"open http://(\S+)/"),
-            )
+        http_url, gateway = await stack.enter_async_context(
+            running_server(config, env, ["--workers", str(system.gateways)], log)
         )
-        assert found is not None
         parent = psutil.Process(gateway.pid)
         running.gateway = [parent, *parent.children(recursive=True)]
-        running.url = f"ws://{found.group(1)}/v1/asr"
+        running.url = http_url.replace("http://", "ws://") + "v1/asr"
         yield running
 
 
@@ -322,7 +293,7 @@ async def _drive(
         load_processes = [psutil.Process(process.pid) for process, _, _ in loads]
         connect_failures = 0
         for process, pending, _ in loads:
-            connected = json.loads(await _read_line(process, pending))
+            connected = json.loads(await read_line(process, pending))
             connect_failures += connected["failed"]
         progress(f"  {workload.streams - connect_failures} connections open; weighing them idle")
         await trio.sleep(SETTLE_S)
@@ -412,7 +383,7 @@ async def _follow(
     process: trio.Process, pending: bytearray, sent: list[int], index: int, summaries: list[dict[str, object]]
 ) -> None:
     while True:
-        line = json.loads(await _read_line(process, pending))
+        line = json.loads(await read_line(process, pending))
         if "progress" in line:
             sent[index] = line["progress"]["sent"]
         elif "summary" in line:

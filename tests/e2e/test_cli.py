@@ -152,8 +152,6 @@ def test_serve_workers_needs_the_redis_bus(tmp_path: Path) -> None:
 async def test_serve_workers_shares_one_port_and_drains_every_process(tmp_path: Path) -> None:
     """`serve --workers 2`: two gateway processes listen on one port and answer; SIGTERM to the parent
     drains both, and all exit 0."""
-    import psutil
-
     from asr_actors.redis_server import redis_server
 
     with trio.fail_after(GUARD):
@@ -163,47 +161,33 @@ async def test_serve_workers_shares_one_port_and_drains_every_process(tmp_path: 
                 '[engines]\ndefault = "fake"\n[languages.en]\nengine = "fake"\n'
                 f'[bus]\nkind = "redis"\nurl = "{redis.url}"\n'
             )
-            parent = await trio.lowlevel.open_process(
-                [
-                    sys.executable,
-                    "-m",
-                    "asr_actors",
-                    "serve",
-                    "--config",
-                    str(config),
-                    "--port",
-                    "0",
-                    "--workers",
-                    "2",
-                ],
-                stdout=subprocess.PIPE,
-            )
-            assert parent.stdout is not None
-            printed = b""
-            while b"\n" not in printed:
-                printed += await parent.stdout.receive_some()
-            assert b"(2 processes)" in printed
-            port = int(printed.split(b"http://127.0.0.1:", 1)[1].split(b"/", 1)[0])
-            children = psutil.Process(parent.pid).children()
-            assert 2 == len(children)
-            # Both processes listen on the one port (SO_REUSEPORT): the kernel spreads connections.
-            listening = {
-                child.pid
-                for child in children
-                for connection in child.net_connections()
-                if connection.laddr and connection.laddr.port == port and connection.status == "LISTEN"
-            }
-            assert {child.pid for child in children} == listening
-            for _ in range(20):
-                stream = await trio.open_tcp_stream("127.0.0.1", port)
-                async with stream:
-                    await stream.send_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
-                    reply = b""
-                    while chunk := await stream.receive_some():
-                        reply += chunk
-                    assert reply.startswith(b"HTTP/1.1 200")
-            parent.send_signal(signal.SIGTERM)
-            assert 0 == await parent.wait()
-            assert not any(
-                child.is_running() and child.status() != psutil.STATUS_ZOMBIE for child in children
-            )
+            async with running_server(config, arguments=["--workers", "2"]) as (url, parent):
+                await workers_answer_and_drain(url, parent)
+
+
+async def workers_answer_and_drain(url: str, parent: trio.Process) -> None:
+    """Both children listen on the parent's port, answer, and are gone once the parent drained them."""
+    import psutil
+
+    port = int(url.rstrip("/").rsplit(":", 1)[1])
+    children = psutil.Process(parent.pid).children()
+    assert 2 == len(children)
+    # Both processes listen on the one port (SO_REUSEPORT): the kernel spreads connections.
+    listening = {
+        child.pid
+        for child in children
+        for connection in child.net_connections()
+        if connection.laddr and connection.laddr.port == port and connection.status == "LISTEN"
+    }
+    assert {child.pid for child in children} == listening
+    for _ in range(20):
+        stream = await trio.open_tcp_stream("127.0.0.1", port)
+        async with stream:
+            await stream.send_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            reply = b""
+            while chunk := await stream.receive_some():
+                reply += chunk
+            assert reply.startswith(b"HTTP/1.1 200")
+    parent.send_signal(signal.SIGTERM)
+    assert 0 == await parent.wait()
+    assert not any(child.is_running() and child.status() != psutil.STATUS_ZOMBIE for child in children)
