@@ -74,7 +74,8 @@ class DailyAudioLimits:
         return AudioAllowance(left, exceeded)
 
     async def charge(self, app: str, seconds: float) -> None:
-        if seconds > 0:
+        # Unlimited apps are not counted: no Redis round trip per session for a limit nobody set.
+        if seconds > 0 and self.minutes_for(app):
             await self.quota.charge(app, seconds, self.wall_clock())
 
 

@@ -149,7 +149,7 @@ class Gateway:
         self.v1 = V1(directory=self.directory, replay=replay or MemoryReplayGuard(), wall_clock=wall_clock)
         self.bailian = Bailian()
         self.shared = Shared(
-            config, self.bus, self.directory, records, wall_clock, limits or memory_limits(config)
+            config, self.bus, self.directory, limits or memory_limits(config), records, wall_clock
         )
         self.active_sessions = 0
         self.draining = False

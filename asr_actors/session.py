@@ -76,10 +76,10 @@ class Shared:
     config: Config
     bus: Bus
     directory: Directory
+    # Per-app limits on concurrent sessions and daily audio (429); the config's zeros mean unlimited.
+    limits: Limits
     records: RecordStore | None = None
     wall_clock: Callable[[], float] = time.time
-    # Per-app limits on concurrent sessions and daily audio (429); None: unlimited.
-    limits: Limits | None = None
 
 
 async def run(
@@ -132,7 +132,7 @@ async def run(
         )
         await _save(records, record, config.session.close_timeout)
     audio_seconds = facts.ledger.audio_bytes / (2 * facts.sample_rate) if facts.sample_rate else 0.0
-    if shared.limits is not None and audio_seconds:
+    if audio_seconds:
         await _charge(shared.limits, facts.app, audio_seconds, config.session.close_timeout)
     return Outcome(task_id=task_id, error=error, client_gone=client_gone, audio_seconds=audio_seconds)
 
@@ -166,9 +166,6 @@ async def _run_actors(
     admitted = await dialect.admit(admission, config)
     logs.current_app.set(admitted.appkey)
     facts.app = admitted.appkey
-    if shared.limits is None:
-        await _run_admitted(connection, dialect, shared, task_id, facts, admitted, None)
-        return
     allowance = await shared.limits.audio.allowance(admitted.appkey)
     async with shared.limits.slots.hold(admitted.appkey):
         await _run_admitted(connection, dialect, shared, task_id, facts, admitted, allowance)
