@@ -12,10 +12,11 @@ the sender returns when `outbound` is drained, and the socket closes with 1000.
 
 from __future__ import annotations
 
+import functools
 import logging
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
 import attrs
 import trio
@@ -130,33 +131,26 @@ async def run(
             error_code=int(error.code) if error else None,
             finals=tuple(facts.ledger.finals),
         )
-        await _save(records, record, config.session.close_timeout)
+        await _keep(
+            "the session record", functools.partial(records.save, record), config.session.close_timeout
+        )
     audio_seconds = facts.ledger.audio_bytes / (2 * facts.sample_rate) if facts.sample_rate else 0.0
     if audio_seconds:
-        await _charge(shared.limits, facts.app, audio_seconds, config.session.close_timeout)
+        charge = functools.partial(shared.limits.audio.charge, facts.app, audio_seconds)
+        await _keep("the session's audio count", charge, config.session.close_timeout)
     return Outcome(task_id=task_id, error=error, client_gone=client_gone, audio_seconds=audio_seconds)
 
 
-async def _charge(limits: Limits, app: str, audio_seconds: float, timeout_s: float) -> None:
-    # Shielded and bounded like the record: the audio was received, so it counts against the day.
+async def _keep(what: str, write: Callable[[], Awaitable[None]], timeout_s: float) -> None:
+    """Keep what an ended session leaves behind (its record, its audio's count against the day): shielded,
+    so that a gateway shutting down still keeps it, but bounded, so that it never waits long on a store."""
     with trio.move_on_after(timeout_s, shield=True) as overrun:
         try:
-            await limits.audio.charge(app, audio_seconds)
+            await write()
         except Exception:
-            log.exception("could not count the session's audio against its app's daily limit")
+            log.exception("could not keep %s", what)
     if overrun.cancelled_caught:
-        log.warning("counting the session's audio took too long; it is not counted")
-
-
-async def _save(records: RecordStore, record: SessionRecord, timeout_s: float) -> None:
-    # Shielded so that a server shutting down still records its sessions, but never waits long on it.
-    with trio.move_on_after(timeout_s, shield=True) as overrun:
-        try:
-            await records.save(record)
-        except Exception:
-            log.exception("could not save the session record")
-    if overrun.cancelled_caught:
-        log.warning("saving the session record took too long; it is lost")
+        log.warning("keeping %s took too long; it is lost", what)
 
 
 async def _run_actors(
