@@ -46,6 +46,9 @@ class ServerConfig:
     # Reading the HTTP request head and, for a WebSocket, completing the upgrade (bounds slow-loris clients).
     handshake_timeout: float = attrs.field(default=10.0, validator=_positive)
     max_request_head_bytes: int = attrs.field(default=16384, validator=_positive)
+    # An HTTP connection kept alive after an answer: the next request must arrive (and be answered, or
+    # upgraded) within this many seconds, else the connection closes.
+    keep_alive_timeout: float = attrs.field(default=15.0, validator=_positive)
     # Browser pages (by their Origin header) that may open WebSockets here besides the server's own
     # origin, which is always allowed. `scheme://host:*` matches any port; "null" would admit file:// pages.
     allowed_origins: tuple[str, ...] = ("http://localhost:*", "http://127.0.0.1:*")
@@ -72,6 +75,9 @@ class SessionConfig:
     flush_timeout: float = attrs.field(default=30.0, validator=_positive)
     # Sending the last message and the close frame to a client that may not read any more.
     close_timeout: float = attrs.field(default=5.0, validator=_positive)
+    # After `end`, how long the socket stays open for a client still reading what was sent before the
+    # server closes with 1000; a client that closes first ends it at once.
+    end_linger: float = attrs.field(default=5.0, validator=_positive)
     # A client that reads no results for this long (its socket buffer stays full): code 408. Until then
     # the session's bounded channels hold what is waiting, so a slow reader costs no growing memory.
     send_timeout: float = attrs.field(default=15.0, validator=_positive)

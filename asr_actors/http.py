@@ -1,8 +1,10 @@
 """A small HTTP front on the gateway's one port: the page, /healthz, /v1/sign, and the WebSocket hand-off.
 
-trio-websocket alone answers a plain GET with a bare 400, so each connection's request head is read here
-(parsed by h11) and then either answered as HTTP (one request per connection) or handed, bytes and all,
-to trio-websocket for the upgrade.
+trio-websocket alone answers a plain GET with a bare 400, so each connection's request heads are read here
+(parsed by h11) and then either answered as HTTP (several requests per connection when the client keeps
+it alive) or handed, bytes and all, to the WebSocket layer for the upgrade. Reading is the only I/O here
+(`RequestReader`); parsing heads and encoding answers are sans-IO, so the fuzzer and the tests drive them
+without sockets.
 """
 
 from __future__ import annotations
@@ -21,15 +23,24 @@ import trio
 from asr_actors import protocol, signing
 
 HEAD_END = b"\r\n\r\n"
+RECEIVE_BYTES = 4096
 SECURITY_HEADERS = [
     (b"x-content-type-options", b"nosniff"),
     (b"referrer-policy", b"no-referrer"),
     (b"cache-control", b"no-store"),
 ]
+# The methods every route answers; others get 405 with this list.
+ALLOWED_METHODS = ("GET", "HEAD")
 
 
 class BadRequest(Exception):
-    """The bytes before the WebSocket or HTTP exchange are not a usable request head."""
+    """The bytes before the WebSocket or HTTP exchange are not a usable request head; `status` is the
+    HTTP status that says so (400, or h11's more precise hint: 431 for a head too large, 501 for a
+    transfer coding it does not know)."""
+
+    def __init__(self, message: str, status: int = 400) -> None:
+        super().__init__(message)
+        self.status = status
 
 
 @attrs.frozen
@@ -38,7 +49,11 @@ class RequestHead:
     target: str
     host: str
     headers: dict[str, str]
+    # The head's bytes as received: what the WebSocket layer parses again for the upgrade.
     raw: bytes
+    # A body follows the head (Content-Length above 0, or a transfer coding): nothing here reads bodies,
+    # so such a request is answered and its connection closed.
+    has_body: bool = False
 
     @property
     def path(self) -> str:
@@ -46,47 +61,65 @@ class RequestHead:
 
     @property
     def is_websocket(self) -> bool:
-        return self.headers.get("upgrade", "").lower() == "websocket"
+        return self.method == "GET" and self.headers.get("upgrade", "").lower() == "websocket"
 
 
-async def read_request_head(
-    stream: trio.abc.ReceiveStream, max_bytes: int
-) -> tuple[RequestHead, h11.Connection]:
-    """Read up to the end of the request head; the bytes read are kept for the WebSocket hand-off.
+class RequestReader:
+    """The request heads of one connection, one after another; bytes read past a head are kept for the
+    next one, or for the WebSocket layer (`rest`)."""
 
-    The h11 connection is returned too: it writes the HTTP response, if one is due.
-    """
-    buffer = bytearray()
-    while HEAD_END not in buffer:
-        if len(buffer) > max_bytes:
-            raise BadRequest(f"request head larger than {max_bytes} bytes")
-        chunk = await stream.receive_some(4096)
-        if not chunk:
-            raise BadRequest("connection closed before the request head ended")
-        buffer += chunk
-    return parse_request_head(bytes(buffer))
+    def __init__(self, stream: trio.abc.ReceiveStream, max_head_bytes: int) -> None:
+        self._stream = stream
+        self._max_head_bytes = max_head_bytes
+        self._buffer = bytearray()
+
+    async def next_head(self) -> RequestHead | None:
+        """The next request's head; None if the client closed the connection between requests."""
+        while (end := self._buffer.find(HEAD_END, 0, self._max_head_bytes + len(HEAD_END))) < 0:
+            if len(self._buffer) > self._max_head_bytes:
+                raise BadRequest(f"request head larger than {self._max_head_bytes} bytes", 431)
+            chunk = await self._stream.receive_some(RECEIVE_BYTES)
+            if not chunk:
+                if not self._buffer.strip():
+                    return None
+                raise BadRequest("connection closed before the request head ended")
+            self._buffer += chunk
+        head_bytes = bytes(self._buffer[: end + len(HEAD_END)])
+        del self._buffer[: end + len(HEAD_END)]
+        return parse_request_head(head_bytes)
+
+    def rest(self) -> bytes:
+        """What was read after the last head (the first WebSocket frames, if the client sent them early)."""
+        rest, self._buffer = bytes(self._buffer), bytearray()
+        return rest
 
 
-def parse_request_head(buffer: bytes) -> tuple[RequestHead, h11.Connection]:
-    """The request head at the start of `buffer` (sans-IO: the fuzzer drives it directly); BadRequest if
-    it is not one."""
+def _server_connection(head_bytes: bytes) -> tuple[h11.Connection, h11.Request, bool]:
+    """An h11 server connection fed one request head: the request, and whether a body follows."""
     connection = h11.Connection(h11.SERVER)
-    connection.receive_data(buffer)
+    connection.receive_data(head_bytes)
     try:
         event = connection.next_event()
+        if not isinstance(event, h11.Request):
+            raise BadRequest("not an HTTP request")
+        has_body = connection.next_event() is h11.NEED_DATA
     except h11.RemoteProtocolError as exc:
-        raise BadRequest(str(exc)) from None
-    if not isinstance(event, h11.Request):
-        raise BadRequest("not an HTTP request")
+        raise BadRequest(str(exc), exc.error_status_hint) from None
+    return connection, event, has_body
+
+
+def parse_request_head(head_bytes: bytes) -> RequestHead:
+    """The request head `head_bytes` (sans-IO: the fuzzer drives it directly); BadRequest if it is not one."""
+    _connection, event, has_body = _server_connection(head_bytes)
     headers = {name.decode("latin-1"): value.decode("latin-1") for name, value in event.headers}
-    head = RequestHead(
+    return RequestHead(
         method=event.method.decode("ascii"),
         target=event.target.decode("latin-1"),
         host=headers.get("host", ""),
         headers=headers,
-        raw=buffer,
+        raw=head_bytes,
+        has_body=has_body,
     )
-    return head, connection
 
 
 @attrs.frozen
@@ -105,24 +138,51 @@ def text_response(status: int, text: str) -> Response:
     return Response(status, text.encode() + b"\n")
 
 
-async def send_response(stream: trio.abc.SendStream, connection: h11.Connection, response: Response) -> None:
+def method_not_allowed() -> Response:
+    return Response(
+        405, b"Method not allowed\n", extra_headers=((b"allow", ", ".join(ALLOWED_METHODS).encode()),)
+    )
+
+
+def encode_response(head: RequestHead, response: Response) -> tuple[bytes, bool]:
+    """The bytes that answer `head` with `response`, and whether the connection may take another request
+    (HTTP/1.1 keep-alive; never after a request with a body, which is not read). A HEAD request gets the
+    headers a GET would, without the body."""
+    connection, _request, _has_body = _server_connection(head.raw)
     headers = [
         (b"content-type", response.content_type.encode()),
         (b"content-length", str(len(response.body)).encode()),
-        (b"connection", b"close"),
         *SECURITY_HEADERS,
         *response.extra_headers,
     ]
+    if head.has_body:
+        headers.append((b"connection", b"close"))
     parts = [
         connection.send(
             h11.Response(
                 status_code=response.status, headers=headers, reason=HTTPStatus(response.status).phrase
             )
-        ),
-        connection.send(h11.Data(data=response.body)),
-        connection.send(h11.EndOfMessage()),
+        )
     ]
-    await stream.send_all(b"".join(part for part in parts if part))
+    if head.method != "HEAD":
+        parts.append(connection.send(h11.Data(data=response.body)))
+    parts.append(connection.send(h11.EndOfMessage()))
+    reusable = connection.our_state is h11.DONE and connection.their_state is h11.DONE
+    return b"".join(part for part in parts if part), reusable
+
+
+def refusal(error: BadRequest) -> bytes:
+    """The answer to a request head that could not be parsed (no h11 state to write it with)."""
+    status = HTTPStatus(error.status)
+    body = f"{status.phrase}: {error}\n".encode()
+    lines = [
+        f"HTTP/1.1 {status.value} {status.phrase}".encode(),
+        b"content-type: text/plain; charset=utf-8",
+        b"content-length: " + str(len(body)).encode(),
+        b"connection: close",
+        *(name + b": " + value for name, value in SECURITY_HEADERS),
+    ]
+    return b"\r\n".join(lines) + b"\r\n\r\n" + body
 
 
 def origin_allowed(origin: str, host: str, allowed: tuple[str, ...]) -> bool:

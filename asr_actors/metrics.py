@@ -27,6 +27,13 @@ class Metrics:
             buckets=(1, 5, 15, 30, 60, 120, 300, 900, 1800, 3600),
             registry=self.registry,
         )
+        self.faults = Counter(
+            "asr_faults",
+            "Connections ended by an unexpected exception (a bug of ours or a library's; the traceback is "
+            "in the log), by where it was caught: http, session or connection",
+            ["stage"],
+            registry=self.registry,
+        )
         self.draining = Gauge(
             "asr_draining", "1 while the gateway drains for shutdown", registry=self.registry
         )

@@ -15,7 +15,6 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 
 import attrs
-import h11
 import trio
 
 from asr_actors import http, protocol, session
@@ -24,6 +23,7 @@ from asr_actors.bus.memory import MemoryBus
 from asr_actors.config import Config
 from asr_actors.dialects import V1, Admission, Bailian, Dialect
 from asr_actors.directory import Directory, DirectoryAdmin, FileAdmin, StaticDirectory, read_apps_file
+from asr_actors.errors import DependencyUnavailable
 from asr_actors.limits import HandshakeRate, Limits, app_limits, memory_limits
 from asr_actors.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from asr_actors.metrics import Metrics
@@ -208,14 +208,36 @@ class Gateway:
         upgrade: Callable[[http.RequestHead], Dialect | None],
         answer: HttpRoute,
     ) -> None:
-        # One deadline for the request head and, for a WebSocket, the upgrade: a slow or silent client
-        # holds a connection for at most handshake_timeout before it has a session.
-        handshake_deadline = trio.current_time() + self.config.server.handshake_timeout
+        """The connection's boundary: whatever its handling raises ends this connection only, logged with
+        its traceback and counted (`asr_faults_total`), never reaching the listener or another session.
+        Inside, each layer gives the best answer it still can: a route's failure is an HTTP 500 (503 for a
+        dependency that is down), a session's a coded close (`session.run`)."""
         try:
-            request = await self._read_head(stream, handshake_deadline)
-            if request is None:
+            await self._converse(stream, upgrade, answer)
+        except* Exception as group:
+            self.metrics.faults.labels(stage="connection").inc()
+            log.error("connection failed", exc_info=group)
+        finally:
+            with trio.move_on_after(self.config.session.close_timeout, shield=True):
+                await stream.aclose()
+
+    async def _converse(
+        self,
+        stream: trio.abc.Stream,
+        upgrade: Callable[[http.RequestHead], Dialect | None],
+        answer: HttpRoute,
+    ) -> None:
+        """HTTP requests one after another while the client keeps the connection alive, until one of them
+        upgrades to a WebSocket session."""
+        server = self.config.server
+        reader = http.RequestReader(stream, server.max_request_head_bytes)
+        # One deadline for the request head and its answer or, for a WebSocket, the upgrade: a slow or
+        # silent client holds a connection for at most handshake_timeout before it has a session.
+        deadline = trio.current_time() + server.handshake_timeout
+        while True:
+            head = await _next_head(stream, reader, deadline)
+            if head is None:
                 return
-            head, h11_connection = request
             dialect = upgrade(head) if head.is_websocket else None
             origin = head.headers.get("origin")
             if dialect is not None and origin is not None and not self._origin_allowed(origin, head.host):
@@ -225,37 +247,39 @@ class Gateway:
                 log.info("refused a handshake from %s: over the rate limit", _address(stream))
                 response = http.text_response(429, "Too many connections from this address; slow down")
             elif dialect is not None:
-                await self._websocket(stream, head, handshake_deadline, dialect)
+                await self._websocket(stream, head, reader.rest(), deadline, dialect)
                 return
-            with trio.move_on_at(handshake_deadline):
-                if dialect is None:
-                    response = await answer(head)
-                try:
-                    await http.send_response(stream, h11_connection, response)
-                except trio.BrokenResourceError:
+            else:
+                with trio.move_on_at(deadline):
+                    response = await self._answer(answer, head)
+                if trio.current_time() >= deadline:
+                    return  # the answer took the whole deadline: nothing is sent late
+            data, reusable = http.encode_response(head, response)
+            with trio.move_on_at(deadline):
+                if not await _send_quietly(stream, data):
                     return
-        finally:
-            with trio.move_on_after(self.config.session.close_timeout, shield=True):
-                await stream.aclose()
+            if not reusable or trio.current_time() >= deadline:
+                return
+            deadline = trio.current_time() + server.keep_alive_timeout
+
+    async def _answer(self, answer: HttpRoute, head: http.RequestHead) -> http.Response:
+        """The route's answer; a route that fails answers 503 when a dependency is down, else 500."""
+        if head.method not in http.ALLOWED_METHODS:
+            return http.method_not_allowed()
+        try:
+            return await answer(head)
+        except DependencyUnavailable as exc:
+            log.warning("%s %s: %s", head.method, head.path, exc)
+            return http.text_response(503, str(exc))
+        except Exception:
+            self.metrics.faults.labels(stage="http").inc()
+            log.exception("%s %s failed", head.method, head.path)
+            return http.text_response(500, "Internal server error")
 
     def _origin_allowed(self, origin: str, host: str) -> bool:
         return http.origin_allowed(origin, host, self.config.server.allowed_origins)
 
-    async def _read_head(
-        self, stream: trio.abc.Stream, deadline: float
-    ) -> tuple[http.RequestHead, h11.Connection] | None:
-        with trio.move_on_at(deadline):
-            try:
-                return await http.read_request_head(stream, self.config.server.max_request_head_bytes)
-            except http.BadRequest as exc:
-                log.debug("bad request: %s", exc)
-            except trio.BrokenResourceError:
-                pass
-        return None
-
     async def _http(self, head: http.RequestHead) -> http.Response:
-        if head.method not in ("GET", "HEAD"):
-            return http.text_response(405, "Method not allowed")
         routes: dict[str, HttpRoute] = {
             "/healthz": self._health,
             "/readyz": self._ready,
@@ -275,7 +299,12 @@ class Gateway:
         bus: has a live worker). Each engine's state is listed, so an unconfigured optional engine (say,
         DashScope without a key) shows without taking the gateway out of service."""
         engines: dict[str, str] = {}
-        for engine in sorted(set((await self.directory.routes()).values())):
+        try:
+            routed = set((await self.directory.routes()).values())
+        except DependencyUnavailable as exc:
+            engines["directory"] = str(exc)
+            routed = set()
+        for engine in sorted(routed):
             reason = self.unavailable.get(engine) or await self.bus.engine_problem(engine)
             engines[f"engine:{engine}"] = reason or "ok"
         checks = {"gateway": "draining" if self.draining else "ok", **engines}
@@ -312,12 +341,15 @@ class Gateway:
         return http.text_response(426, "This endpoint speaks WebSocket")
 
     async def _websocket(
-        self, stream: trio.abc.Stream, head: http.RequestHead, deadline: float, dialect: Dialect
+        self, stream: trio.abc.Stream, head: http.RequestHead, early: bytes, deadline: float, dialect: Dialect
     ) -> None:
+        """`early`: what the client sent after the head before the upgrade was answered."""
         connection: WebSocket | None = None
         with trio.move_on_at(deadline):
             try:
-                connection = await WebSocket.accept(stream, head.raw, self.config.session.max_message_bytes)
+                connection = await WebSocket.accept(
+                    stream, head.raw + early, self.config.session.max_message_bytes
+                )
             except ClientGone:
                 return
         if connection is None:
@@ -344,6 +376,8 @@ class Gateway:
         metrics = self.metrics
         metrics.duration.observe(seconds)
         metrics.audio_seconds.inc(outcome.audio_seconds)
+        if outcome.fault:
+            metrics.faults.labels(stage="session").inc()
         if outcome.error is not None:
             metrics.sessions.labels(outcome="error").inc()
             metrics.errors.labels(code=str(int(outcome.error.code))).inc()
@@ -362,6 +396,31 @@ class Gateway:
             lifetime.end(shutdown)
         with trio.move_on_after(self.config.session.close_timeout * 2):
             await self._all_ended.wait()
+
+
+async def _next_head(
+    stream: trio.abc.SendStream, reader: http.RequestReader, deadline: float
+) -> http.RequestHead | None:
+    """The connection's next request head; None when there is none to answer: the client closed or went
+    silent past `deadline`, or sent a malformed head (answered here, 400 or h11's more precise code)."""
+    with trio.move_on_at(deadline):
+        try:
+            return await reader.next_head()
+        except http.BadRequest as exc:
+            log.debug("bad request: %s", exc)
+            await _send_quietly(stream, http.refusal(exc))
+        except trio.BrokenResourceError:
+            pass
+    return None
+
+
+async def _send_quietly(stream: trio.abc.SendStream, data: bytes) -> bool:
+    """Send `data`; False if the client has gone (nothing else to do for it then)."""
+    try:
+        await stream.send_all(data)
+    except (trio.BrokenResourceError, trio.ClosedResourceError):
+        return False
+    return True
 
 
 @attrs.frozen

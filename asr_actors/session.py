@@ -12,6 +12,7 @@ the sender returns when `outbound` is drained, and the socket closes with 1000.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 import time
@@ -27,6 +28,7 @@ from asr_actors.bus.base import Bus
 from asr_actors.config import Config
 from asr_actors.dialects import Admission, Admitted, Dialect
 from asr_actors.directory import Directory
+from asr_actors.errors import DependencyUnavailable
 from asr_actors.groups import first_leaf
 from asr_actors.limits import AudioAllowance, Limits
 from asr_actors.protocol import ErrorCode, ProtocolError, ServerEvent
@@ -39,12 +41,14 @@ log = logging.getLogger(__name__)
 
 @attrs.frozen
 class Outcome:
-    """How a session ended: `error` is None for an orderly end or a client that went away."""
+    """How a session ended: `error` is None for an orderly end or a client that went away; `fault` is
+    True when it ended on an exception nobody expected (a bug of ours or a library's, logged)."""
 
     task_id: str
     error: ProtocolError | None
     client_gone: bool
     audio_seconds: float = 0.0
+    fault: bool = False
 
 
 @attrs.define(eq=False)  # identity, so that the gateway can keep them in a set
@@ -95,21 +99,19 @@ async def run(
     logs.current_session.set(task_id)
     started_at = wall_clock()
     facts = _Facts()
-    error: ProtocolError | None = None
-    client_gone = False
+    ending = _Ending()
+    lifetime = lifetime or Lifetime()
     try:
-        lifetime = lifetime or Lifetime()
         with lifetime.scope:
             lifetime.scope.deadline = trio.current_time() + config.session.max_duration
             await _run_actors(connection, admission, dialect, shared, task_id, facts)
         if lifetime.scope.cancelled_caught:
-            error = lifetime.reason or ProtocolError(ErrorCode.TIMEOUT, "Maximum session duration reached")
-    except ProtocolError as exc:
-        error = exc
-    except ClientGone:
-        client_gone = True
-    except ExceptionGroup as group:
-        error, client_gone = _first_failure(group)
+            ending.error = lifetime.reason or ProtocolError(
+                ErrorCode.TIMEOUT, "Maximum session duration reached"
+            )
+    except Exception as exc:  # the session's boundary: whatever its parts raise ends this session only
+        ending = _judge(exc)
+    error, client_gone = ending.error, ending.client_gone
     if error is not None:
         log.info("ends with %d %s", error.code, error.message)
     elif client_gone:
@@ -117,6 +119,8 @@ async def run(
     else:
         log.info("ended")
     if not client_gone:
+        if error is None:
+            await _linger(connection, config.session.end_linger)
         await _close(connection, dialect, error, config.session.close_timeout)
     if records is not None and facts.app:
         record = SessionRecord(
@@ -138,7 +142,13 @@ async def run(
     if audio_seconds:
         charge = functools.partial(shared.limits.audio.charge, facts.app, audio_seconds)
         await _keep("the session's audio count", charge, config.session.close_timeout)
-    return Outcome(task_id=task_id, error=error, client_gone=client_gone, audio_seconds=audio_seconds)
+    return Outcome(
+        task_id=task_id,
+        error=error,
+        client_gone=client_gone,
+        audio_seconds=audio_seconds,
+        fault=ending.fault,
+    )
 
 
 async def _keep(what: str, write: Callable[[], Awaitable[None]], timeout_s: float) -> None:
@@ -211,18 +221,44 @@ async def _run_admitted(
         )
 
 
-def _first_failure(group: ExceptionGroup[Exception]) -> tuple[ProtocolError | None, bool]:
-    """The error to tell the client: a protocol error if any actor raised one, else 500 for a bug."""
+@attrs.define
+class _Ending:
+    """How the session ends: the error to tell the client, or none; whether the client is gone already;
+    whether an unexpected exception (a fault) ended it."""
+
+    error: ProtocolError | None = None
+    client_gone: bool = False
+    fault: bool = False
+
+
+def _judge(exc: Exception) -> _Ending:
+    """What to tell the client about what ended the session (one exception, or an actors' group): the
+    protocol error if any part raised one; 503 when a dependency is down; else 500 for a fault, logged
+    once with its traceback. A client that went away is told nothing."""
+    group = exc if isinstance(exc, ExceptionGroup) else ExceptionGroup("session", [exc])
     protocol_errors, rest = group.split(ProtocolError)
     if protocol_errors is not None:
-        return first_leaf(protocol_errors), False
+        return _Ending(first_leaf(protocol_errors))
     if rest is None:
-        return None, False
+        return _Ending()
+    down, rest = rest.split(DependencyUnavailable)
+    if down is not None:
+        return _Ending(ProtocolError(ErrorCode.UNAVAILABLE, str(first_leaf(down))))
+    if rest is None:
+        return _Ending()
     _gone, unexpected = rest.split(ClientGone)
     if unexpected is None:
-        return None, True
+        return _Ending(client_gone=True)
     log.error("failed", exc_info=unexpected)
-    return ProtocolError(ErrorCode.ENGINE_FAILURE, "Internal server error"), False
+    return _Ending(ProtocolError(ErrorCode.ENGINE_FAILURE, "Internal server error"), fault=True)
+
+
+async def _linger(connection: Transport, linger_s: float) -> None:
+    """After `end`, leave the socket open for up to `linger_s` so that a client still reading what was
+    sent gets it all before the close; a client that closes first ends this at once."""
+    with trio.move_on_after(linger_s):
+        with contextlib.suppress(ClientGone):
+            await connection.wait_closed()
 
 
 async def _close(

@@ -20,4 +20,7 @@ class Transport(Protocol):
     async def wait_writable(self) -> None:
         """Until the client's socket takes data again (the client reads what it was sent)."""
 
+    async def wait_closed(self) -> None:
+        """Until the client closes (raises `ClientGone` then); what it sends meanwhile is dropped."""
+
     async def aclose(self, code: int = 1000, reason: str | None = None) -> None: ...

@@ -94,6 +94,10 @@ class WebSocket:
         except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
             raise ClientGone(f"connection lost: {exc}") from None
 
+    async def wait_closed(self) -> None:
+        while True:
+            await self.get_message()
+
     async def aclose(self, code: int = 1000, reason: str | None = None) -> None:
         """Send a close frame, wait for the client's (the caller bounds the wait), close the socket."""
         try:

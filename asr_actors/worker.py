@@ -72,7 +72,7 @@ class Worker:
         await self.engine.prepare()
         redis = RedisConnection(bus.url, bus.subscription_queue, bus.heartbeat_interval)
         async with redis.open(), trio.open_nursery() as nursery:
-            await self._heartbeat_once(redis)
+            await self._first_heartbeat(redis)
             heartbeat = trio.CancelScope()
             nursery.start_soon(self._heartbeat, redis, heartbeat)
             log.info("worker %s serving engine %s", self.id, self.engine.name)
@@ -93,6 +93,20 @@ class Worker:
         await redis.client.set(
             wire.worker_key(self.id), self.engine.name, px=int(self.config.bus.worker_ttl * 1000)
         )
+
+    async def _first_heartbeat(self, redis: RedisConnection) -> None:
+        """Announce the worker, waiting for Redis if it is away (a worker may start before it)."""
+        waiting = False
+        while True:
+            try:
+                await self._heartbeat_once(redis)
+            except RedisError as exc:
+                if not waiting:
+                    log.warning("waiting for Redis: %s", exc)
+                    waiting = True
+                await trio.sleep(self.config.bus.heartbeat_interval)
+            else:
+                return
 
     async def _heartbeat(self, redis: RedisConnection, scope: trio.CancelScope) -> None:
         with scope:

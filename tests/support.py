@@ -65,13 +65,17 @@ async def open_connection(
 
 
 async def read_until_close(connection: trio_websocket.WebSocketConnection) -> list[dict[str, Any]]:
-    """Every message until the server closes; envelopes decoded, 'pong' kept as {'pong': True}."""
+    """Every message until the server closes, or until `end`, after which the client closes (as a client
+    that knows the protocol does; the server would otherwise linger for `end_linger`); envelopes decoded,
+    'pong' kept as {'pong': True}."""
     messages: list[dict[str, Any]] = []
     try:
         while True:
             message = await connection.get_message()
             assert isinstance(message, str)
             messages.append({"pong": True} if message == "pong" else json.loads(message))
+            if statuses(messages[-1:]) == ["end"]:
+                await connection.aclose()
     except trio_websocket.ConnectionClosed:
         pass
     return messages

@@ -9,7 +9,7 @@ import h11
 import pytest
 import trio
 
-from asr_actors import client
+from asr_actors import client, http
 from asr_actors.limits import HandshakeRate
 from asr_actors.server import Gateway, serve
 from tests.support import fake_config
@@ -181,3 +181,130 @@ async def test_handshakes_over_the_rate_get_429(nursery: trio.Nursery) -> None:
     assert [b"HTTP/1.1 101 ", b"HTTP/1.1 101 ", b"HTTP/1.1 429 Too Many Requests"] == [
         answer if b"429" in answer else answer[:13] for answer in answers
     ]
+
+
+async def exchange(base: str, raw_requests: bytes) -> list[tuple[int, dict[str, str], bytes]]:
+    """Send `raw_requests` (one or several, pipelined) on one connection; every response until the server
+    closes it or all were answered, read with h11's client side (HEAD answers have no body)."""
+    host, port = base.removeprefix("http://").rstrip("/").split(":")
+    methods = [line.split(b" ", 1)[0] for line in raw_requests.split(b"\r\n\r\n") if line]
+    answers: list[tuple[int, dict[str, str], bytes]] = []
+    with trio.fail_after(GUARD):
+        stream = await trio.open_tcp_stream(host, int(port))
+        async with stream:
+            await stream.send_all(raw_requests)
+            connection = h11.Connection(h11.CLIENT)
+            for method in methods:
+                # h11's client must "send" each request to know how the answer is framed.
+                connection.send(h11.Request(method=method, target="/", headers=[("host", host)]))
+                connection.send(h11.EndOfMessage())
+                status, headers, body = 0, {}, b""
+                while True:
+                    event = connection.next_event()
+                    if event is h11.NEED_DATA:
+                        connection.receive_data(await stream.receive_some())
+                    elif isinstance(event, h11.Response):
+                        status = event.status_code
+                        headers = {k.decode(): v.decode() for k, v in event.headers}
+                    elif isinstance(event, h11.Data):
+                        body += event.data
+                    elif isinstance(event, h11.EndOfMessage):
+                        answers.append((status, headers, body))
+                        break
+                    elif isinstance(event, h11.ConnectionClosed):
+                        return answers
+                if connection.our_state is not h11.DONE or connection.their_state is not h11.DONE:
+                    break
+                connection.start_next_cycle()
+    return answers
+
+
+GET_ROUTES = ["/", "/app.js", "/healthz", "/readyz", "/v1/languages", "/v1/sign", "/v1/asr", "/missing"]
+
+
+@pytest.mark.parametrize("target", GET_ROUTES)
+async def test_head_answers_like_get_without_a_body(base_url: str, target: str) -> None:
+    """HEAD, as uptime monitors and load balancers send it, gets GET's status and headers and no body; the
+    gateway goes on serving (a HEAD once ended the whole process)."""
+    get_status, get_headers, get_body = await http_get(base_url, target)
+    host = base_url.removeprefix("http://").rstrip("/")
+    [(status, headers, body)] = await exchange(
+        base_url, f"HEAD {target} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n".encode()
+    )
+    assert (get_status, b"") == (status, body)
+    assert get_headers["content-type"] == headers["content-type"]
+    if target != "/v1/sign":  # a fresh link each time, its percent-encoded signature of varying length
+        assert str(len(get_body)) == headers["content-length"]
+    assert 200 == (await http_get(base_url, "/healthz"))[0]
+
+
+@pytest.mark.parametrize("method", ["POST", "PUT", "DELETE", "OPTIONS", "PATCH"])
+async def test_other_methods_get_405_with_allow(base_url: str, method: str) -> None:
+    """Only GET and HEAD are served; anything else is 405 naming them."""
+    [(status, headers, _)] = await exchange(
+        base_url, f"{method} /healthz HTTP/1.1\r\nHost: t\r\nContent-Length: 0\r\n\r\n".encode()
+    )
+    assert (405, "GET, HEAD") == (status, headers["allow"])
+
+
+@pytest.mark.parametrize(
+    ("header", "expected"),
+    [
+        ("Content-Length: abc", 400),
+        ("Content-Length: 5\r\nContent-Length: 6", 400),
+        ("Transfer-Encoding: gzip", 501),
+        ("No colon here", 400),
+        ("X-Long: " + "a" * 20000, 431),
+    ],
+)
+async def test_malformed_heads_get_an_http_error(base_url: str, header: str, expected: int) -> None:
+    """A head h11 cannot take is answered (400, or its more precise 431 / 501) and closed; the gateway
+    goes on."""
+    [(status, headers, _)] = await exchange(
+        base_url, f"GET /healthz HTTP/1.1\r\nHost: t\r\n{header}\r\n\r\n".encode()
+    )
+    assert (expected, "close") == (status, headers["connection"])
+    assert 200 == (await http_get(base_url, "/healthz"))[0]
+
+
+async def test_keep_alive_answers_pipelined_requests_on_one_connection(base_url: str) -> None:
+    """HTTP/1.1 keeps the connection for the next request (pipelined too); Connection: close ends it."""
+    requests = b"".join(
+        f"{method} {target} HTTP/1.1\r\nHost: t\r\n{extra}\r\n".encode()
+        for method, target, extra in [
+            ("GET", "/healthz", ""),
+            ("HEAD", "/", ""),
+            ("GET", "/readyz", ""),
+            ("GET", "/v1/languages", "Connection: close\r\n"),
+            ("GET", "/healthz", ""),  # never answered: the client asked to close before it
+        ]
+    )
+    answers = await exchange(base_url, requests)
+    assert [200, 200, 200, 200] == [status for status, _, _ in answers]
+    assert b"" == answers[1][2]
+
+
+async def test_http_1_0_and_requests_with_a_body_close_after_the_answer(base_url: str) -> None:
+    """HTTP/1.0 has no keep-alive here (h11), and a body is never read: both connections close after one
+    answer, saying so."""
+    for first in (
+        b"GET /healthz HTTP/1.0\r\n\r\n",
+        b"GET /healthz HTTP/1.1\r\nHost: t\r\nContent-Length: 3\r\n\r\nabc",
+    ):
+        answers = await exchange(base_url, first + b"GET /healthz HTTP/1.1\r\nHost: t\r\n\r\n")
+        assert [(200, "close")] == [(status, headers["connection"]) for status, headers, _ in answers]
+
+
+def test_encode_response_is_sans_io() -> None:
+    """The answer's bytes and whether the connection can be kept, from the head alone."""
+    response = http.text_response(200, "hello")
+    get = http.parse_request_head(b"GET / HTTP/1.1\r\nHost: t\r\n\r\n")
+    head = http.parse_request_head(b"HEAD / HTTP/1.1\r\nHost: t\r\n\r\n")
+    old = http.parse_request_head(b"GET / HTTP/1.0\r\n\r\n")
+    data, reusable = http.encode_response(get, response)
+    assert reusable
+    assert data.endswith(b"\r\n\r\nhello\n")
+    data, reusable = http.encode_response(head, response)
+    assert (True, b"content-length: 6") == (reusable, data.split(b"\r\n")[2])
+    assert data.endswith(b"\r\n\r\n")
+    assert not http.encode_response(old, response)[1]

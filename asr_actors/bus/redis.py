@@ -17,7 +17,7 @@ import contextlib
 import logging
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
 from urllib.parse import urlsplit
 
@@ -32,9 +32,9 @@ from asr_actors.bus import wire
 from asr_actors.bus.base import BusStatistics
 from asr_actors.config import BusConfig
 from asr_actors.directory import Directory
+from asr_actors.errors import DependencyUnavailable
 from asr_actors.groups import first_leaf
 from asr_actors.limits import DAY_SECONDS, too_many, utc_day
-from asr_actors.protocol import ErrorCode, ProtocolError
 from asr_actors.records import DAY, SessionRecord, TrafficRow, aggregate
 from asr_actors.signing import LinkRefused
 from engines.base import (
@@ -52,6 +52,15 @@ log = logging.getLogger(__name__)
 # Audio frames of one session taken from its channel at once when they have queued up (1.6 s of audio).
 MAX_PUBLISH_BATCH = 16
 RedisError = (coredis.exceptions.RedisError, OSError, anyio.BrokenResourceError, anyio.ClosedResourceError)
+
+
+@contextlib.contextmanager
+def unavailable(what: str) -> Iterator[None]:
+    """Redis's errors inside, as the domain's `DependencyUnavailable` naming `what` could not be done."""
+    try:
+        yield
+    except RedisError as exc:
+        raise DependencyUnavailable(f"{what}: {exc}") from exc
 
 
 @attrs.define(eq=False)
@@ -115,6 +124,8 @@ class RedisConnection:
             host=split.hostname, port=split.port or 6379, db=database, password=split.password
         )
         self._pubsub: coredis.patterns.pubsub.PubSub[bytes] | None = None
+        # Set while `_pubsub` is connected; a new, unset one while Redis is away.
+        self._pubsub_up = trio.Event()
         self._subscription_queue = subscription_queue
         self._check_interval = check_interval
         self._streams: dict[str, trio.MemorySendChannel[bytes]] = {}
@@ -146,16 +157,20 @@ class RedisConnection:
         new subscriptions. Other messages count: under load the canary may queue behind thousands of them,
         and a connection that delivers them is alive."""
         canary = f"{wire.PREFIX}canary:{uuid.uuid4().hex}"
-        started = False
+        # Started at once, Redis or not: a gateway listens (alive, not ready) while Redis is away, and
+        # sessions meanwhile get 503 from `subscription`.
+        task_status.started()
+        reported_down = False
         while True:
             try:
                 with trio.CancelScope() as connection_scope:
                     async with self.client.pubsub(ignore_subscribe_messages=True) as pubsub:
                         await pubsub.subscribe(**{canary: self._hear_canary})
                         self._pubsub = pubsub
-                        if not started:
-                            started = True
-                            task_status.started()
+                        self._pubsub_up.set()
+                        if reported_down:
+                            log.warning("the pub/sub connection to Redis is back")
+                            reported_down = False
                         while True:
                             await trio.sleep(self._check_interval)
                             self._delivered = trio.Event()
@@ -169,10 +184,14 @@ class RedisConnection:
                                 log.warning("the pub/sub connection stopped delivering; ending its streams")
                                 connection_scope.cancel()
             except* RedisError as group:
-                if not started:
-                    raise  # no Redis at start-up: fail now, with the reason
-                # The connection's own teardown may fail once Redis is gone; the streams end below either way.
-                log.debug("pub/sub connection closed with %s", first_leaf(group))
+                # Redis is away (or the connection's own teardown failed once it went); the streams end
+                # below either way, and a new connection is tried every check interval.
+                if not reported_down:
+                    log.warning("no pub/sub connection to Redis: %s", first_leaf(group))
+                    reported_down = True
+            self._pubsub = None
+            if self._pubsub_up.is_set():
+                self._pubsub_up = trio.Event()
             for stream in self._streams.values():
                 stream.close()
             self._streams.clear()
@@ -181,7 +200,12 @@ class RedisConnection:
     @asynccontextmanager
     async def subscription(self, channel: str) -> AsyncIterator[trio.MemoryReceiveChannel[bytes]]:
         """Messages published on `channel` from now on, until the context ends."""
-        assert self._pubsub is not None, "use RedisConnection.open()"
+        # A connection being made (at start-up, after a Redis restart) is waited for, one check interval.
+        with trio.move_on_after(self._check_interval):
+            await self._pubsub_up.wait()
+        pubsub = self._pubsub
+        if pubsub is None:
+            raise EngineUnavailable("The bus is unreachable: no connection to Redis")
         messages_tx, messages_rx = trio.open_memory_channel[bytes](self._subscription_queue)
 
         def deliver(message: PubSubMessage) -> None:
@@ -200,7 +224,7 @@ class RedisConnection:
                 pass
 
         try:
-            await self._pubsub.subscribe(**{channel: deliver})
+            await pubsub.subscribe(**{channel: deliver})
         except RedisError as exc:
             # Typically right after Redis restarted, until the pub/sub connection has been replaced.
             raise EngineUnavailable(f"The bus is unreachable: {exc}") from exc
@@ -212,7 +236,7 @@ class RedisConnection:
             self._streams.pop(channel, None)
             messages_tx.close()
             with trio.CancelScope(shield=True), trio.move_on_after(5), contextlib.suppress(*RedisError):
-                await self._pubsub.unsubscribe(channel)
+                await pubsub.unsubscribe(channel)
 
 
 class RedisAudioQuota:
@@ -226,18 +250,17 @@ class RedisAudioQuota:
         return f"{wire.PREFIX}audio:{app}:{utc_day(now)}"
 
     async def used_today(self, app: str, now: float) -> float:
-        try:
+        # Without the shared count the limit cannot be kept: refuse rather than admit unmetered.
+        with unavailable("Usage limits unavailable"):
             stored = await self._redis.client.get(self._key(app, now))
-        except RedisError as exc:
-            # Without the shared count the limit cannot be kept: refuse rather than admit unmetered.
-            raise ProtocolError(ErrorCode.UNAVAILABLE, f"Usage limits unavailable: {exc}") from exc
         return float(stored) if stored is not None else 0.0
 
     async def charge(self, app: str, seconds: float, now: float) -> None:
         key = self._key(app, now)
-        async with self._redis.client.pipeline(transaction=False) as pipeline:
-            pipeline.incrbyfloat(key, seconds)
-            pipeline.expire(key, 2 * DAY_SECONDS)
+        with unavailable("Usage could not be counted"):
+            async with self._redis.client.pipeline(transaction=False) as pipeline:
+                pipeline.incrbyfloat(key, seconds)
+                pipeline.expire(key, 2 * DAY_SECONDS)
 
 
 class RedisSessionSlots:
@@ -259,10 +282,8 @@ class RedisSessionSlots:
             yield
             return
         key, member = f"{wire.PREFIX}slots:{app}", uuid.uuid4().hex
-        try:
+        with unavailable("Usage limits unavailable"):
             held = await self._take(key, member)
-        except RedisError as exc:
-            raise ProtocolError(ErrorCode.UNAVAILABLE, f"Usage limits unavailable: {exc}") from exc
         try:
             if held > limit:
                 raise too_many(app, limit)
@@ -304,11 +325,9 @@ class RedisReplayGuard:
     async def claim(self, signature: str, expires_at: float, now: float) -> None:
         key = f"{wire.PREFIX}link:{signature.replace(' ', '+')}"
         ttl_ms = max(1, int((expires_at - now) * 1000))
-        try:
+        # Without the shared memory of used links no link can be admitted: the session gets 503.
+        with unavailable("The link check is unavailable"):
             first = await self._redis.client.set(key, b"1", condition=coredis.PureToken.NX, px=ttl_ms)
-        except RedisError as exc:
-            # Without the shared memory of used links, refusing is the safe answer.
-            raise LinkRefused(f"replay check unavailable: {exc}") from exc
         if not first:
             raise LinkRefused("link already used")
 
@@ -325,14 +344,16 @@ class RedisDirectory:
         self._fallback = fallback
 
     async def secret(self, appkey: str) -> str | None:
-        stored = await self._redis.client.hget(self.APPS, appkey)
+        with unavailable("The app directory is unavailable"):
+            stored = await self._redis.client.hget(self.APPS, appkey)
         return stored.decode() if stored is not None else await self._fallback.secret(appkey)
 
     async def engine_for(self, language: str) -> str | None:
         return (await self.routes()).get(language)
 
     async def routes(self) -> dict[str, str]:
-        stored = await self._redis.client.hgetall(self.ROUTES)
+        with unavailable("The language routes are unavailable"):
+            stored = await self._redis.client.hgetall(self.ROUTES)
         if not stored:
             return await self._fallback.routes()
         return {code.decode(): engine.decode() for code, engine in stored.items()}
@@ -379,9 +400,12 @@ class RedisRecordStore:
 
     async def save(self, record: SessionRecord) -> None:
         client = self._redis.client
-        await client.set(f"{wire.PREFIX}record:{record.session}", record.to_json(), ex=int(self._retention))
-        await client.zadd(self.INDEX, {record.session: record.started_at})
-        await client.zremrangebyscore(self.INDEX, float("-inf"), record.ended_at - self._retention)
+        with unavailable("The session record could not be kept"):
+            await client.set(
+                f"{wire.PREFIX}record:{record.session}", record.to_json(), ex=int(self._retention)
+            )
+            await client.zadd(self.INDEX, {record.session: record.started_at})
+            await client.zremrangebyscore(self.INDEX, float("-inf"), record.ended_at - self._retention)
 
     async def transcripts(self, *, app: str | None = None, since: float = 0) -> list[SessionRecord]:
         client = self._redis.client
