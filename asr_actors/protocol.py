@@ -172,6 +172,8 @@ class ClientDecoder:
         self._default_language = default_language
         self._default_sample_rate = default_sample_rate
         self._state = _State.AWAITING_AUDIO
+        # Whether binary frames carry JSON messages (the Java client's way), decided by the first frame.
+        self._binary_json: bool | None = None
 
     @property
     def ended(self) -> bool:
@@ -181,18 +183,25 @@ class ClientDecoder:
         if self._state is _State.ENDED:
             raise ProtocolError(ErrorCode.BAD_INPUT, "Audio after end of stream")
         if isinstance(message, bytes):
+            if self._binary_json is None:
+                self._binary_json = _json_message(message) is not None
+            if self._binary_json and (frame := _json_message(message)) is not None:
+                return self._json_frame(frame)
+            # PCM, or in a JSON session a frame that is no JSON message: raw PCM as the Java client sends
+            # its last, short piece of audio.
             return self._audio(message, container=None)
+        self._binary_json = bool(self._binary_json)
         if message == "ping":
             return [PingReceived()]
-        return self._json_frame(message)
-
-    def _json_frame(self, text: str) -> list[ClientEvent]:
         try:
-            frame = json.loads(text)
+            frame = json.loads(message)
         except ValueError:
             raise ProtocolError(ErrorCode.BAD_INPUT, NOT_JSON) from None
         if not isinstance(frame, dict):
             raise ProtocolError(ErrorCode.BAD_INPUT, NOT_JSON)
+        return self._json_frame(frame)
+
+    def _json_frame(self, frame: dict[str, Any]) -> list[ClientEvent]:
         status = frame.get("status")
         if status is None:
             raise missing("status")
@@ -204,16 +213,15 @@ class ClientDecoder:
             if language is not None and not isinstance(language, str):
                 raise ProtocolError(ErrorCode.BAD_INPUT, "Parameters 'language_code' is invalid")
             self._language = language or None
-        data = frame.get("data")
-        events: list[ClientEvent] = []
-        if data is None or data == "":
-            if status != "end":
-                raise missing("data")
-        else:
-            events += self._audio(_decode_base64(data, self._max_frame_bytes), container)
         if status == "end":
-            events += self._end()
-        return events
+            # Its `data` is ignored, whatever it holds: the old clients send "", "none" or nothing there.
+            return self._end()
+        data = frame.get("data")
+        if data is None:
+            raise missing("data")
+        if data == "":
+            return []  # the page's `start`, sent (twice) before any audio
+        return self._audio(_decode_base64(data, self._max_frame_bytes), container)
 
     def _frame_format(self, frame: dict[str, Any]) -> str | None:
         audio_format = frame.get("audio_format")
@@ -247,10 +255,9 @@ class ClientDecoder:
                 ErrorCode.TOO_LARGE, f"Frame of {len(payload)} bytes exceeds {self._max_frame_bytes}"
             )
         events = self._opening()
+        # `wav/<rate>` with no RIFF header is raw PCM at that rate, as the old clients label their PCM.
         if events and payload[:4] == b"RIFF":
             payload = _strip_wav_header(payload, self._sample_rate or self._default_sample_rate)
-        elif container == "wav" and events:
-            raise ProtocolError(ErrorCode.BAD_INPUT, "audio_format is wav but the stream has no RIFF header")
         if len(payload) % 2:
             raise ProtocolError(
                 ErrorCode.BAD_INPUT, f"Audio frame of {len(payload)} bytes: 16-bit samples need an even count"
@@ -264,6 +271,22 @@ class ClientDecoder:
         self._state = _State.ENDED
         events.append(EndOfAudio())
         return events
+
+
+def _json_message(frame: bytes) -> dict[str, Any] | None:
+    """The JSON message a binary frame holds, if it is one: a JSON object (UTF-8) with a `status`.
+
+    Audio is never taken for one: a session's binary frames are read as JSON only if its very first frame
+    is such a message (docs/protocol.md says why PCM cannot be), and the first byte test keeps the JSON
+    parser off PCM frames.
+    """
+    if frame.lstrip()[:1] != b"{":
+        return None
+    try:
+        message = json.loads(frame)
+    except ValueError:  # UnicodeDecodeError included
+        return None
+    return message if isinstance(message, dict) and "status" in message else None
 
 
 def _decode_base64(data: object, max_frame_bytes: int) -> bytes:

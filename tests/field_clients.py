@@ -1,0 +1,125 @@
+"""Replicas of the clients ASRWebSocketServer shipped, speaking protocol v1 exactly as each of them does.
+
+Run as a program (the tests start it in a subprocess, as a user would run a client):
+
+    python -m tests.field_clients URL FILE.wav --as python|java|page [--runs N]
+
+It prints one JSON line per run: the server's messages in the order the client's own loop read them.
+Built on the legacy `websockets` API (< 14; still shipped, deprecated, in websockets 17), which these
+clients' generation used. What each sends, byte for byte:
+
+- `python`: the whole WAV file, RIFF header included, in 1,280-byte pieces, unpaced, as base64 JSON *text*
+  frames: status `start` on the first, `partial` on the middle ones, `end` on the last (which carries
+  data). It reads `while not ws.closed`, napping 10 ms per message (so it stops at the close, with
+  whatever it has not read yet still queued).
+- `java` (Java-WebSocket 1.3.4): every JSON message as a *binary* frame; raw PCM (the WAV's data, no RIFF
+  header) labelled `"audio_format": "wav/16000"`, 1,280 bytes every 40 ms; then an end message with
+  `"data": "none"`. It reads every message until the server closes.
+- `page`: JSON *text* frames: `start` twice with `"data": ""` before any audio, then raw PCM labelled
+  `wav/16000` in 1,280-byte `partial` frames every 40 ms, then `end` with `"data": ""`. It reads every
+  message until the server closes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import base64
+import json
+import sys
+import warnings
+import wave
+from pathlib import Path
+from typing import Any
+
+with warnings.catch_warnings():
+    warnings.simplefilter("ignore", DeprecationWarning)
+    from websockets.exceptions import ConnectionClosed
+    from websockets.legacy.client import WebSocketClientProtocol, connect
+
+PIECE = 1280
+PACE_S = 0.04
+LANGUAGE = "en"
+
+
+def frame(status: str, data: str) -> str:
+    return json.dumps({"language_code": LANGUAGE, "audio_format": "wav/16000", "status": status, "data": data})
+
+
+def python_frames(wav: bytes) -> list[str | bytes]:
+    pieces = [wav[offset : offset + PIECE] for offset in range(0, len(wav), PIECE)]
+    statuses = ["start"] + ["partial"] * (len(pieces) - 2) + ["end"]
+    return [frame(status, base64.b64encode(piece).decode()) for status, piece in zip(statuses, pieces, strict=True)]
+
+
+def pcm_pieces(pcm: bytes) -> list[str]:
+    return [base64.b64encode(pcm[offset : offset + PIECE]).decode() for offset in range(0, len(pcm), PIECE)]
+
+
+def java_frames(pcm: bytes) -> list[str | bytes]:
+    pieces = pcm_pieces(pcm)
+    messages = [frame("start", pieces[0])] + [frame("partial", piece) for piece in pieces[1:]]
+    return [message.encode() for message in [*messages, frame("end", "none")]]
+
+
+def page_frames(pcm: bytes) -> list[str | bytes]:
+    return [frame("start", ""), frame("start", ""), *(frame("partial", p) for p in pcm_pieces(pcm)), frame("end", "")]
+
+
+async def send(ws: WebSocketClientProtocol, frames: list[str | bytes], paced: bool) -> None:
+    for message in frames:
+        await ws.send(message)
+        if paced:
+            await asyncio.sleep(PACE_S)
+
+
+async def read_while_open(ws: WebSocketClientProtocol, received: list[Any]) -> None:
+    """The Python client's loop: `closed` is checked before each read."""
+    while not ws.closed:
+        try:
+            message = await ws.recv()
+        except ConnectionClosed:
+            break
+        received.append(json.loads(message))
+        await asyncio.sleep(0.01)
+
+
+async def read_all(ws: WebSocketClientProtocol, received: list[Any]) -> None:
+    """A callback client's view: every message the library delivers before the close."""
+    try:
+        async for message in ws:
+            received.append(json.loads(message))
+    except ConnectionClosed:
+        pass
+
+
+async def one_run(url: str, wav_path: Path, kind: str) -> list[Any]:
+    wav = wav_path.read_bytes()
+    with wave.open(str(wav_path)) as reader:
+        pcm = reader.readframes(reader.getnframes())
+    frames, paced, reader_loop = {
+        "python": (python_frames(wav), False, read_while_open),
+        "java": (java_frames(pcm), True, read_all),
+        "page": (page_frames(pcm), True, read_all),
+    }[kind]
+    received: list[Any] = []
+    async with connect(url, max_size=None) as ws:
+        await asyncio.gather(send(ws, frames, paced), reader_loop(ws, received))
+    return received
+
+
+async def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("url")
+    parser.add_argument("wav", type=Path)
+    parser.add_argument("--as", dest="kind", choices=["python", "java", "page"], required=True)
+    parser.add_argument("--urls", type=Path, help="a file of signed URLs, one per run, instead of URL")
+    arguments = parser.parse_args()
+    urls = arguments.urls.read_text().split() if arguments.urls else [arguments.url]
+    runs = await asyncio.gather(*(one_run(url, arguments.wav, arguments.kind) for url in urls))
+    for received in runs:
+        sys.stdout.write(json.dumps(received) + "\n")
+
+
+if __name__ == "__main__":
+    asyncio.run(main())
