@@ -157,6 +157,8 @@ async def _keep(what: str, write: Callable[[], Awaitable[None]], timeout_s: floa
     with trio.move_on_after(timeout_s, shield=True) as overrun:
         try:
             await write()
+        except DependencyUnavailable as exc:
+            log.warning("could not keep %s: %s", what, exc)
         except Exception:
             log.exception("could not keep %s", what)
     if overrun.cancelled_caught:

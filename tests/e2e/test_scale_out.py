@@ -22,7 +22,7 @@ import trio
 
 from asr_actors import client
 from asr_actors.bus import wire
-from asr_actors.redis_server import RedisServer, redis_server
+from asr_actors.redis_server import RedisServer, free_port, redis_server
 from asr_actors.subprocess_server import running_server, stop
 
 GUARD = 120
@@ -288,3 +288,72 @@ async def test_subscriber_cut_off_by_redis_output_buffer_limit_is_reported(
     assert 500 == failure[0].code
     assert "sequence gap" in failure[0].message or "lost" in failure[0].message, failure[0].message
     report(f"output-buffer cut-off reported as: {failure[0].code} {failure[0].message}", capsys)
+
+
+async def http_status(http_url: str, path: str) -> int:
+    """What `curl` gets for `path` (an operator's health check)."""
+    done = await trio.run_process(
+        [
+            "curl",
+            "-s",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code}",
+            "--max-time",
+            "10",
+            http_url + path.lstrip("/"),
+        ],
+        capture_stdout=True,
+    )
+    return int(done.stdout)
+
+
+async def session_outcome(http_url: str) -> str:
+    try:
+        received = await client.stream_pcm(signed(http_url), SECOND)
+    except client.ServerError as exc:
+        return f"{exc.code} {exc.message}"
+    return " | ".join(r.text for r in received if r.status == "final")
+
+
+async def test_a_redis_outage_is_an_answer_not_a_crash(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Gateway and worker start while Redis is down: the gateway listens (healthz 200, readyz 503) and a
+    client gets 503 with the reason; once Redis is up both connect and a session works; Redis stopped
+    again with clients arriving: each gets 503, the gateway lives; back again, sessions work."""
+    redis = RedisServer(free_port(), tmp_path)
+    config = write_config(tmp_path, redis.url)
+    seen: list[str] = []
+    with trio.fail_after(GUARD):
+        worker = await trio.lowlevel.open_process(
+            [sys.executable, "-m", "asr_actors", "worker", "--engine", "fake", "--config", str(config)],
+            stderr=subprocess.DEVNULL,
+        )
+        try:
+            async with running_server(config) as (url, gateway):
+                assert (200, 503) == (await http_status(url, "/healthz"), await http_status(url, "/readyz"))
+                down = await session_outcome(url)
+                assert down.startswith("503 "), down
+                seen.append(f"Redis down at start: {down}")
+                await redis.start()
+                with trio.fail_after(30):
+                    while await http_status(url, "/readyz") != 200:  # noqa: ASYNC110 -- another process
+                        await trio.sleep(0.2)
+                assert "w0 w1 w2 w3 w4 w5 w6 w7 w8 w9" == await session_outcome(url)
+                await redis.stop()
+                arriving = [await session_outcome(url) for _ in range(5)]
+                assert all(outcome.startswith("503 ") for outcome in arriving), arriving
+                seen.append(f"Redis stopped, clients arriving: {arriving[0]}")
+                assert (200, 503) == (await http_status(url, "/healthz"), await http_status(url, "/readyz"))
+                assert gateway.returncode is None
+                await redis.start()
+                with trio.fail_after(30):
+                    while (outcome := await session_outcome(url)).startswith("503 "):  # noqa: ASYNC110
+                        await trio.sleep(0.2)
+                assert "w0 w1 w2 w3 w4 w5 w6 w7 w8 w9" == outcome
+        finally:
+            await stop(worker)
+            await redis.stop()
+    report("; ".join(seen), capsys)
