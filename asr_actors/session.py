@@ -158,7 +158,7 @@ async def _keep(what: str, write: Callable[[], Awaitable[None]], timeout_s: floa
         try:
             await write()
         except DependencyUnavailable as exc:
-            log.warning("could not keep %s: %s", what, exc)
+            log.warning("%s", exc)  # it names what was lost, and why
         except Exception:
             log.exception("could not keep %s", what)
     if overrun.cancelled_caught:
