@@ -536,3 +536,43 @@ async def test_per_app_override(nursery: trio.Nursery) -> None:
         held.append(connection)
     third = await open_connection(nursery, gateway)
     assert "429" == statuses(await read_until_close(third))[-1]
+
+
+async def test_after_end_the_server_lingers_for_a_client_still_reading(
+    nursery: trio.Nursery, autojump_clock: trio.testing.MockClock
+) -> None:
+    """A client that does not close after `end` is closed with 1000 at end_linger (5 s) after it; one that
+    closes first ends the session at once."""
+    gateway = make_gateway()
+    lingering = await open_connection(nursery, gateway)
+    await lingering.send_message('{"status": "end"}')
+    messages = [await lingering.get_message(), await lingering.get_message()]
+    ended_at = trio.current_time()
+    with pytest.raises(trio_websocket.ConnectionClosed):
+        await lingering.get_message()
+    assert ["start", "end"] == statuses([json.loads(m) for m in messages])
+    assert lingering.closed is not None
+    assert (5.0, 1000) == (pytest.approx(trio.current_time() - ended_at, abs=0.01), lingering.closed.code)
+    closing = await open_connection(nursery, gateway)
+    await closing.send_message('{"status": "end"}')
+    started = trio.current_time()
+    assert ["start", "end"] == statuses(await read_until_close(closing))  # closes after `end`
+    while gateway.active_sessions:  # noqa: ASYNC110 -- the gateway's own count, no event for it
+        await trio.sleep(0.001)
+    assert trio.current_time() - started < 0.1
+
+
+async def test_a_kept_alive_http_connection_closes_at_keep_alive_timeout(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """After an answer, the next request must come within keep_alive_timeout (15 s), else the connection
+    closes."""
+    client_stream, server_stream = trio.testing.memory_stream_pair()
+    gateway = make_gateway()
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(gateway.handle_connection, server_stream)
+        await client_stream.send_all(b"GET /healthz HTTP/1.1\r\nHost: t\r\n\r\n")
+        assert (await client_stream.receive_some()).startswith(b"HTTP/1.1 200 ")
+        answered = trio.current_time()
+        assert b"" == await client_stream.receive_some()
+    assert answered + 15 == pytest.approx(trio.current_time(), abs=0.01)
