@@ -191,7 +191,10 @@ class DashScopeEngineConfig:
     model: str = "paraformer-realtime-v2"
     # The API key is read from this environment variable at start-up, never from a file.
     api_key_env: str = "DASHSCOPE_API_KEY"
-    # WebSocket base URL; empty means the SDK's default (its region's endpoint).
+    # "sdk": the official SDK, its blocking calls in threads; "native": the service's WebSocket protocol
+    # spoken on Trio, one task per session and no threads (docs/performance.md compares them).
+    transport: str = attrs.field(default="sdk", validator=attrs.validators.in_(["sdk", "native"]))
+    # WebSocket base URL; empty means the service's default (its Chinese mainland endpoint).
     url: str = ""
     # Hints passed to the model, e.g. ["zh", "en"]; empty lets it detect.
     language_hints: tuple[str, ...] = ()

@@ -1,4 +1,8 @@
-"""Alibaba Cloud DashScope realtime recognition (paraformer-realtime-v2 and friends) through the official SDK.
+"""Alibaba Cloud DashScope realtime recognition (paraformer-realtime-v2 and friends).
+
+Two transports, `[engines.dashscope] transport`: "sdk" (the default), through the official SDK, and
+"native", the service's WebSocket protocol spoken on Trio (`dashscope_native.py`). Both share the
+protocol's messages and the client-facing reasons for failures (`dashscope_wire.py`).
 
 The SDK (`dashscope.audio.asr.Recognition`, FIELD-NOTES.md) is blocking and thread-based; this module is
 the only one that imports it, and the boundary where its behaviour is tamed:
@@ -24,6 +28,7 @@ import attrs
 import trio
 
 from asr_actors.config import DashScopeEngineConfig
+from engines import dashscope_wire as wire
 from engines.base import (
     EngineError,
     EngineEvent,
@@ -40,14 +45,6 @@ SAMPLE_RATES = frozenset({8000, 16000})
 
 
 @attrs.frozen
-class _Sentence:
-    text: str
-    begin_ms: int
-    end_ms: int | None
-    sentence_end: bool
-
-
-@attrs.frozen
 class _Failed:
     code: str
     message: str
@@ -58,19 +55,7 @@ class _Completed:
     pass
 
 
-_SdkEvent = _Sentence | _Failed | _Completed
-
-
-def _describe_failure(code: str, message: str) -> str:
-    """The client-facing reason for an SDK failure (the full text goes to the log)."""
-    if code == "InvalidApiKey" or "api-key" in message.lower():
-        return "DashScope refused the API key"
-    if code == "ClientConnectorError":
-        return "DashScope is unreachable"
-    if code in ("Unknown", "-1"):
-        # The SDK reports a dropped or broken connection as an "Unknown" error with its exception text.
-        return "DashScope connection failed"
-    return f"DashScope failed: {code}: {message}"
+_SdkEvent = Partial | Final | _Failed | _Completed
 
 
 class _Callback:
@@ -106,22 +91,12 @@ class _Callback:
     def on_event(self, result: Any) -> None:
         try:
             sentence = result.get_sentence()
+            event = wire.sentence_event(sentence) if isinstance(sentence, dict) else None
         except Exception:
             log.exception("unreadable DashScope result")
             return
-        if not isinstance(sentence, dict) or sentence.get("heartbeat"):
-            return
-        end_time = sentence.get("end_time")
-        sentence_end = sentence.get("sentence_end")
-        self._deliver(
-            _Sentence(
-                text=str(sentence.get("text") or ""),
-                begin_ms=int(sentence.get("begin_time") or 0),
-                end_ms=None if end_time is None else int(end_time),
-                # The documented flag, falling back to end_time for models that do not send it.
-                sentence_end=bool(sentence_end) if sentence_end is not None else end_time is not None,
-            )
-        )
+        if event is not None:
+            self._deliver(event)
 
 
 class DashScopeEngine:
@@ -136,12 +111,14 @@ class DashScopeEngine:
         self._recognition_class: Any = None
 
     async def prepare(self) -> None:
-        """Read the key and import the SDK (0.6 s, 70 MB: only when this engine is configured)."""
+        """Read the key and, for the SDK transport, import the SDK (0.6 s, 70 MB: only when this engine is
+        configured)."""
         key = os.environ.get(self._config.api_key_env, "")
         if not key:
             raise EngineUnavailable(f"DashScope needs an API key in ${self._config.api_key_env}")
         self._api_key = key
-        self._recognition_class = await trio.to_thread.run_sync(_import_sdk)
+        if self._config.transport == "sdk":
+            self._recognition_class = await trio.to_thread.run_sync(_import_sdk)
 
     def check(self, spec: StreamSpec) -> None:
         if not self._api_key:
@@ -174,6 +151,19 @@ class DashScopeEngine:
         events: trio.MemorySendChannel[EngineEvent],
     ) -> None:
         self.check(spec)
+        if self._config.transport == "native":
+            from engines import dashscope_native
+
+            await dashscope_native.run_stream(self._config, self._api_key, spec, audio, events)
+            return
+        await self._run_sdk_stream(spec, audio, events)
+
+    async def _run_sdk_stream(
+        self,
+        spec: StreamSpec,
+        audio: trio.MemoryReceiveChannel[bytes],
+        events: trio.MemorySendChannel[EngineEvent],
+    ) -> None:
         config = self._config
         sdk_tx, sdk_rx = trio.open_memory_channel[_SdkEvent](config.event_queue)
         callback = _Callback(sdk_tx, trio.lowlevel.current_trio_token())
@@ -244,10 +234,6 @@ async def _translate(
 ) -> None:
     async for event in sdk:
         if isinstance(event, _Failed):
-            raise EngineError(_describe_failure(event.code, event.message))
-        if isinstance(event, _Sentence):
-            if event.sentence_end:
-                end_ms = event.end_ms if event.end_ms is not None else event.begin_ms
-                await events.send(Final(event.text, event.begin_ms, end_ms))
-            elif event.text:
-                await events.send(Partial(event.text, event.begin_ms, event.end_ms or event.begin_ms))
+            raise EngineError(wire.describe_failure(event.code, event.message))
+        if isinstance(event, Partial | Final):
+            await events.send(event)

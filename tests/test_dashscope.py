@@ -39,14 +39,24 @@ async def start_fake(nursery: trio.Nursery, switches: Switches | None = None) ->
     return fake
 
 
-async def dashscope_gateway(url: str, **engine: Any) -> Gateway:
+async def dashscope_gateway(transport: str, url: str, **engine: Any) -> Gateway:
     config = fake_config(
-        engines={"default": "fake", "dashscope": {"url": url, "api_key_env": KEY_ENV, **engine}},
+        engines={
+            "default": "fake",
+            "dashscope": {"url": url, "api_key_env": KEY_ENV, "transport": transport, **engine},
+        },
         languages={"zh": {"engine": "dashscope"}, "en": {"engine": "fake"}},
     )
     gateway = Gateway(config, build_engines(config), {APPKEY: SECRET})
     await gateway.prepare()
     return gateway
+
+
+@pytest.fixture(params=["sdk", "native"])
+def transport(request: pytest.FixtureRequest) -> str:
+    """Every test runs on both transports: the official SDK, and the protocol spoken natively on Trio."""
+    param: str = request.param
+    return param
 
 
 @pytest.fixture(autouse=True)
@@ -77,10 +87,10 @@ def finals(messages: list[dict[str, Any]]) -> list[str]:
     return [m["data"]["result"] for m in messages if m.get("code") == 200 and m["data"]["status"] == "final"]
 
 
-async def test_session_through_the_real_sdk(nursery: trio.Nursery, guarded: None) -> None:
+async def test_session_through_the_real_sdk(transport: str, nursery: trio.Nursery, guarded: None) -> None:
     """25 frames: partials, two sentence ends, the tail flushed as a final at end, then `end`."""
     fake = await start_fake(nursery)
-    gateway = await dashscope_gateway(fake.url)
+    gateway = await dashscope_gateway(transport, fake.url)
     messages = await zh_session(nursery, gateway, 25)
     assert [fake_text(0, 10), fake_text(10, 20), fake_text(20, 25)] == finals(messages)
     assert "end" == statuses(messages)[-1]
@@ -100,11 +110,13 @@ async def test_session_through_the_real_sdk(nursery: trio.Nursery, guarded: None
     assert (1, 1) == (fake.stats.tasks_started, fake.stats.tasks_finished)
 
 
-async def test_results_keep_flowing_while_the_client_pauses(nursery: trio.Nursery, guarded: None) -> None:
+async def test_results_keep_flowing_while_the_client_pauses(
+    transport: str, nursery: trio.Nursery, guarded: None
+) -> None:
     """The SDK reads only while frames are queued: the engine's empty-frame pump delivers a final that the
     upstream sends 0.3 s late while the client sends nothing for 2 s (and sends no audio of its own)."""
     fake = await start_fake(nursery, Switches(result_delay=0.3))
-    gateway = await dashscope_gateway(fake.url)
+    gateway = await dashscope_gateway(transport, fake.url)
     connection = await open_connection(nursery, gateway, signed_target("lang=zh"))
     for _ in range(10):
         await connection.send_message(FRAME)
@@ -129,12 +141,17 @@ async def test_results_keep_flowing_while_the_client_pauses(nursery: trio.Nurser
     ],
 )
 async def test_upstream_faults_become_coded_errors(
-    nursery: trio.Nursery, guarded: None, switches: Switches, engine: dict[str, Any], message: str
+    transport: str,
+    nursery: trio.Nursery,
+    guarded: None,
+    switches: Switches,
+    engine: dict[str, Any],
+    message: str,
 ) -> None:
     """Each upstream fault ends its session with 500 and a reason, close 4500, never a hang; a session on
     another engine running at the same time is unaffected."""
     fake = await start_fake(nursery, switches)
-    gateway = await dashscope_gateway(fake.url, **engine)
+    gateway = await dashscope_gateway(transport, fake.url, **engine)
     healthy = await open_connection(nursery, gateway, signed_target("lang=en"))
     await healthy.send_message(FRAME)
     messages = await zh_session(nursery, gateway, 8)
@@ -143,22 +160,26 @@ async def test_upstream_faults_become_coded_errors(
     assert ["start", "partial", "final", "end"] == statuses(await read_until_close(healthy))
 
 
-async def test_unreachable_upstream(nursery: trio.Nursery, guarded: None) -> None:
+async def test_unreachable_upstream(transport: str, nursery: trio.Nursery, guarded: None) -> None:
     """Nothing listening at the configured URL: 500 "DashScope is unreachable"."""
     with trio.socket.socket() as placeholder:
         await placeholder.bind(("127.0.0.1", 0))
         port = placeholder.getsockname()[1]
-    gateway = await dashscope_gateway(f"ws://127.0.0.1:{port}/api-ws/v1/inference")
+    gateway = await dashscope_gateway(transport, f"ws://127.0.0.1:{port}/api-ws/v1/inference")
     messages = await zh_session(nursery, gateway, 3)
     assert {"code": 500, "message": "DashScope is unreachable", "data": ""} == messages[-1]
 
 
 async def test_missing_key_is_reported_at_start_and_refused_with_503(
-    nursery: trio.Nursery, guarded: None, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+    transport: str,
+    nursery: trio.Nursery,
+    guarded: None,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     """Without the key the gateway still starts (logging why); Chinese sessions get 503 and the reason."""
     monkeypatch.delenv(KEY_ENV)
-    gateway = await dashscope_gateway("ws://127.0.0.1:9/unused")
+    gateway = await dashscope_gateway(transport, "ws://127.0.0.1:9/unused")
     assert any(f"needs an API key in ${KEY_ENV}" in record.message for record in caplog.records)
     reason = f"DashScope needs an API key in ${KEY_ENV}"
     assert {
@@ -187,11 +208,11 @@ def rss_mib() -> float:
 
 
 async def test_twenty_concurrent_sessions(
-    nursery: trio.Nursery, guarded: None, capsys: pytest.CaptureFixture[str]
+    transport: str, nursery: trio.Nursery, guarded: None, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """20 sessions at once through the real SDK all get their exact finals; SDK threads are all gone after."""
     fake = await start_fake(nursery)
-    gateway = await dashscope_gateway(fake.url)
+    gateway = await dashscope_gateway(transport, fake.url)
     await zh_session(nursery, gateway, 1)  # warm the SDK up, so that its import is not counted per session
     await trio.sleep(0.2)
     threads_before, rss_before = threading.active_count(), rss_mib()
