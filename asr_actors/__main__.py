@@ -44,6 +44,12 @@ def _add_bench(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     bench.add_argument(
         "--sweep", help="comma-separated stream counts to run one after another (instead of --streams)"
     )
+    bench.add_argument(
+        "--dashscope",
+        metavar="TRANSPORTS",
+        help="measure the dashscope engine instead, against a fake upstream: comma-separated transports "
+        "(sdk,native), each run side by side (docs/performance.md)",
+    )
     bench.add_argument("--json", metavar="FILE", help="write every measurement as JSON")
     bench.add_argument("--plot", metavar="FILE", help="write a PNG of p99 latency and CPU against streams")
 
@@ -371,6 +377,8 @@ async def _bench(args: argparse.Namespace) -> int:
     except ValueError:
         print(f"--sweep takes stream counts like 100,500,1000, not {args.sweep!r}", file=sys.stderr)
         return 2
+    if args.dashscope:
+        return await _bench_dashscope(args, counts)
     if args.gateways > 1 and args.bus != "redis":
         print("--gateways above 1 needs --bus redis (serve --workers does)", file=sys.stderr)
         return 2
@@ -397,6 +405,29 @@ async def _bench(args: argparse.Namespace) -> int:
     if args.plot:
         report.plot(Path(args.plot), measurements)
         print(f"\nplot written to {args.plot}")
+    return 0
+
+
+async def _bench_dashscope(args: argparse.Namespace, counts: list[int]) -> int:
+    from pathlib import Path
+
+    from asr_actors.benchmark import dashscope
+
+    transports = args.dashscope.split(",")
+    if not set(transports) <= {"sdk", "native"}:
+        print(f"--dashscope takes sdk, native or both, not {args.dashscope!r}", file=sys.stderr)
+        return 2
+    measurements: list[dashscope.DashScopeMeasurement] = []
+    for count in counts:
+        for transport in transports:
+            measurements.append(
+                await dashscope.measure_dashscope(
+                    transport, count, args.duration, lambda line: print(line, file=sys.stderr, flush=True)
+                )
+            )
+            if args.json:
+                dashscope.write_json(Path(args.json), measurements)
+    print(dashscope.table(measurements))
     return 0
 
 

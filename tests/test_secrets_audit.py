@@ -105,16 +105,18 @@ async def test_redis_admin_and_sessions_log_no_secret(
         assert form not in text
 
 
+@pytest.mark.parametrize("transport", ["sdk", "native"])
 async def test_dashscope_key_is_not_logged(
-    nursery: trio.Nursery, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+    nursery: trio.Nursery, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch, transport: str
 ) -> None:
-    """The SDK's own DEBUG logging included: the key is sent to the (fake) service, never to a log."""
+    """The SDK's and trio-websocket's own DEBUG logging included: the key is sent to the (fake) service,
+    never to a log."""
     caplog.set_level(logging.DEBUG)
     monkeypatch.setenv(KEY_ENV, DASHSCOPE_KEY)
     with trio.fail_after(GUARD):
         fake = FakeDashScope(Switches(api_key=DASHSCOPE_KEY))
         await nursery.start(fake.serve)
-        gateway = await dashscope_gateway(fake.url)
+        gateway = await dashscope_gateway(transport, fake.url)
         messages = await zh_session(nursery, gateway, 10)
     assert "end" == messages[-1]["data"]["status"]
     assert DASHSCOPE_KEY not in logged(caplog)

@@ -218,3 +218,30 @@ class _Script:
         begin_ms = self._ms(self._sentence_start * self._switches.chars_every_bytes)
         tail = text(self._sentence_start, max(self._chars, self._sentence_start + 1))
         return _sentence(begin_ms, self._ms(self._received), tail)
+
+
+def main() -> None:
+    """Serve the fake on a free loopback port and print its URL (the DashScope benchmark starts it so)."""
+    import argparse
+
+    parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
+    parser.add_argument("--api-key", default=Switches.api_key)
+    parser.add_argument("--chars-every-bytes", type=int, default=Switches.chars_every_bytes)
+    parser.add_argument("--sentence-chars", type=int, default=Switches.sentence_chars)
+    arguments = parser.parse_args()
+    switches = Switches(
+        api_key=arguments.api_key,
+        chars_every_bytes=arguments.chars_every_bytes,
+        sentence_chars=arguments.sentence_chars,
+    )
+
+    async def serve() -> None:
+        fake = FakeDashScope(switches)
+        async with trio.open_nursery() as nursery:
+            print(await nursery.start(fake.serve), flush=True)
+
+    trio.run(serve)
+
+
+if __name__ == "__main__":
+    main()
