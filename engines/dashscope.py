@@ -11,11 +11,13 @@ the only one that imports it, and the boundary where its behaviour is tamed:
   scope (`stop()` has no timeout of its own and waits forever on a silent upstream). A call that overruns
   is abandoned and the session fails with a coded error; the gateway never waits on it.
 - Callbacks run in the SDK's thread and must never raise (a raising callback silently kills it): each one
-  only hands a plain event to Trio through `trio.from_thread.run`, and swallows the failure to do so
-  once the session is gone.
-- The SDK reads its socket only while its send queue has something in it. While the client sends
-  nothing, an empty frame every `pump_interval` turns its loop without sending any audio upstream, so
-  results keep arriving and the client's silence is never invented.
+  only schedules a plain event into Trio (`TrioToken.run_sync_soon`, no round trip: the SDK's loop never
+  waits for Trio) and swallows the failure to do so once the session is gone. Events beyond the
+  session's `event_queue` end it with a coded error rather than being dropped.
+- The SDK reads its socket only between the items its input generator yields, and that generator polled
+  every 10 ms and restarted a timer thread per frame: `_import_sdk` replaces both (see there), so that
+  results keep arriving while the client is quiet (at most `pump_interval` late) without any audio
+  invented and without a thread per frame.
 """
 
 from __future__ import annotations
@@ -59,17 +61,31 @@ _SdkEvent = Partial | Final | _Failed | _Completed
 
 
 class _Callback:
-    """Receives the SDK's callbacks in its thread; hands each to Trio; never raises."""
+    """Receives the SDK's callbacks in its thread; schedules each into Trio; never raises."""
 
     def __init__(self, events: trio.MemorySendChannel[_SdkEvent], token: trio.lowlevel.TrioToken) -> None:
         self._events = events
         self._token = token
+        # Set (in Trio) when an event found the session's queue full: the session then fails.
+        self.overflowed = False
 
     def _deliver(self, event: _SdkEvent) -> None:
         try:
-            trio.from_thread.run(self._events.send, event, trio_token=self._token)
-        except (trio.RunFinishedError, trio.BrokenResourceError, trio.ClosedResourceError, trio.Cancelled):
-            pass  # the session is over; nobody is waiting for this event
+            self._token.run_sync_soon(self._put, event)
+        except trio.RunFinishedError:
+            pass  # the gateway is gone; nobody is waiting for this event
+        except BaseException:
+            log.exception("could not deliver a DashScope event")
+
+    def _put(self, event: _SdkEvent) -> None:
+        """Runs in Trio's thread, where an exception would end the whole run: it must not raise."""
+        try:
+            self._events.send_nowait(event)
+        except trio.WouldBlock:
+            self.overflowed = True
+            self._events.close()
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            pass  # the session is over
         except BaseException:
             log.exception("could not deliver a DashScope event")
 
@@ -118,7 +134,7 @@ class DashScopeEngine:
             raise EngineUnavailable(f"DashScope needs an API key in ${self._config.api_key_env}")
         self._api_key = key
         if self._config.transport == "sdk":
-            self._recognition_class = await trio.to_thread.run_sync(_import_sdk)
+            self._recognition_class = await trio.to_thread.run_sync(_import_sdk, self._config.pump_interval)
 
     def check(self, spec: StreamSpec) -> None:
         if not self._api_key:
@@ -172,16 +188,17 @@ class DashScopeEngine:
             started = False
             try:
                 async with trio.open_nursery() as nursery:
-                    nursery.start_soon(_translate, sdk_rx, events)
+                    nursery.start_soon(_translate, sdk_rx, events, callback)
                     await self._blocking(recognition.start, config.start_timeout, "did not start")
                     started = True
-                    if not await _pump(recognition, audio, config.pump_interval):
+                    if not await _feed(recognition, audio):
                         # The SDK ended the task by itself; its callback is about to say why, else:
                         await trio.sleep(config.stop_timeout)
                         raise EngineError("DashScope ended the task")
                     await self._blocking(recognition.stop, config.stop_timeout, "did not finish")
                     started = False
-                    # stop() returns after the SDK's worker has delivered every callback.
+                    # stop() returns after the SDK's worker has scheduled every callback, and its return
+                    # reaches this task through the same first-in, first-out queue: all are in.
                     await sdk_tx.aclose()
             finally:
                 if started:
@@ -205,35 +222,68 @@ class DashScopeEngine:
                 log.debug("DashScope stop after failure", exc_info=True)
 
 
-def _import_sdk() -> Any:
+def _import_sdk(frame_wait_s: float) -> Any:
+    """The SDK's `Recognition`, with the two habits that cost most CPU per session taken out.
+
+    The SDK iterates `_input_stream_cycle` inside its event loop: while no frame is queued, that generator
+    sleeps 10 ms at a time, blocking the loop (a hundred wake-ups a second per session, and results are
+    read only between them), and it replaces its 23 s silence `Timer` thread with a new one for every
+    frame or batch (docs/performance.md measured ~1,000 thread starts a second at 100 sessions). Here the
+    generator waits on its queue, up to `frame_wait_s`, and hands back an empty item when nothing came
+    (the SDK sends nothing for it and reads results meanwhile: no pump from the Trio side is needed); the
+    silence timer is cancelled at start, since the session's own idle timeout ends silent clients.
+    """
+    import queue
+
     from dashscope.audio.asr import Recognition
 
-    return Recognition
+    class TamedRecognition(Recognition):
+        def start(self, *args: Any, **kwargs: Any) -> None:
+            super().start(*args, **kwargs)
+            timer, self._silence_timer = self._silence_timer, None
+            if timer is not None:
+                timer.cancel()
+
+        def end_audio(self) -> None:
+            """No more frames: the generator ends at once (and the SDK sends `finish-task`), rather than
+            when `stop()`'s flag is next looked at."""
+            self._stream_data.put(None)
+
+        def _input_stream_cycle(self) -> Any:
+            while self._running or not self._stream_data.empty():
+                try:
+                    frame = self._stream_data.get(timeout=frame_wait_s)
+                except queue.Empty:
+                    yield b""  # lets the SDK's loop read results while the client is quiet
+                    continue
+                if frame is None:
+                    return
+                yield frame if isinstance(frame, dict) else bytes(frame)
+
+    return TamedRecognition
 
 
-async def _pump(recognition: Any, audio: trio.MemoryReceiveChannel[bytes], pump_interval: float) -> bool:
-    """Client audio to the SDK (a queue put: never blocks); an empty frame whenever the client pauses.
-
-    Returns True at the end of the client's audio, False if the SDK stopped taking frames.
-    """
-    while True:
-        pcm = b""
-        with trio.move_on_after(pump_interval):
-            try:
-                pcm = await audio.receive()
-            except trio.EndOfChannel:
-                return True
+async def _feed(recognition: Any, audio: trio.MemoryReceiveChannel[bytes]) -> bool:
+    """Client audio to the SDK (a queue put: never blocks). Returns True at the end of the client's audio,
+    False if the SDK stopped taking frames."""
+    async for pcm in audio:
         try:
             recognition.send_audio_frame(pcm)
         except Exception:
             return False
+    recognition.end_audio()
+    return True
 
 
 async def _translate(
-    sdk: trio.MemoryReceiveChannel[_SdkEvent], events: trio.MemorySendChannel[EngineEvent]
+    sdk: trio.MemoryReceiveChannel[_SdkEvent],
+    events: trio.MemorySendChannel[EngineEvent],
+    callback: _Callback,
 ) -> None:
     async for event in sdk:
         if isinstance(event, _Failed):
             raise EngineError(wire.describe_failure(event.code, event.message))
         if isinstance(event, Partial | Final):
             await events.send(event)
+    if callback.overflowed:
+        raise EngineError("DashScope results came faster than the session could take them")

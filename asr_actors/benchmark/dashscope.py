@@ -121,6 +121,8 @@ max_sessions = {streams + 10}
 engine = "dashscope"
 [records]
 enabled = false
+[session]
+default_language = "zh"
 """
     )
     return path

@@ -224,10 +224,11 @@ def main() -> None:
     """Serve the fake on a free loopback port and print its URL (the DashScope benchmark starts it so)."""
     import argparse
 
+    defaults = Switches()
     parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
-    parser.add_argument("--api-key", default=Switches.api_key)
-    parser.add_argument("--chars-every-bytes", type=int, default=Switches.chars_every_bytes)
-    parser.add_argument("--sentence-chars", type=int, default=Switches.sentence_chars)
+    parser.add_argument("--api-key", default=defaults.api_key)
+    parser.add_argument("--chars-every-bytes", type=int, default=defaults.chars_every_bytes)
+    parser.add_argument("--sentence-chars", type=int, default=defaults.sentence_chars)
     arguments = parser.parse_args()
     switches = Switches(
         api_key=arguments.api_key,
