@@ -200,15 +200,16 @@ class DashScopeEngineConfig:
     language_hints: tuple[str, ...] = ()
     # Languages this engine takes (each must also be routed to it under [languages]).
     languages: tuple[str, ...] = ("zh", "en")
-    # Concurrent sessions per gateway process (each holds ~4 SDK threads); more get 503.
+    # Concurrent sessions per gateway process (on the SDK transport each holds ~3 threads); more get 503.
     max_sessions: int = attrs.field(default=20, validator=_positive)
-    # Bounds on the SDK's blocking calls: start() (connect, run-task) and stop() (which has no timeout).
+    # Starting a task (connect, run-task -> task-started; the SDK's start()) and finishing it after the
+    # client's end (finish-task -> task-finished; the SDK's stop(), which has no timeout of its own).
     start_timeout: float = attrs.field(default=10.0, validator=_positive)
     stop_timeout: float = attrs.field(default=15.0, validator=_positive)
-    # While the client sends nothing, the SDK's socket is only read when a frame is queued: an empty
-    # frame this often keeps results flowing without sending any audio upstream.
+    # SDK transport: the SDK reads results only between the frames its input loop takes; that loop waits
+    # at most this long for a frame, so results keep flowing while the client sends nothing.
     pump_interval: float = attrs.field(default=0.05, validator=_positive)
-    # SDK events buffered per session between its callback thread and the Trio side.
+    # SDK transport: events buffered per session between the SDK's thread and the Trio side (more: 500).
     event_queue: int = attrs.field(default=64, validator=_positive)
 
 
