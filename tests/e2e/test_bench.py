@@ -103,3 +103,22 @@ def test_clients_that_reconnect_for_new_sessions(tmp_path: Path) -> None:
     assert 4 + 4 + 3 == m["sessions"] == m["streams_ok"]
     assert 45 == m["frames_sent"] == m["frames_heard"]
     assert 0 == m["dropped_frames"]
+
+
+def test_dashscope_transports_side_by_side(tmp_path: Path) -> None:
+    """`bench --dashscope`: both transports against the fake upstream, every session ended, a partial
+    latency measured for every partial (a character every 5 frames: 2 s of audio is 4 partials)."""
+    json_path = tmp_path / "d.json"
+    finished = subprocess.run(
+        [sys.executable, "-m", "asr_actors", "bench", "--dashscope", "sdk,native", "--streams", "3"]
+        + ["--duration", "2", "--json", str(json_path)],
+        capture_output=True,
+        text=True,
+        timeout=GUARD,
+        check=True,
+    )
+    measured = json.loads(json_path.read_text())
+    assert ["sdk", "native"] == [m["transport"] for m in measured]
+    assert [(3, 12)] * 2 == [(m["sessions_ok"], m["partials"]) for m in measured]
+    assert all(0 < m["partial_p50_ms"] <= m["partial_p99_ms"] for m in measured)
+    assert 2 == finished.stdout.count("| 3 | 3 / 3 |")
