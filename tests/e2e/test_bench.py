@@ -109,9 +109,9 @@ def test_dashscope_transports_side_by_side(tmp_path: Path) -> None:
     """`bench --dashscope`: both transports against the fake upstream, every session ended, a partial
     latency measured for every partial (a character every 5 frames: 2 s of audio is 4 partials)."""
     json_path = tmp_path / "d.json"
+    arguments = ["--dashscope", "sdk,native", "--streams", "3", "--duration", "2", "--json", str(json_path)]
     finished = subprocess.run(
-        [sys.executable, "-m", "asr_actors", "bench", "--dashscope", "sdk,native", "--streams", "3"]
-        + ["--duration", "2", "--json", str(json_path)],
+        [sys.executable, "-m", "asr_actors", "bench", *arguments],
         capture_output=True,
         text=True,
         timeout=GUARD,
