@@ -1,20 +1,28 @@
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
+# What serving needs, and what the tests and benchmarks need on top (Playwright, atheris, matplotlib...).
+SERVE_STAMP := $(VENV)/.installed-serve
 STAMP := $(VENV)/.installed
 NODE_WORKER := engines/node-echo
 
 .PHONY: serve test lint typecheck unit fuzz bench soak clean
 
-# Re-install when the project's dependencies change.
-$(STAMP): pyproject.toml
-	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[test,bench]'
-	touch $(STAMP)
 
-serve: $(STAMP)
-	$(BIN)/python -m asr_actors serve $(ARGS)
+# Re-install when the project's dependencies change.
+$(SERVE_STAMP): pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install --quiet -e .
+	touch $(SERVE_STAMP)
+
+$(STAMP): pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install --quiet -e '.[test,bench]'
+	touch $(STAMP) $(SERVE_STAMP)
+
+serve: $(SERVE_STAMP)
+	$(BIN)/asr-actors serve $(ARGS)
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
@@ -47,14 +55,14 @@ test: lint typecheck unit fuzz
 # The gateway against the reference relay (docs/performance.md); BENCH_ARGS to change the workload.
 BENCH_ARGS ?= --streams 500 --duration 30 --baseline
 bench: $(STAMP)
-	$(BIN)/python -m asr_actors bench $(BENCH_ARGS)
+	$(BIN)/asr-actors bench $(BENCH_ARGS)
 
 # 1,000 real-time connections for 10 minutes (not in CI): errors, drops and the RSS drift
 # (docs/reliability.md). SOAK_ARGS to change it.
 SOAK_ARGS ?= --streams 1000 --duration 600 --session-seconds 60 --load-processes 2
 soak: $(STAMP)
 	mkdir -p tests/artifacts
-	$(BIN)/python -m asr_actors bench $(SOAK_ARGS) --json tests/artifacts/soak.json
+	$(BIN)/asr-actors bench $(SOAK_ARGS) --json tests/artifacts/soak.json
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache

@@ -1,4 +1,6 @@
-"""Command line: serve, sign, transcribe."""
+"""The `asr-actors` command (also `python -m asr_actors`): the gateway, the engine worker, and the tools
+around them: signed links, transcription of a file, apps and routes, records, the conformance suite and
+the benchmark. `asr-actors --help` lists them."""
 
 from __future__ import annotations
 
@@ -15,7 +17,7 @@ from collections.abc import Callable
 import attrs
 import trio
 
-from asr_actors import client, logs
+from asr_actors import __version__, client, logs
 from asr_actors.config import ConfigError, load_config
 
 SECRET_ENV = "ASR_ACTORS_SECRET"
@@ -55,7 +57,8 @@ def _add_bench(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m asr_actors", description=__doc__)
+    parser = argparse.ArgumentParser(prog="asr-actors", description=__doc__)
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     commands = parser.add_subparsers(dest="command", required=True)
 
     serve = commands.add_parser(

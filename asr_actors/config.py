@@ -25,7 +25,8 @@ def engine_name_ok(name: str, bus_kind: str) -> bool:
     return name in KNOWN_ENGINES if bus_kind == "memory" else bool(ENGINE_NAME.match(name))
 
 
-DEFAULT_WEB_ROOT = Path(__file__).resolve().parent.parent / "web"
+# The page: package data inside `asr_actors/` (in the repository a link to the top-level web/).
+DEFAULT_WEB_ROOT = Path(__file__).parent / "web"
 
 
 class ConfigError(Exception):

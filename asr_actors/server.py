@@ -23,6 +23,7 @@ from asr_actors.bus.memory import MemoryBus
 from asr_actors.config import Config
 from asr_actors.dialects import V1, Admission, Bailian, Dialect
 from asr_actors.directory import Directory, DirectoryAdmin, FileAdmin, StaticDirectory, read_apps_file
+from asr_actors.engines.base import Engine, EngineUnavailable
 from asr_actors.errors import DependencyUnavailable
 from asr_actors.limits import HandshakeRate, Limits, app_limits, memory_limits
 from asr_actors.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
@@ -33,7 +34,6 @@ from asr_actors.session import Shared
 from asr_actors.signing import MemoryReplayGuard, ReplayGuard
 from asr_actors.transport import ClientGone
 from asr_actors.websocket import WebSocket
-from engines.base import Engine, EngineUnavailable
 
 log = logging.getLogger(__name__)
 
@@ -48,16 +48,16 @@ def routed_engines(config: Config) -> set[str]:
 def build_engines(config: Config, wanted: set[str] | None = None) -> dict[str, Engine]:
     """The engines named in `wanted` (default: those routed to), and only those: the local one loads
     ~150 MB of models."""
-    from engines.fake import FakeEngine
+    from asr_actors.engines.fake import FakeEngine
 
     wanted = routed_engines(config) if wanted is None else wanted
     engines: dict[str, Engine] = {}
     if "local" in wanted:
-        from engines.local import LocalEngine
+        from asr_actors.engines.local import LocalEngine
 
         engines["local"] = LocalEngine(config.engines.local)
     if "dashscope" in wanted:
-        from engines.dashscope import DashScopeEngine
+        from asr_actors.engines.dashscope import DashScopeEngine
 
         engines["dashscope"] = DashScopeEngine(config.engines.dashscope)
     if "fake" in wanted:
@@ -66,7 +66,7 @@ def build_engines(config: Config, wanted: set[str] | None = None) -> dict[str, E
             partial_bytes=fake.partial_bytes, sentence_bytes=fake.sentence_bytes, max_streams=fake.max_streams
         )
     if "synthetic" in wanted:
-        from engines.synthetic import SyntheticEngine
+        from asr_actors.engines.synthetic import SyntheticEngine
 
         synthetic = config.engines.synthetic
         engines["synthetic"] = SyntheticEngine(

@@ -28,13 +28,13 @@ from asr_actors.bus.base import Bus
 from asr_actors.config import Config
 from asr_actors.dialects import Admission, Admitted, Dialect
 from asr_actors.directory import Directory
+from asr_actors.engines.base import StreamSpec
 from asr_actors.errors import DependencyUnavailable
 from asr_actors.groups import first_leaf
 from asr_actors.limits import AudioAllowance, Limits
 from asr_actors.protocol import ErrorCode, ProtocolError, ServerEvent
 from asr_actors.records import RecordStore, SessionLedger, SessionRecord
 from asr_actors.transport import ClientGone, Transport
-from engines.base import StreamSpec
 
 log = logging.getLogger(__name__)
 

@@ -25,8 +25,15 @@ from asr_actors.bus import wire
 from asr_actors.bus.memory import run_engine
 from asr_actors.bus.redis import RedisConnection, RedisError
 from asr_actors.config import Config
+from asr_actors.engines.base import (
+    Engine,
+    EngineEvent,
+    EngineFailed,
+    EngineUnavailable,
+    StreamSpec,
+    UnsupportedStream,
+)
 from asr_actors.groups import first_leaf
-from engines.base import Engine, EngineEvent, EngineFailed, EngineUnavailable, StreamSpec, UnsupportedStream
 
 log = logging.getLogger(__name__)
 

@@ -19,8 +19,8 @@ import uuid
 
 from websockets.asyncio.server import ServerConnection, serve
 
-from engines.base import Final
-from engines.synthetic import SyntheticScript
+from asr_actors.engines.base import Final
+from asr_actors.engines.synthetic import SyntheticScript
 
 
 def envelope(

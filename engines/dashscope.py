@@ -30,8 +30,8 @@ import attrs
 import trio
 
 from asr_actors.config import DashScopeEngineConfig
-from engines import dashscope_wire as wire
-from engines.base import (
+from asr_actors.engines import dashscope_wire as wire
+from asr_actors.engines.base import (
     EngineError,
     EngineEvent,
     EngineUnavailable,
@@ -168,7 +168,7 @@ class DashScopeEngine:
     ) -> None:
         self.check(spec)
         if self._config.transport == "native":
-            from engines import dashscope_native
+            from asr_actors.engines import dashscope_native
 
             await dashscope_native.run_stream(self._config, self._api_key, spec, audio, events)
             return

@@ -21,8 +21,8 @@ import trio
 import trio_websocket
 
 from asr_actors.config import DashScopeEngineConfig
-from engines import dashscope_wire as wire
-from engines.base import EngineError, EngineEvent, Final, Partial, StreamSpec
+from asr_actors.engines import dashscope_wire as wire
+from asr_actors.engines.base import EngineError, EngineEvent, Final, Partial, StreamSpec
 
 log = logging.getLogger(__name__)
 

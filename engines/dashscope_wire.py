@@ -15,7 +15,7 @@ from typing import Any
 
 import attrs
 
-from engines.base import Final, Partial
+from asr_actors.engines.base import Final, Partial
 
 # The public realtime endpoint (the SDK's default for the Chinese mainland region).
 DEFAULT_URL = "wss://dashscope.aliyuncs.com/api-ws/v1/inference"

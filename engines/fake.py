@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import trio
 
-from engines.base import EngineError, EngineEvent, Final, Partial, StreamSpec, UnsupportedStream
+from asr_actors.engines.base import EngineError, EngineEvent, Final, Partial, StreamSpec, UnsupportedStream
 
 
 class FakeEngine:

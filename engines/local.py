@@ -20,7 +20,7 @@ import numpy as np
 import trio
 
 from asr_actors.config import LocalEngineConfig
-from engines.base import EngineError, EngineEvent, Final, Partial, StreamSpec, UnsupportedStream
+from asr_actors.engines.base import EngineError, EngineEvent, Final, Partial, StreamSpec, UnsupportedStream
 
 log = logging.getLogger(__name__)
 

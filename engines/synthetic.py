@@ -19,7 +19,7 @@ import time
 import attrs
 import trio
 
-from engines.base import EngineEvent, Final, Partial, StreamSpec, UnsupportedStream
+from asr_actors.engines.base import EngineEvent, Final, Partial, StreamSpec, UnsupportedStream
 
 MAGIC = b"SYNB"
 _STAMP = struct.Struct("<4sIQ")  # magic, frame number, time.time_ns() when sent

@@ -12,9 +12,9 @@ import trio_websocket
 
 from asr_actors import client
 from asr_actors.config import Config, config_from_dict
+from asr_actors.engines.base import Engine
+from asr_actors.engines.fake import FakeEngine
 from asr_actors.server import Gateway
-from engines.base import Engine
-from engines.fake import FakeEngine
 
 APPKEY = "test-app"
 SECRET = "test-secret"

@@ -24,12 +24,12 @@ import trio_websocket
 from asr_actors import dialects, session
 from asr_actors.actors import receiver, relay, sender
 from asr_actors.bus.memory import MemoryBus
+from asr_actors.engines.fake import FakeEngine
 from asr_actors.errors import DependencyUnavailable
 from asr_actors.limits import DailyAudioLimits, MemorySessionSlots
 from asr_actors.records import SessionRecord
 from asr_actors.server import Gateway
 from asr_actors.websocket import WebSocket
-from engines.fake import FakeEngine
 from tests.support import APPKEY, SECRET, fake_config, open_connection, read_until_close, statuses
 
 GUARD = 20

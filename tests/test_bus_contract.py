@@ -18,11 +18,11 @@ from asr_actors.bus import wire
 from asr_actors.bus.base import Bus
 from asr_actors.bus.memory import MemoryBus
 from asr_actors.bus.redis import RedisBus, RedisConnection, RedisReplayGuard
+from asr_actors.engines.base import EngineEvent, EngineFailed, Final, Partial, StreamSpec, UnsupportedStream
+from asr_actors.engines.fake import FakeEngine
 from asr_actors.redis_server import redis_server
 from asr_actors.signing import LinkRefused
 from asr_actors.worker import Worker
-from engines.base import EngineEvent, EngineFailed, Final, Partial, StreamSpec, UnsupportedStream
-from engines.fake import FakeEngine
 from tests.support import fake_config
 
 GUARD = 30

@@ -9,9 +9,9 @@ import pytest
 import trio
 
 from asr_actors import conformance
+from asr_actors.engines.fake import FakeEngine
 from asr_actors.redis_server import redis_server
 from asr_actors.worker import Worker
-from engines.fake import FakeEngine
 from tests.support import fake_config
 
 GUARD = 60
@@ -53,7 +53,7 @@ async def test_local_engine_worker_passes_with_real_speech(
     """The Python worker running the real local engine passes every case, fed LibriVox speech."""
     from asr_actors import client
     from asr_actors.config import LocalEngineConfig
-    from engines.local import LocalEngine
+    from asr_actors.engines.local import LocalEngine
 
     speech = b"".join(
         [

@@ -11,10 +11,10 @@ import trio
 
 from asr_actors.bus.redis import RedisBus, RedisConnection, RedisDirectory
 from asr_actors.directory import StaticDirectory
+from asr_actors.engines.fake import FakeEngine
 from asr_actors.redis_server import redis_server
 from asr_actors.server import Gateway, resolve_secrets
 from asr_actors.worker import Worker
-from engines.fake import FakeEngine
 from tests.support import fake_config, open_connection, read_until_close, statuses
 
 GUARD = 30

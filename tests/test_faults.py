@@ -23,8 +23,8 @@ from wsproto import ConnectionType, WSConnection
 from wsproto.events import AcceptConnection, BytesMessage, Request
 
 from asr_actors import client
+from asr_actors.engines.fake import FakeEngine
 from asr_actors.server import Gateway
-from engines.fake import FakeEngine
 from tests.support import APPKEY, SECRET, fake_config
 
 GUARD = 60

@@ -14,12 +14,12 @@ import trio
 import trio_websocket
 
 from asr_actors.bus.redis import RedisAudioQuota, RedisBus, RedisConnection, RedisSessionSlots
+from asr_actors.engines.fake import FakeEngine
 from asr_actors.limits import DAY_SECONDS, DailyAudioLimits, MemoryAudioQuota, app_limits, memory_limits
 from asr_actors.protocol import ProtocolError
 from asr_actors.redis_server import redis_server
 from asr_actors.server import Gateway
 from asr_actors.worker import Worker
-from engines.fake import FakeEngine
 from tests.support import (
     APPKEY,
     SECRET,

@@ -12,8 +12,8 @@ import pytest
 import trio
 
 from asr_actors.config import LocalEngineConfig
-from engines.base import EngineEvent, Final, Partial, StreamSpec, UnsupportedStream
-from engines.local import LocalEngine, SentenceDecoder
+from asr_actors.engines.base import EngineEvent, Final, Partial, StreamSpec, UnsupportedStream
+from asr_actors.engines.local import LocalEngine, SentenceDecoder
 
 DATA = Path(__file__).resolve().parent / "data" / "librivox"
 GUARD = 120

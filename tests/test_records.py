@@ -13,10 +13,10 @@ import pytest
 import trio
 
 from asr_actors.bus.redis import RedisConnection, RedisRecordStore
+from asr_actors.engines.fake import FakeEngine
 from asr_actors.records import DAY, FinalRecord, RecordStore, SessionRecord, SqliteRecordStore, TrafficRow
 from asr_actors.redis_server import redis_server
 from asr_actors.server import Gateway
-from engines.fake import FakeEngine
 from tests.support import APPKEY, SECRET, fake_config, open_connection, read_until_close
 
 GUARD = 30

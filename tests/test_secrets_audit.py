@@ -15,10 +15,10 @@ import pytest
 import trio
 
 from asr_actors.bus.redis import RedisBus, RedisConnection, RedisDirectory
+from asr_actors.engines.fake import FakeEngine
 from asr_actors.redis_server import redis_server
 from asr_actors.server import Gateway
 from asr_actors.worker import Worker
-from engines.fake import FakeEngine
 from tests.fake_dashscope.server import FakeDashScope, Switches
 from tests.support import APPKEY, SECRET, fake_config, make_gateway, open_connection, read_until_close
 from tests.test_dashscope import KEY_ENV, dashscope_gateway, zh_session

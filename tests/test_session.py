@@ -21,7 +21,7 @@ from wsproto import ConnectionType, WSConnection
 from wsproto.events import AcceptConnection, BytesMessage, Request
 
 from asr_actors import client, logs, session
-from engines.fake import FakeEngine
+from asr_actors.engines.fake import FakeEngine
 from tests.support import (
     APPKEY,
     SECRET,

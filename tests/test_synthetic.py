@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import trio
 
-from engines.base import EngineEvent, Final, Partial, StreamSpec
-from engines.synthetic import STAMP_BYTES, SyntheticEngine, SyntheticScript, Timing, stamp
+from asr_actors.engines.base import EngineEvent, Final, Partial, StreamSpec
+from asr_actors.engines.synthetic import STAMP_BYTES, SyntheticEngine, SyntheticScript, Timing, stamp
 
 FRAME = 3200  # 100 ms at 16 kHz
 

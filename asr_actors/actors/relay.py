@@ -12,9 +12,16 @@ import attrs
 import trio
 
 from asr_actors.bus.base import Bus
+from asr_actors.engines.base import (
+    EngineEvent,
+    EngineFailed,
+    EngineUnavailable,
+    Final,
+    StreamSpec,
+    UnsupportedStream,
+)
 from asr_actors.protocol import ErrorCode, ProtocolError, Result, ResultStatus, ServerEvent
 from asr_actors.records import FinalRecord, SessionLedger
-from engines.base import EngineEvent, EngineFailed, EngineUnavailable, Final, StreamSpec, UnsupportedStream
 
 
 @attrs.define(eq=False)

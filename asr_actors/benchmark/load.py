@@ -31,7 +31,7 @@ import websockets
 from websockets.asyncio.client import ClientConnection
 
 from asr_actors import client
-from engines.synthetic import Timing, stamp
+from asr_actors.engines.synthetic import Timing, stamp
 
 SECRET_ENV = "ASR_BENCH_SECRET"
 END = json.dumps({"status": "end"})

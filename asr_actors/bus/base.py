@@ -8,7 +8,7 @@ from typing import Protocol
 import attrs
 import trio
 
-from engines.base import EngineEvent, StreamSpec
+from asr_actors.engines.base import EngineEvent, StreamSpec
 
 
 @attrs.frozen

@@ -11,8 +11,7 @@ from contextlib import asynccontextmanager
 import trio
 
 from asr_actors.bus.base import BusStatistics
-from asr_actors.groups import first_leaf
-from engines.base import (
+from asr_actors.engines.base import (
     Engine,
     EngineBusy,
     EngineError,
@@ -21,6 +20,7 @@ from engines.base import (
     StreamSpec,
     UnsupportedStream,
 )
+from asr_actors.groups import first_leaf
 
 log = logging.getLogger(__name__)
 

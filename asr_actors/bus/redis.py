@@ -32,12 +32,7 @@ from asr_actors.bus import wire
 from asr_actors.bus.base import BusStatistics
 from asr_actors.config import BusConfig
 from asr_actors.directory import Directory
-from asr_actors.errors import DependencyUnavailable
-from asr_actors.groups import first_leaf
-from asr_actors.limits import DAY_SECONDS, too_many, utc_day
-from asr_actors.records import DAY, SessionRecord, TrafficRow, aggregate
-from asr_actors.signing import LinkRefused
-from engines.base import (
+from asr_actors.engines.base import (
     EngineEvent,
     EngineFailed,
     EngineUnavailable,
@@ -46,6 +41,11 @@ from engines.base import (
     StreamSpec,
     UnsupportedStream,
 )
+from asr_actors.errors import DependencyUnavailable
+from asr_actors.groups import first_leaf
+from asr_actors.limits import DAY_SECONDS, too_many, utc_day
+from asr_actors.records import DAY, SessionRecord, TrafficRow, aggregate
+from asr_actors.signing import LinkRefused
 
 log = logging.getLogger(__name__)
 

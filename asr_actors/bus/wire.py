@@ -22,7 +22,7 @@ from typing import Any
 
 import attrs
 
-from engines.base import EngineEvent, EngineFailed, Final, Partial
+from asr_actors.engines.base import EngineEvent, EngineFailed, Final, Partial
 
 PREFIX = "asr:"
 # The engine protocol's version (docs/engine-protocol.md). Requests carry it; a worker refuses others.

@@ -1,0 +1,40 @@
+"""The result sender actor: encodes server events in the session's dialect and writes them, in order.
+
+It owns the slow-reader limit: a message waits at most `send_timeout` for the client's socket to take data.
+The wait comes before the write, never inside it, so that a timeout leaves no half-written frame and the
+coded close can still follow the results already queued.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import trio
+
+from asr_actors.protocol import NOT_READING, ErrorCode, ProtocolError, ServerEvent
+from asr_actors.transport import Transport
+
+
+async def run(
+    connection: Transport,
+    outbound: trio.MemoryReceiveChannel[ServerEvent],
+    encode: Callable[[ServerEvent], str | None],
+    send_timeout: float,
+    *,
+    task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Runs until every sender of `outbound` has closed its end (the relay after `end`).
+
+    `encode` returns None for events the dialect does not put on the wire.
+    """
+    async with outbound:
+        task_status.started()
+        async for event in outbound:
+            message = encode(event)
+            if message is None:
+                continue
+            with trio.move_on_after(send_timeout) as stalled:
+                await connection.wait_writable()
+            if stalled.cancelled_caught:
+                raise ProtocolError(ErrorCode.TIMEOUT, NOT_READING)
+            await connection.send_message(message)

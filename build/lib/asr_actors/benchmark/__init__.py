@@ -1,0 +1,1 @@
+"""The gateway benchmark: `python -m asr_actors bench` (docs/performance.md)."""

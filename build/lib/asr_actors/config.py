@@ -1,0 +1,368 @@
+"""Configuration: frozen attrs classes loaded from TOML, every bad key named in the error.
+
+Each timeout and channel capacity here is read at exactly one call site; `docs/timeouts.md` lists them.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import tomllib
+from pathlib import Path
+from typing import Any
+
+import attrs
+import cattrs
+import cattrs.v
+
+CONFIG_ENV = "ASR_ACTORS_CONFIG"
+KNOWN_ENGINES = frozenset({"local", "fake", "dashscope", "synthetic"})
+# On the Redis bus engines are separate workers, in any language: any name of this shape may be routed.
+ENGINE_NAME = re.compile(r"^[a-z][a-z0-9_-]{0,31}$")
+
+
+def engine_name_ok(name: str, bus_kind: str) -> bool:
+    return name in KNOWN_ENGINES if bus_kind == "memory" else bool(ENGINE_NAME.match(name))
+
+
+# The page: package data inside `asr_actors/` (in the repository a link to the top-level web/).
+DEFAULT_WEB_ROOT = Path(__file__).parent / "web"
+
+
+class ConfigError(Exception):
+    """The configuration cannot be used; the message names the offending key."""
+
+
+def _positive(_instance: object, attribute: attrs.Attribute[Any], value: float) -> None:
+    if value <= 0:
+        raise ValueError(f"{attribute.name} must be > 0, got {value!r}")
+
+
+@attrs.frozen
+class ServerConfig:
+    host: str = "127.0.0.1"
+    port: int = 8000
+    # Where the page's files are served from; the repository's web/ by default.
+    web_root: str = ""
+    # Reading the HTTP request head and, for a WebSocket, completing the upgrade (bounds slow-loris clients).
+    handshake_timeout: float = attrs.field(default=10.0, validator=_positive)
+    max_request_head_bytes: int = attrs.field(default=16384, validator=_positive)
+    # An HTTP connection kept alive after an answer: the next request must arrive (and be answered, or
+    # upgraded) within this many seconds, else the connection closes.
+    keep_alive_timeout: float = attrs.field(default=15.0, validator=_positive)
+    # Browser pages (by their Origin header) that may open WebSockets here besides the server's own
+    # origin, which is always allowed. `scheme://host:*` matches any port; "null" would admit file:// pages.
+    allowed_origins: tuple[str, ...] = ("http://localhost:*", "http://127.0.0.1:*")
+    # WebSocket handshakes one client address may make per minute (HTTP 429 beyond); 0: unlimited.
+    handshakes_per_minute: int = 0
+    # On SIGTERM: stop accepting, let sessions finish for this long, then end the rest with 503.
+    drain_timeout: float = attrs.field(default=30.0, validator=_positive)
+    # Apps added with `python -m asr_actors apps add` (embedded mode); it holds secrets: git ignores it.
+    apps_file: str = "apps.local.toml"
+    # Listen with SO_REUSEPORT, so that several gateway processes share the port (`serve --workers`).
+    reuse_port: bool = False
+
+    def web_root_path(self) -> Path:
+        return Path(self.web_root) if self.web_root else DEFAULT_WEB_ROOT
+
+
+@attrs.frozen
+class SessionConfig:
+    # No audio for this long: code 408.
+    idle_timeout: float = attrs.field(default=30.0, validator=_positive)
+    # Hard limit on one session's length: code 408.
+    max_duration: float = attrs.field(default=3600.0, validator=_positive)
+    # After the client's end of audio, how long the engine may take to deliver its last finals: code 500.
+    flush_timeout: float = attrs.field(default=30.0, validator=_positive)
+    # Sending the last message and the close frame to a client that may not read any more.
+    close_timeout: float = attrs.field(default=5.0, validator=_positive)
+    # After `end`, how long the socket stays open for a client still reading what was sent before the
+    # server closes with 1000; a client that closes first ends it at once.
+    end_linger: float = attrs.field(default=5.0, validator=_positive)
+    # A client that reads no results for this long (its socket buffer stays full): code 408. Until then
+    # the session's bounded channels hold what is waiting, so a slow reader costs no growing memory.
+    send_timeout: float = attrs.field(default=15.0, validator=_positive)
+    # A binary frame or decoded JSON audio larger than this gets code 413.
+    max_frame_bytes: int = attrs.field(default=65536, validator=_positive)
+    # The WebSocket layer's own hard cap; above it the library closes with 1009 without our envelope.
+    max_message_bytes: int = attrs.field(default=4 * 1024 * 1024, validator=_positive)
+    default_language: str = "en"
+    default_sample_rate: int = 16000
+
+
+@attrs.frozen
+class ChannelConfig:
+    # receiver -> relay: decoded audio chunks (100 ms each from the page: 64 is 6.4 s of slack).
+    audio: int = attrs.field(default=64, validator=_positive)
+    # relay and receiver -> sender: results and pongs.
+    outbound: int = attrs.field(default=64, validator=_positive)
+    # Engine workers: bus audio -> engine stream (in the gateway the engine reads `audio` directly).
+    engine_audio: int = attrs.field(default=64, validator=_positive)
+    # engine stream -> relay (in-process bus).
+    engine_events: int = attrs.field(default=64, validator=_positive)
+
+
+@attrs.frozen
+class AuthConfig:
+    # How long a signed link stays valid after its date.
+    survival_time: float = attrs.field(default=120.0, validator=_positive)
+    # Tolerated clock difference between the signer and this server, in both directions.
+    clock_skew: float = attrs.field(default=5.0, validator=_positive)
+    # Concurrent sessions per app (429 beyond); 0: unlimited. Counted per gateway process on the
+    # in-process bus, across every gateway on the Redis bus.
+    sessions_per_app: int = 0
+    # Minutes of audio per app per UTC day (429 beyond, also mid-session); 0: unlimited. Counted per
+    # process on the in-process bus, across every gateway on the Redis bus.
+    audio_minutes_per_day: float = 0.0
+    # Redis bus: a session's hold on its app's slot is renewed every third of this; the slots of a
+    # gateway that dies without letting go are free again after it.
+    shared_slot_ttl: float = attrs.field(default=15.0, validator=_positive)
+
+
+@attrs.frozen
+class AppConfig:
+    # Prefer secret_env: the secret then stays out of every file.
+    secret: str = ""
+    secret_env: str = ""
+    # Concurrent sessions this app may hold; 0: [auth] sessions_per_app applies.
+    max_sessions: int = 0
+    # Minutes of audio per UTC day; 0: [auth] audio_minutes_per_day applies.
+    audio_minutes_per_day: float = 0.0
+
+    def resolve_secret(self, appkey: str) -> str:
+        if self.secret_env:
+            value = os.environ.get(self.secret_env, "")
+            if not value:
+                raise ConfigError(
+                    f"apps.{appkey}.secret_env: environment variable {self.secret_env} is not set"
+                )
+            return value
+        if not self.secret:
+            raise ConfigError(f"apps.{appkey}: set secret or secret_env")
+        return self.secret
+
+
+@attrs.frozen
+class DemoConfig:
+    # "auto": /v1/sign is served only when the server is bound to a loopback address.
+    enabled: str = attrs.field(default="auto", validator=attrs.validators.in_(["auto", "on", "off"]))
+    appkey: str = "demo"
+
+
+@attrs.frozen
+class LocalEngineConfig:
+    # "whisper": pocketsphinx partials + Whisper tiny.en finals; "pocketsphinx": pocketsphinx only.
+    finals: str = attrs.field(default="whisper", validator=attrs.validators.in_(["whisper", "pocketsphinx"]))
+    # Concurrent pocketsphinx decode steps (they hold the GIL, so more than the cores buys nothing).
+    decode_threads: int = attrs.field(default=2, validator=_positive)
+    # Concurrent Whisper passes (they release the GIL).
+    whisper_threads: int = attrs.field(default=1, validator=_positive)
+    whisper_beam_size: int = attrs.field(default=1, validator=_positive)
+    # Endpointer: seconds of audio in its decision window and the share of it that must be speech.
+    vad_window: float = attrs.field(default=0.3, validator=_positive)
+    vad_ratio: float = attrs.field(default=0.9, validator=_positive)
+    vad_mode: int = 0
+    # Sentences queued between the pocketsphinx pass and the Whisper pass of one stream.
+    sentence_queue: int = attrs.field(default=8, validator=_positive)
+    # Concurrent streams per gateway process; more get 503. Each costs ~110 MiB and shares the GIL
+    # (docs/performance.md: latency stays under ~3 s up to 4 real-time streams on 2 cores).
+    max_streams: int = attrs.field(default=4, validator=_positive)
+
+
+@attrs.frozen
+class FakeEngineConfig:
+    # One partial per this many bytes of audio, a final per sentence_bytes; used by tests and demos.
+    partial_bytes: int = attrs.field(default=3200, validator=_positive)
+    sentence_bytes: int = attrs.field(default=32000, validator=_positive)
+    max_streams: int = attrs.field(default=64, validator=_positive)
+
+
+@attrs.frozen
+class SyntheticEngineConfig:
+    # No decoding cost (the benchmark's engine): a partial every partial_frames audio frames, a final
+    # every final_frames (at 100 ms frames: a partial each 0.5 s, a 5 s sentence).
+    partial_frames: int = attrs.field(default=5, validator=_positive)
+    final_frames: int = attrs.field(default=50, validator=_positive)
+    max_streams: int = attrs.field(default=100000, validator=_positive)
+
+
+@attrs.frozen
+class DashScopeEngineConfig:
+    # paraformer-realtime-v2 recognises Chinese and English (and more); fun-asr-realtime also works.
+    model: str = "paraformer-realtime-v2"
+    # The API key is read from this environment variable at start-up, never from a file.
+    api_key_env: str = "DASHSCOPE_API_KEY"
+    # "sdk": the official SDK, its blocking calls in threads; "native": the service's WebSocket protocol
+    # spoken on Trio, one task per session and no threads (docs/performance.md compares them).
+    transport: str = attrs.field(default="sdk", validator=attrs.validators.in_(["sdk", "native"]))
+    # WebSocket base URL; empty means the service's default (its Chinese mainland endpoint).
+    url: str = ""
+    # Hints passed to the model, e.g. ["zh", "en"]; empty lets it detect.
+    language_hints: tuple[str, ...] = ()
+    # Languages this engine takes (each must also be routed to it under [languages]).
+    languages: tuple[str, ...] = ("zh", "en")
+    # Concurrent sessions per gateway process (on the SDK transport each holds ~3 threads); more get 503.
+    max_sessions: int = attrs.field(default=20, validator=_positive)
+    # Starting a task (connect, run-task -> task-started; the SDK's start()) and finishing it after the
+    # client's end (finish-task -> task-finished; the SDK's stop(), which has no timeout of its own).
+    start_timeout: float = attrs.field(default=10.0, validator=_positive)
+    stop_timeout: float = attrs.field(default=15.0, validator=_positive)
+    # SDK transport: the SDK reads results only between the frames its input loop takes; that loop waits
+    # at most this long for a frame, so results keep flowing while the client sends nothing.
+    pump_interval: float = attrs.field(default=0.05, validator=_positive)
+    # SDK transport: events buffered per session between the SDK's thread and the Trio side (more: 500).
+    event_queue: int = attrs.field(default=64, validator=_positive)
+
+
+@attrs.frozen
+class EnginesConfig:
+    default: str = "local"
+    local: LocalEngineConfig = LocalEngineConfig()
+    fake: FakeEngineConfig = FakeEngineConfig()
+    dashscope: DashScopeEngineConfig = DashScopeEngineConfig()
+    synthetic: SyntheticEngineConfig = SyntheticEngineConfig()
+
+
+@attrs.frozen
+class BusConfig:
+    # "memory": engines run inside the gateway. "redis": engines run in worker processes
+    # (`python -m asr_actors worker`), reached through the Redis server at `url`.
+    kind: str = attrs.field(default="memory", validator=attrs.validators.in_(["memory", "redis"]))
+    url: str = "redis://127.0.0.1:6379/0"
+    # How long a gateway waits for a worker to claim a session before answering 503.
+    claim_timeout: float = attrs.field(default=5.0, validator=_positive)
+    # Workers refresh their liveness key this often; it expires after worker_ttl without a refresh,
+    # and gateways check the key of each session's worker this often.
+    heartbeat_interval: float = attrs.field(default=1.0, validator=_positive)
+    worker_ttl: float = attrs.field(default=3.0, validator=_positive)
+    # Messages buffered per subscribed channel; a subscriber lagging past this loses messages, which
+    # the receiver sees as a sequence gap and reports.
+    subscription_queue: int = attrs.field(default=1024, validator=_positive)
+
+
+@attrs.frozen
+class RecordsConfig:
+    # One record per session: app, language, engine, times, audio, error, every final sentence.
+    enabled: bool = True
+    # The embedded gateway's SQLite file (relative to the working directory); on the Redis bus the records
+    # live in Redis, shared by all gateways.
+    path: str = "asr-records.sqlite3"
+    retention_days: float = attrs.field(default=30.0, validator=_positive)
+
+
+@attrs.frozen
+class LanguageRoute:
+    # Empty: the [engines] default.
+    engine: str = ""
+    # The engine's own name for the language, when it differs from the code.
+    language: str = ""
+
+
+def _default_languages() -> dict[str, LanguageRoute]:
+    return {"en": LanguageRoute(engine="local"), "zh": LanguageRoute(engine="dashscope")}
+
+
+@attrs.frozen
+class Config:
+    server: ServerConfig = ServerConfig()
+    session: SessionConfig = SessionConfig()
+    channels: ChannelConfig = ChannelConfig()
+    auth: AuthConfig = AuthConfig()
+    demo: DemoConfig = DemoConfig()
+    engines: EnginesConfig = EnginesConfig()
+    bus: BusConfig = BusConfig()
+    records: RecordsConfig = RecordsConfig()
+    apps: dict[str, AppConfig] = attrs.field(factory=dict)
+    languages: dict[str, LanguageRoute] = attrs.field(factory=_default_languages)
+
+    def engine_for(self, language: str) -> str | None:
+        route = self.languages.get(language)
+        if route is None:
+            return None
+        return route.engine or self.engines.default
+
+
+_converter = cattrs.Converter(forbid_extra_keys=True)
+
+
+def _reject_bool_as_number(value: Any, kind: type) -> Any:
+    # TOML `true` would otherwise pass as the number 1.
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise TypeError(f"expected a number, got {value!r}")
+    return kind(value)
+
+
+def _strict_str(value: Any, _kind: type) -> str:
+    if not isinstance(value, str):
+        raise TypeError(f"expected a string, got {value!r}")
+    return value
+
+
+def _strict_int(value: Any, _kind: type) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"expected an integer, got {value!r}")
+    return value
+
+
+_converter.register_structure_hook(float, _reject_bool_as_number)
+_converter.register_structure_hook(int, _strict_int)
+_converter.register_structure_hook(str, _strict_str)
+
+
+def _strict_bool(value: Any, _kind: type) -> bool:
+    if not isinstance(value, bool):
+        raise TypeError(f"expected true or false, got {value!r}")
+    return value
+
+
+_converter.register_structure_hook(bool, _strict_bool)
+
+
+def _describe(exc: BaseException, kind: type | None) -> str:
+    # cattrs says "invalid value" for a failed validator; the validator's own text names the key.
+    general = cattrs.v.format_exception(exc, kind)
+    return f"{general} ({exc})" if isinstance(exc, ValueError) else general
+
+
+def config_from_dict(data: dict[str, Any]) -> Config:
+    """Build and check a Config; raise ConfigError naming each bad key."""
+    try:
+        config = _converter.structure(data, Config)
+    except cattrs.BaseValidationError as exc:
+        problems = "; ".join(cattrs.transform_error(exc, path="config", format_exception=_describe))
+        raise ConfigError(problems) from None
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(str(exc)) from None
+    _check_references(config)
+    return config
+
+
+def _check_references(config: Config) -> None:
+    kind = config.bus.kind
+    if not engine_name_ok(config.engines.default, kind):
+        raise ConfigError(f"engines.default: unknown engine {config.engines.default!r}")
+    for code, route in config.languages.items():
+        if route.engine and not engine_name_ok(route.engine, kind):
+            raise ConfigError(f"languages.{code}.engine: unknown engine {route.engine!r}")
+    if config.session.default_language not in config.languages:
+        raise ConfigError(
+            f"session.default_language: {config.session.default_language!r} has no [languages] entry"
+        )
+    for appkey, app in config.apps.items():
+        if not app.secret and not app.secret_env:
+            raise ConfigError(f"apps.{appkey}: set secret or secret_env")
+
+
+def load_config(path: str | os.PathLike[str] | None = None) -> Config:
+    """Load config from `path`, else from $ASR_ACTORS_CONFIG, else the built-in defaults."""
+    chosen = path or os.environ.get(CONFIG_ENV)
+    if not chosen:
+        return Config()
+    try:
+        with open(chosen, "rb") as handle:
+            data = tomllib.load(handle)
+    except OSError as exc:
+        raise ConfigError(f"cannot read config file {chosen}: {exc.strerror}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{chosen}: not valid TOML: {exc}") from None
+    return config_from_dict(data)

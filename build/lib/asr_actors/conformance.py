@@ -1,0 +1,265 @@
+"""The engine protocol conformance suite: drives any engine worker through the contract over Redis.
+
+    python -m asr_actors conformance --engine NAME --redis redis://127.0.0.1:6379/0 [--audio SPEECH.wav]
+
+It plays the gateway's side with plain Redis commands (docs/engine-protocol.md), so it checks the worker,
+not the gateway's own bus code, and reports each case as pass or fail with the reason.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import attrs
+import numpy as np
+import trio
+
+from asr_actors.bus import wire
+from asr_actors.bus.redis import RedisConnection
+
+FRAME_SAMPLES = 1600  # 100 ms at 16 kHz
+SAMPLE_RATE = 16000
+
+
+def tone_bursts(bursts: int = 2, burst_s: float = 1.0, pause_s: float = 0.8) -> bytes:
+    """Speech-like default audio: bursts of a voiced tone between pauses (real speech: --audio)."""
+    t = np.arange(int(burst_s * SAMPLE_RATE)) / SAMPLE_RATE
+    burst = 0.3 * np.sin(2 * np.pi * 180 * t) * (1 + 0.5 * np.sin(2 * np.pi * 4 * t))
+    pause = np.zeros(int(pause_s * SAMPLE_RATE))
+    signal = np.concatenate([pause] + [np.concatenate([burst, pause]) for _ in range(bursts)])
+    pcm: bytes = (signal * 32767).astype("<i2").tobytes()
+    return pcm
+
+
+@attrs.frozen
+class Outcome:
+    case: str
+    passed: bool
+    reason: str
+
+
+@attrs.define
+class _Session:
+    """The gateway's side of one session, in plain Redis commands."""
+
+    redis: RedisConnection
+    session: str = attrs.field(factory=lambda: f"conformance-{uuid.uuid4().hex}")
+    seq: int = 0
+    results: list[dict[str, Any]] = attrs.field(factory=list)
+
+    async def publish(self, payload: bytes) -> None:
+        await self.redis.client.publish(wire.audio_channel(self.session, 0), payload)
+
+    async def audio(self, pcm: bytes, *, realtime: bool = False) -> None:
+        for offset in range(0, len(pcm), FRAME_SAMPLES * 2):
+            frame = wire.AudioFrame(self.session, self.seq, pcm[offset : offset + FRAME_SAMPLES * 2])
+            await self.publish(wire.encode_audio(frame))
+            self.seq += 1
+            if realtime:
+                await trio.sleep(0.1)
+
+    async def end(self) -> None:
+        await self.publish(wire.encode_audio(wire.AudioFrame(self.session, self.seq, b"", end=True)))
+
+    async def cancel(self) -> None:
+        await self.publish(wire.encode_audio(wire.AudioFrame(self.session, self.seq, b"", cancel=True)))
+
+
+async def _run_case(
+    ctx: _Context, drive: Callable[[_Session], Awaitable[None]], expect_end: bool = True
+) -> _Session:
+    """Place a session, run `drive`, collect every result until `end` or `failed` (or the timeout)."""
+    redis, engine, claim_timeout, finish_timeout = (
+        ctx.redis,
+        ctx.engine,
+        ctx.claim_timeout,
+        ctx.finish_timeout,
+    )
+    session = _Session(redis)
+    async with redis.subscription(wire.results_channel(session.session)) as results:
+        request = wire.Request(session.session, engine, "en", SAMPLE_RATE)
+        await redis.client.lpush(wire.queue_key(engine), [request.encode()])
+        with trio.move_on_after(claim_timeout):
+            session.results.append(json.loads(await results.receive()))
+        if not session.results:
+            await redis.client.lrem(wire.queue_key(engine), 1, request.encode())
+            raise CaseFailed(f"no worker claimed the session within {claim_timeout:g} s")
+        if session.results[0].get("type") != "claim":
+            raise CaseFailed(f"first message is not a claim: {session.results[0]}")
+
+        async def collect() -> None:
+            async for data in results:
+                message = json.loads(data)
+                session.results.append(message)
+                if message.get("type") in ("end", "failed"):
+                    return
+
+        with trio.move_on_after(finish_timeout) as overrun:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(collect)
+                await drive(session)
+                if not expect_end:
+                    await trio.sleep(1.0)
+                    nursery.cancel_scope.cancel()
+        if overrun.cancelled_caught and expect_end:
+            raise CaseFailed(f"no end within {finish_timeout:g} s (got {len(session.results)} messages)")
+    return session
+
+
+class CaseFailed(Exception):
+    pass
+
+
+def _check_sequence(session: _Session) -> None:
+    for expected, message in enumerate(session.results):
+        if message.get("seq") != expected:
+            raise CaseFailed(f"result {expected} has seq {message.get('seq')}")
+        if message.get("session") != session.session:
+            raise CaseFailed(f"result {expected} names session {message.get('session')!r}")
+
+
+def _check_events(session: _Session, audio_ms: int) -> list[dict[str, Any]]:
+    """Partials and finals well formed, in order, inside the audio; returns the finals."""
+    finals = []
+    last_end = 0
+    for message in session.results[1:-1]:
+        kind = message.get("type")
+        if kind not in ("partial", "final"):
+            raise CaseFailed(f"unexpected {kind!r} before the end: {message}")
+        begin, end = message.get("begin_ms"), message.get("end_ms")
+        if not isinstance(message.get("text"), str) or not isinstance(begin, int) or not isinstance(end, int):
+            raise CaseFailed(f"malformed {kind}: {message}")
+        if not 0 <= begin <= end <= audio_ms + 100:
+            raise CaseFailed(f"{kind} times {begin}..{end} ms outside the {audio_ms} ms of audio")
+        if kind == "final":
+            if begin < last_end:
+                raise CaseFailed(f"final {begin}..{end} overlaps the previous one ending at {last_end}")
+            last_end = end
+            finals.append(message)
+    return finals
+
+
+@attrs.frozen
+class _Context:
+    redis: RedisConnection
+    engine: str
+    speech: bytes
+    claim_timeout: float
+    finish_timeout: float
+
+    @property
+    def speech_ms(self) -> int:
+        return len(self.speech) * 1000 // (2 * SAMPLE_RATE)
+
+    async def session(
+        self, drive: Callable[[_Session], Awaitable[None]], *, expect_end: bool = True
+    ) -> _Session:
+        return await _run_case(self, drive, expect_end)
+
+
+def _audio_then_end(pcm: bytes) -> Callable[[_Session], Awaitable[None]]:
+    async def drive(session: _Session) -> None:
+        await session.audio(pcm)
+        await session.end()
+
+    return drive
+
+
+async def _heartbeat(ctx: _Context) -> str:
+    keys = await ctx.redis.client.keys(wire.worker_key("*"))
+    live = [key for key in keys if (await ctx.redis.client.get(key) or b"").decode() == ctx.engine]
+    if not live:
+        raise CaseFailed(f"no {wire.worker_key('*')} key with value {ctx.engine!r}")
+    ttl = await ctx.redis.client.pttl(live[0])
+    if ttl <= 0:
+        raise CaseFailed("the liveness key has no expiry")
+    return f"{len(live)} live worker(s), key expires in {ttl} ms"
+
+
+async def _normal_speech(ctx: _Context) -> str:
+    session = await ctx.session(_audio_then_end(ctx.speech))
+    _check_sequence(session)
+    if session.results[-1].get("type") != "end":
+        raise CaseFailed(f"ended with {session.results[-1]}")
+    finals = _check_events(session, ctx.speech_ms)
+    if not any(final["text"] for final in finals):
+        raise CaseFailed("no final with text for the speech")
+    claims = int(await ctx.redis.client.get(wire.claims_key(session.session)) or 0)
+    if claims != 1:
+        raise CaseFailed(f"claims counter is {claims}, not 1")
+    return f"{len(finals)} final(s), {len(session.results)} messages in sequence, claimed once"
+
+
+async def _silence_only(ctx: _Context) -> str:
+    session = await ctx.session(_audio_then_end(bytes(2 * SAMPLE_RATE * 2)))
+    _check_sequence(session)
+    if session.results[-1].get("type") != "end":
+        raise CaseFailed(f"ended with {session.results[-1]}")
+    _check_events(session, 2000)
+    return f"clean end after {len(session.results)} messages"
+
+
+async def _end_mid_sentence(ctx: _Context) -> str:
+    cut = ctx.speech[: (len(ctx.speech) // 2) // 3200 * 3200 + 1600]  # half the audio, mid-frame
+    session = await ctx.session(_audio_then_end(cut))
+    _check_sequence(session)
+    finals = _check_events(session, len(cut) * 1000 // (2 * SAMPLE_RATE))
+    if session.results[-1].get("type") != "end" or not finals:
+        raise CaseFailed("the audio cut mid-sentence was not flushed as a final before end")
+    return f"tail flushed: last final ends at {finals[-1]['end_ms']} ms"
+
+
+async def _abrupt_cancel(ctx: _Context) -> str:
+    async def cancel_midway(session: _Session) -> None:
+        await session.audio(ctx.speech[: 8 * 3200])
+        await session.cancel()
+
+    for _ in range(3):
+        _check_sequence(await ctx.session(cancel_midway, expect_end=False))
+    after = await ctx.session(_audio_then_end(ctx.speech[: 10 * 3200]))
+    if after.results[-1].get("type") != "end":
+        raise CaseFailed(f"a session after three cancels ended with {after.results[-1]}")
+    return "three sessions cancelled mid-stream; the worker still serves the next one"
+
+
+async def _malformed_audio(ctx: _Context) -> str:
+    async def drive(session: _Session) -> None:
+        await session.audio(ctx.speech[: 5 * 3200])
+        await session.publish(b"\x00garbage")
+
+    session = await ctx.session(drive)
+    if session.results[-1].get("type") != "failed" or not session.results[-1].get("message"):
+        raise CaseFailed(f"a malformed audio message ended with {session.results[-1]}, not failed")
+    return f"reported: {session.results[-1]['message']}"
+
+
+CASES: list[tuple[str, Callable[[_Context], Awaitable[str]]]] = [
+    ("heartbeat", _heartbeat),
+    ("normal speech", _normal_speech),
+    ("silence only", _silence_only),
+    ("end in mid-sentence", _end_mid_sentence),
+    ("abrupt cancel", _abrupt_cancel),
+    ("malformed audio", _malformed_audio),
+]
+
+
+async def run(
+    engine: str,
+    redis_url: str,
+    speech: bytes | None = None,
+    claim_timeout: float = 5.0,
+    finish_timeout: float = 30.0,
+) -> list[Outcome]:
+    """Every case against the worker(s) serving `engine`; `speech` defaults to synthetic tone bursts."""
+    outcomes: list[Outcome] = []
+    async with RedisConnection(redis_url, 4096).open() as redis:
+        ctx = _Context(redis, engine, speech or tone_bursts(), claim_timeout, finish_timeout)
+        for name, case in CASES:
+            try:
+                outcomes.append(Outcome(name, True, await case(ctx)))
+            except CaseFailed as exc:
+                outcomes.append(Outcome(name, False, str(exc)))
+    return outcomes

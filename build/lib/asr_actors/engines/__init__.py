@@ -1,0 +1,1 @@
+"""Recognition engines behind one interface (`engines.base.Engine`)."""

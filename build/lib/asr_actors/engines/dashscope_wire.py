@@ -1,0 +1,128 @@
+"""DashScope's realtime recognition protocol, sans-IO: the client's messages out, the service's events in.
+
+Both transports of the `dashscope` engine use it: the SDK one for what its callbacks hand over (a sentence,
+a failure), the native one for every message on its own WebSocket. The protocol (FIELD-NOTES.md, and the
+SDK's own client): the client connects with `Authorization: Bearer KEY`, sends `run-task`, gets
+`task-started`, streams binary PCM, sends `finish-task`; the service answers `result-generated` events
+(`payload.output.sentence`), then `task-finished`, or `task-failed` with `header.error_code` and
+`header.error_message` at any point.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import attrs
+
+from asr_actors.engines.base import Final, Partial
+
+# The public realtime endpoint (the SDK's default for the Chinese mainland region).
+DEFAULT_URL = "wss://dashscope.aliyuncs.com/api-ws/v1/inference"
+
+
+def run_task(task_id: str, model: str, sample_rate: int, language_hints: list[str]) -> str:
+    return json.dumps(
+        {
+            "header": {"action": "run-task", "task_id": task_id, "streaming": "duplex"},
+            "payload": {
+                "task_group": "audio",
+                "task": "asr",
+                "function": "recognition",
+                "model": model,
+                "parameters": {
+                    "format": "pcm",
+                    "sample_rate": sample_rate,
+                    "language_hints": language_hints,
+                },
+                "input": {},
+            },
+        }
+    )
+
+
+def finish_task(task_id: str) -> str:
+    return json.dumps(
+        {
+            "header": {"action": "finish-task", "task_id": task_id, "streaming": "duplex"},
+            "payload": {"input": {}},
+        }
+    )
+
+
+@attrs.frozen
+class Started:
+    pass
+
+
+@attrs.frozen
+class Finished:
+    pass
+
+
+@attrs.frozen
+class Failed:
+    code: str
+    message: str
+
+    @property
+    def reason(self) -> str:
+        return describe_failure(self.code, self.message)
+
+
+ServiceEvent = Started | Finished | Failed | Partial | Final
+
+
+class WireError(Exception):
+    """The service sent something that is not its protocol."""
+
+
+def parse_event(text: str) -> ServiceEvent | None:
+    """One text message of the service; None for what carries nothing to act on (heartbeats, an empty
+    partial, events this client does not use)."""
+    try:
+        message = json.loads(text)
+        header = message["header"]
+        event = header["event"]
+    except (ValueError, TypeError, KeyError):
+        raise WireError(f"not a DashScope event: {text[:80]!r}") from None
+    if event == "task-started":
+        return Started()
+    if event == "task-finished":
+        return Finished()
+    if event == "task-failed":
+        return Failed(str(header.get("error_code") or ""), str(header.get("error_message") or ""))
+    if event == "result-generated":
+        payload = message.get("payload") or {}
+        sentence = (payload.get("output") or {}).get("sentence")
+        return sentence_event(sentence) if isinstance(sentence, dict) else None
+    return None
+
+
+def sentence_event(sentence: dict[str, Any]) -> Partial | Final | None:
+    """A `sentence` of a result: a final at its end, else a partial (None for a heartbeat or no text)."""
+    if sentence.get("heartbeat"):
+        return None
+    text = str(sentence.get("text") or "")
+    begin_ms = int(sentence.get("begin_time") or 0)
+    end_time = sentence.get("end_time")
+    flag = sentence.get("sentence_end")
+    # The documented flag, falling back to end_time for models that do not send it.
+    ended = bool(flag) if flag is not None else end_time is not None
+    if ended:
+        return Final(text, begin_ms, int(end_time) if end_time is not None else begin_ms)
+    if not text:
+        return None
+    return Partial(text, begin_ms, int(end_time) if end_time is not None else begin_ms)
+
+
+def describe_failure(code: str, message: str) -> str:
+    """The client-facing reason for a failure of the service (the full text goes to the log)."""
+    if code == "InvalidApiKey" or "api-key" in message.lower():
+        return "DashScope refused the API key"
+    if code == "ClientConnectorError":
+        return "DashScope is unreachable"
+    if code in ("Unknown", "-1"):
+        # The SDK reports a dropped or broken connection as an "Unknown" error with its exception text.
+        return "DashScope connection failed"
+    return f"DashScope failed: {code}: {message}"

@@ -1,0 +1,283 @@
+"""An engine worker: claims sessions for one engine from Redis and runs them (the scale-out mode).
+
+    python -m asr_actors worker --engine local [--config my.toml] [--concurrency 4]
+
+Many workers on many hosts share an engine's queue; each session is claimed by exactly one of them.
+A worker refreshes its liveness key while it runs; on SIGTERM it stops claiming, finishes the sessions it
+has, and exits. Message formats: `asr_actors/bus/wire.py`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import signal
+import socket
+import uuid
+from collections.abc import Awaitable, Callable
+
+import attrs
+import trio
+
+from asr_actors import logs
+from asr_actors.bus import wire
+from asr_actors.bus.memory import run_engine
+from asr_actors.bus.redis import RedisConnection, RedisError
+from asr_actors.config import Config
+from asr_actors.engines.base import (
+    Engine,
+    EngineEvent,
+    EngineFailed,
+    EngineUnavailable,
+    StreamSpec,
+    UnsupportedStream,
+)
+from asr_actors.groups import first_leaf
+
+log = logging.getLogger(__name__)
+
+# BRPOP's own timeout: how often the claim loop looks up from an empty queue.
+CLAIM_POLL_SECONDS = 1
+# Queued requests taken in one round trip at most when sessions arrive in a burst.
+CLAIM_BATCH = 64
+
+
+@attrs.define
+class _Results:
+    """One session's results channel: numbers each message (before the publish: a publish cancelled
+    midway may still have reached Redis), so that every path, a crash included, keeps the sequence."""
+
+    redis: RedisConnection
+    request: wire.Request
+    seq: int = 0
+
+    async def send(self, result: wire.Result) -> None:
+        message = wire.ResultMessage(self.request.session, self.seq, result, self.request.attempt)
+        self.seq += 1
+        await self.redis.publish(wire.results_channel(self.request.session), wire.encode_result(message))
+
+
+class Worker:
+    def __init__(
+        self, config: Config, engine: Engine, concurrency: int, worker_id: str | None = None
+    ) -> None:
+        self.config = config
+        self.engine = engine
+        self.id = worker_id or f"{engine.name}-{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+        self._concurrency = concurrency
+        # A semaphore, not a CapacityLimiter: the claim loop takes a slot, the session's task gives it back.
+        self._slots = trio.Semaphore(concurrency)
+        self._stop_claiming = trio.CancelScope()
+
+    def drain(self) -> None:
+        """Stop claiming; sessions already running go on to their end."""
+        self._stop_claiming.cancel()
+
+    async def run(self, *, task_status: trio.TaskStatus[str] = trio.TASK_STATUS_IGNORED) -> None:
+        bus = self.config.bus
+        await self.engine.prepare()
+        redis = RedisConnection(bus.url, bus.subscription_queue, bus.heartbeat_interval)
+        async with redis.open(), trio.open_nursery() as nursery:
+            await self._first_heartbeat(redis)
+            heartbeat = trio.CancelScope()
+            nursery.start_soon(self._heartbeat, redis, heartbeat)
+            log.info("worker %s serving engine %s", self.id, self.engine.name)
+            task_status.started(self.id)
+            async with trio.open_nursery() as sessions:
+                with self._stop_claiming:
+                    await self._claim(redis, sessions)
+                log.info(
+                    "worker %s stopped claiming; %d session(s) to finish",
+                    self.id,
+                    self._concurrency - self._slots.value,
+                )
+            heartbeat.cancel()
+            with trio.move_on_after(5), trio.CancelScope(shield=True):
+                await redis.client.delete([wire.worker_key(self.id)])
+
+    async def _heartbeat_once(self, redis: RedisConnection) -> None:
+        await redis.client.set(
+            wire.worker_key(self.id), self.engine.name, px=int(self.config.bus.worker_ttl * 1000)
+        )
+
+    async def _first_heartbeat(self, redis: RedisConnection) -> None:
+        """Announce the worker, waiting for Redis if it is away (a worker may start before it)."""
+        waiting = False
+        while True:
+            try:
+                await self._heartbeat_once(redis)
+            except RedisError as exc:
+                if not waiting:
+                    log.warning("waiting for Redis: %s", exc)
+                    waiting = True
+                await trio.sleep(self.config.bus.heartbeat_interval)
+            else:
+                return
+
+    async def _heartbeat(self, redis: RedisConnection, scope: trio.CancelScope) -> None:
+        with scope:
+            while True:
+                await trio.sleep(self.config.bus.heartbeat_interval)
+                try:
+                    await self._heartbeat_once(redis)
+                except RedisError as exc:
+                    log.warning("heartbeat failed: %s", exc)
+
+    async def _claim(self, redis: RedisConnection, sessions: trio.Nursery) -> None:
+        queue = wire.queue_key(self.engine.name)
+        while True:
+            await self._slots.acquire()
+            try:
+                popped = await redis.client.brpop([queue], timeout=CLAIM_POLL_SECONDS)
+            except RedisError as exc:
+                self._slots.release()
+                log.warning("claiming failed: %s", exc)
+                await trio.sleep(self.config.bus.heartbeat_interval)
+                continue
+            except BaseException:
+                self._slots.release()
+                raise
+            if popped is None:
+                self._slots.release()
+                continue
+            self._start(redis, sessions, popped[1])
+            # A burst of sessions (a gateway restarting, its clients reconnecting) is taken in bulk: one
+            # round trip for as many queued requests as there are free slots, not one BRPOP each.
+            while self._slots.value:
+                try:
+                    queued = await redis.client.rpop(queue, count=min(self._slots.value, CLAIM_BATCH))
+                except RedisError as exc:
+                    log.warning("claiming failed: %s", exc)
+                    break
+                if not queued:
+                    break
+                for raw in queued:
+                    self._slots.acquire_nowait()
+                    self._start(redis, sessions, raw)
+
+    def _start(self, redis: RedisConnection, sessions: trio.Nursery, raw: bytes) -> None:
+        """Start a claimed request's session in the slot already taken for it."""
+        try:
+            request = wire.Request.decode(raw)
+        except wire.BusProtocolError as exc:
+            self._slots.release()
+            log.warning("dropped a malformed request: %s", exc)
+            return
+        sessions.start_soon(self._session, redis, request)
+
+    async def _session(self, redis: RedisConnection, request: wire.Request) -> None:
+        logs.current_session.set(request.session)
+        results = _Results(redis, request)
+        crashed = False
+        try:
+            await self._serve(redis, request, results.send)
+        except* RedisError as group:
+            log.warning("session lost its bus: %s", first_leaf(group))
+        except* Exception:
+            # A bug in one session must not take the worker's other sessions down, nor leave its gateway
+            # waiting: it is told, if the bus still works.
+            log.exception("session failed")
+            crashed = True
+        finally:
+            self._slots.release()
+        if crashed:
+            with trio.move_on_after(self.config.bus.claim_timeout), contextlib.suppress(*RedisError):
+                await results.send(EngineFailed("Engine worker failure"))
+
+    async def _serve(
+        self, redis: RedisConnection, request: wire.Request, send: Callable[[wire.Result], Awaitable[None]]
+    ) -> None:
+        session = request.session
+
+        spec = StreamSpec(session_id=session, language=request.language, sample_rate=request.sample_rate)
+        if request.version != wire.PROTOCOL_VERSION:
+            await send(
+                wire.Refused(
+                    f"engine protocol version {request.version} is not {wire.PROTOCOL_VERSION}", True
+                )
+            )
+            return
+        async with redis.subscription(wire.audio_channel(session, request.attempt)) as audio_messages:
+            try:
+                self.engine.check(spec)
+            except UnsupportedStream as exc:
+                await send(wire.Refused(str(exc)))
+                return
+            except EngineUnavailable as exc:
+                await send(wire.Refused(str(exc), unavailable=True))
+                return
+            await redis.client.incr(wire.claims_key(session))
+            await redis.client.expire(wire.claims_key(session), 3600)
+            # Subscribed before the claim is announced, so no audio can be published unheard.
+            await send(wire.Claimed(self.id))
+            audio_tx, audio_rx = trio.open_memory_channel[bytes](self.config.channels.engine_audio)
+            events_tx, events_rx = trio.open_memory_channel[EngineEvent](self.config.channels.engine_events)
+            try:
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(run_engine, self.engine, spec, audio_rx, events_tx)
+                    nursery.start_soon(self._feed, audio_messages, audio_tx, session)
+                    async with events_rx:
+                        async for event in events_rx:
+                            await send(event)
+                await send(wire.StreamEnded())
+            except* _StreamBroken as group:
+                broken = first_leaf(group)
+                log.warning("stream broken: %s", broken)
+                await send(EngineFailed(f"The audio stream broke: {broken}"))
+
+    async def _feed(
+        self, messages: trio.MemoryReceiveChannel[bytes], audio: trio.MemorySendChannel[bytes], session: str
+    ) -> None:
+        """Bus audio to the engine, in order; a gap or silence past the idle timeout ends the stream."""
+        async with audio:
+            expected = 0
+            while True:
+                with trio.move_on_after(self.config.session.idle_timeout) as idle:
+                    try:
+                        data = await messages.receive()
+                    except trio.EndOfChannel:
+                        raise _StreamBroken("audio was lost on the bus (the subscription broke)") from None
+                if idle.cancelled_caught:
+                    raise _StreamBroken("no audio from the gateway")
+                try:
+                    frame = wire.decode_audio(data)
+                except wire.BusProtocolError as exc:
+                    raise _StreamBroken(str(exc)) from None
+                if frame.cancel:
+                    raise _StreamBroken("cancelled by the gateway")
+                if frame.session != session or frame.seq < expected:
+                    continue
+                if frame.seq > expected:
+                    raise _StreamBroken(f"audio lost on the bus (sequence gap at {expected})")
+                expected += 1
+                if frame.end:
+                    return
+                try:
+                    await audio.send(frame.pcm)
+                except trio.BrokenResourceError:
+                    return  # the engine stopped (a failure): its events say why
+
+
+class _StreamBroken(Exception):
+    pass
+
+
+def build_engine(config: Config, name: str) -> Engine:
+    from asr_actors.server import build_engines
+
+    engines = build_engines(config, {name})
+    if name not in engines:
+        raise ValueError(f"unknown engine {name!r}")
+    return engines[name]
+
+
+async def serve_worker(config: Config, engine_name: str, concurrency: int) -> None:
+    worker = Worker(config, build_engine(config, engine_name), concurrency)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(worker.run)
+        with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+            async for _ in signals:
+                log.info("draining: no new sessions, finishing the running ones")
+                worker.drain()
+                break
