@@ -1,1 +1,0 @@
-"""The gateway benchmark: `python -m asr_actors bench` (docs/performance.md)."""

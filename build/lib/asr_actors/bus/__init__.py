@@ -1,1 +1,0 @@
-"""Buses connect a session's relay to an engine stream: in-process here, Redis for scale-out."""

@@ -1,1 +1,0 @@
-"""Recognition engines behind one interface (`engines.base.Engine`)."""
