@@ -1,4 +1,4 @@
-"""The Bailian web demo's protocol (FIELD-NOTES.md A), sans-IO, so that its page runs unmodified.
+"""The Bailian web demo's protocol, sans-IO, so that its page runs unmodified (docs/protocol.md).
 
 Client: binary frames of Int16 PCM, 16 kHz mono (100 ms each from that page); the text `stop` ends the
 audio. Server: `{"text": ..., "is_end": bool}` for each partial (`is_end` false, replaces the current line)

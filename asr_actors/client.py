@@ -149,7 +149,7 @@ async def stream_pcm(
             code, why = (exc.reason.code, exc.reason.reason) if exc.reason else (0, "")
             failure = ServerError(code, f"connection closed before end: {why}")
         # The stream is closed by the `async with` above: trio-websocket's own client leaks its
-        # socket when the server closes first (FIELD-NOTES.md).
+        # socket when the server closes first (docs/dependencies.md).
         nursery.cancel_scope.cancel()
     if failure is not None:
         raise failure

@@ -4,7 +4,7 @@ Two transports, `[engines.dashscope] transport`: "sdk" (the default), through th
 "native", the service's WebSocket protocol spoken on Trio (`dashscope_native.py`). Both share the
 protocol's messages and the client-facing reasons for failures (`dashscope_wire.py`).
 
-The SDK (`dashscope.audio.asr.Recognition`, FIELD-NOTES.md) is blocking and thread-based; this module is
+The SDK (`dashscope.audio.asr.Recognition`, docs/dependencies.md) is blocking and thread-based; this module is
 the only one that imports it, and the boundary where its behaviour is tamed:
 
 - `start()` and `stop()` run in worker threads under their own capacity limiter, each bounded by a cancel

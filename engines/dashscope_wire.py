@@ -1,7 +1,7 @@
 """DashScope's realtime recognition protocol, sans-IO: the client's messages out, the service's events in.
 
 Both transports of the `dashscope` engine use it: the SDK one for what its callbacks hand over (a sentence,
-a failure), the native one for every message on its own WebSocket. The protocol (FIELD-NOTES.md, and the
+a failure), the native one for every message on its own WebSocket. The protocol (docs/dependencies.md, and the
 SDK's own client): the client connects with `Authorization: Bearer KEY`, sends `run-task`, gets
 `task-started`, streams binary PCM, sends `finish-task`; the service answers `result-generated` events
 (`payload.output.sentence`), then `task-finished`, or `task-failed` with `header.error_code` and

@@ -6,7 +6,7 @@ pocketsphinx from hearing sentence N+1:
     audio ─▶ pocketsphinx + Endpointer (thread) ─▶ partials, sentences ─▶ Whisper pass (thread) ─▶ events
 
 Events still leave in order (sentence N's final before N+1's partials). pocketsphinx holds the GIL while it
-decodes (FIELD-NOTES.md), so its threads are capped at the core count; Whisper releases the GIL.
+decodes (docs/dependencies.md), so its threads are capped at the core count; Whisper releases the GIL.
 """
 
 from __future__ import annotations
@@ -85,7 +85,7 @@ class SentenceDecoder:
         """End of audio: close the sentence in progress, whatever the endpointer thinks."""
         out: list[Partial | _Sentence] = []
         if self._pending:
-            # end_stream(b"") raises IndexError (FIELD-NOTES.md), so only a non-empty tail goes in.
+            # end_stream(b"") raises IndexError (docs/dependencies.md), so only a non-empty tail goes in.
             self._on_speech(self._endpointer.end_stream(bytes(self._pending)), out)
             self._pending.clear()
         if self._in_sentence:

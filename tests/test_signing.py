@@ -15,7 +15,7 @@ HOST, DATE, APPKEY, PATH, SECRET = "127.0.0.1:8000", "1700000000", "demo", "/v1/
 
 
 def test_string_to_sign_is_the_field_notes_layout() -> None:
-    """The signed string is exactly the four lines of FIELD-NOTES.md B, a fifth only with a nonce."""
+    """The signed string is exactly the four lines of docs/protocol.md, a fifth only with a nonce."""
     assert string_to_sign(HOST, DATE, APPKEY, PATH) == (
         "host: 127.0.0.1:8000\ndate: 1700000000\nappkey: demo\nGET /v1/asr"
     )

@@ -1,7 +1,7 @@
 """The Redis bus: sessions placed on engine workers in other processes and hosts (the scale-out mode).
 
 Only this module (and the worker) talks to Redis, through coredis, which runs natively on Trio (anyio):
-no bridge threads (FIELD-NOTES.md compares the options). Message formats and key names: `wire.py`.
+no bridge threads (docs/dependencies.md compares the options). Message formats and key names: `wire.py`.
 
 Placement is competing consumers: the gateway LPUSHes a request on the engine's queue and exactly one
 worker BRPOPs it, subscribes to the session's audio channel, and acknowledges with a `claim` on the

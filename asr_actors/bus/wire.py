@@ -11,7 +11,7 @@ Keys and channels (prefix `asr:`):
 | `asr:claims:<session>` | counter | worker | times the session was claimed (one more per failover) |
 
 Every message carries the session id and a sequence number, so a receiver detects gaps and duplicates
-(pub/sub is at-most-once: a lagging subscriber loses messages silently, FIELD-NOTES.md).
+(pub/sub is at-most-once: a lagging subscriber loses messages silently, docs/dependencies.md).
 """
 
 from __future__ import annotations

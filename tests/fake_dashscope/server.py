@@ -1,6 +1,6 @@
 """Fake DashScope realtime ASR server on loopback, speaking the wire protocol the `dashscope` SDK uses.
 
-Protocol (FIELD-NOTES.md): the client connects with `Authorization: Bearer KEY`, sends a `run-task` JSON
+Protocol (docs/dependencies.md): the client connects with `Authorization: Bearer KEY`, sends a `run-task` JSON
 (header.task_id, header.streaming = "duplex", payload.parameters.sample_rate ...), gets `task-started`,
 streams binary PCM, and sends `finish-task`. The server answers `result-generated` events whose
 `payload.output.sentence` is {begin_time, end_time|null, text, sentence_end, heartbeat, words}, then
