@@ -76,6 +76,9 @@ class SessionConfig:
     flush_timeout: float = attrs.field(default=30.0, validator=_positive)
     # Sending the last message and the close frame to a client that may not read any more.
     close_timeout: float = attrs.field(default=5.0, validator=_positive)
+    # Keeping what an ended session leaves behind (its record, its audio's count against the day), shielded
+    # from a shutdown but bounded: a store slower than this loses that one record, logged.
+    record_timeout: float = attrs.field(default=5.0, validator=_positive)
     # After `end`, how long the socket stays open for a client still reading what was sent before the
     # server closes with 1000; a client that closes first ends it at once.
     end_linger: float = attrs.field(default=5.0, validator=_positive)
@@ -235,6 +238,13 @@ class BusConfig:
     # and gateways check the key of each session's worker this often.
     heartbeat_interval: float = attrs.field(default=1.0, validator=_positive)
     worker_ttl: float = attrs.field(default=3.0, validator=_positive)
+    # How often each process sends a canary round its pub/sub connection (a connection that delivers
+    # nothing within this is replaced, its streams ended), and how long a new session waits for that
+    # connection while it is being made (at start-up, after a Redis restart).
+    pubsub_check_interval: float = attrs.field(default=1.0, validator=_positive)
+    # A worker ends a stream whose gateway has sent no audio for this long (the gateway's own
+    # [session] idle_timeout, shorter, normally ends it first and tells the client why).
+    audio_timeout: float = attrs.field(default=40.0, validator=_positive)
     # Messages buffered per subscribed channel; a subscriber lagging past this loses messages, which
     # the receiver sees as a sequence gap and reports.
     subscription_queue: int = attrs.field(default=1024, validator=_positive)

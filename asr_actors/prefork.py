@@ -26,6 +26,8 @@ from asr_actors.server import DEMO_SECRET_ENV
 from asr_actors.subprocess_server import read_line, stop
 
 CHILD_STARTUP_TIMEOUT = 120
+# Seconds a child has to exit after its own drain_timeout (closing, keeping records) before it is killed.
+CHILD_EXIT_GRACE_S = 5
 
 
 def _reserve_port(host: str, port: int) -> socket.socket:
@@ -80,7 +82,7 @@ async def serve_processes(config: Config, count: int, child_arguments: Sequence[
             return await _supervise(children)
         finally:
             for child in children:
-                await stop(child, grace_s=config.server.drain_timeout + 5)
+                await stop(child, grace_s=config.server.drain_timeout + CHILD_EXIT_GRACE_S)
 
 
 async def _supervise(children: list[trio.Process]) -> int:

@@ -394,7 +394,9 @@ class Gateway:
         shutdown = ProtocolError(ErrorCode.UNAVAILABLE, "Server is shutting down; reconnect")
         for lifetime in list(self._lifetimes):
             lifetime.end(shutdown)
-        with trio.move_on_after(self.config.session.close_timeout * 2):
+        # Each cancelled session still closes (close_timeout) and keeps its record (record_timeout).
+        session = self.config.session
+        with trio.move_on_after(session.close_timeout + session.record_timeout):
             await self._all_ended.wait()
 
 
@@ -553,7 +555,9 @@ async def backend(config: Config) -> AsyncIterator[Backend]:
     )
 
     links = config.bus
-    async with RedisConnection(links.url, links.subscription_queue, links.heartbeat_interval).open() as redis:
+    async with RedisConnection(
+        links.url, links.subscription_queue, links.pubsub_check_interval
+    ).open() as redis:
         bus = RedisBus(redis, config.bus, events_capacity=channels.engine_events)
         shared = RedisRecordStore(redis, keep.retention_days) if keep.enabled else None
         yield Backend(

@@ -136,12 +136,12 @@ async def run(
             finals=tuple(facts.ledger.finals),
         )
         await _keep(
-            "the session record", functools.partial(records.save, record), config.session.close_timeout
+            "the session record", functools.partial(records.save, record), config.session.record_timeout
         )
     audio_seconds = facts.ledger.audio_bytes / (2 * facts.sample_rate) if facts.sample_rate else 0.0
     if audio_seconds:
         charge = functools.partial(shared.limits.audio.charge, facts.app, audio_seconds)
-        await _keep("the session's audio count", charge, config.session.close_timeout)
+        await _keep("the session's audio count", charge, config.session.record_timeout)
     return Outcome(
         task_id=task_id,
         error=error,

@@ -41,6 +41,14 @@ log = logging.getLogger(__name__)
 CLAIM_POLL_SECONDS = 1
 # Queued requests taken in one round trip at most when sessions arrive in a burst.
 CLAIM_BATCH = 64
+# Seconds before Redis is tried again after a failed claim or while it is away at start-up.
+RETRY_INTERVAL = 1.0
+# Best-effort messages on the way out (a crashed session's notice to its gateway, the worker's liveness
+# key deleted at exit), bounded so that a Redis that went away never holds the worker.
+GOODBYE_TIMEOUT = 5.0
+# How long the per-session claim counter lives (conformance and failover tests read it; an hour covers any
+# session's placement history).
+CLAIMS_KEY_TTL_S = 3600
 
 
 @attrs.define
@@ -77,7 +85,7 @@ class Worker:
     async def run(self, *, task_status: trio.TaskStatus[str] = trio.TASK_STATUS_IGNORED) -> None:
         bus = self.config.bus
         await self.engine.prepare()
-        redis = RedisConnection(bus.url, bus.subscription_queue, bus.heartbeat_interval)
+        redis = RedisConnection(bus.url, bus.subscription_queue, bus.pubsub_check_interval)
         async with redis.open(), trio.open_nursery() as nursery:
             await self._first_heartbeat(redis)
             heartbeat = trio.CancelScope()
@@ -93,7 +101,7 @@ class Worker:
                     self._concurrency - self._slots.value,
                 )
             heartbeat.cancel()
-            with trio.move_on_after(5), trio.CancelScope(shield=True):
+            with trio.move_on_after(GOODBYE_TIMEOUT), trio.CancelScope(shield=True):
                 await redis.client.delete([wire.worker_key(self.id)])
 
     async def _heartbeat_once(self, redis: RedisConnection) -> None:
@@ -111,7 +119,7 @@ class Worker:
                 if not waiting:
                     log.warning("waiting for Redis: %s", exc)
                     waiting = True
-                await trio.sleep(self.config.bus.heartbeat_interval)
+                await trio.sleep(RETRY_INTERVAL)
             else:
                 return
 
@@ -133,7 +141,7 @@ class Worker:
             except RedisError as exc:
                 self._slots.release()
                 log.warning("claiming failed: %s", exc)
-                await trio.sleep(self.config.bus.heartbeat_interval)
+                await trio.sleep(RETRY_INTERVAL)
                 continue
             except BaseException:
                 self._slots.release()
@@ -182,7 +190,7 @@ class Worker:
         finally:
             self._slots.release()
         if crashed:
-            with trio.move_on_after(self.config.bus.claim_timeout), contextlib.suppress(*RedisError):
+            with trio.move_on_after(GOODBYE_TIMEOUT), contextlib.suppress(*RedisError):
                 await results.send(EngineFailed("Engine worker failure"))
 
     async def _serve(
@@ -208,7 +216,7 @@ class Worker:
                 await send(wire.Refused(str(exc), unavailable=True))
                 return
             await redis.client.incr(wire.claims_key(session))
-            await redis.client.expire(wire.claims_key(session), 3600)
+            await redis.client.expire(wire.claims_key(session), CLAIMS_KEY_TTL_S)
             # Subscribed before the claim is announced, so no audio can be published unheard.
             await send(wire.Claimed(self.id))
             audio_tx, audio_rx = trio.open_memory_channel[bytes](self.config.channels.engine_audio)
@@ -233,7 +241,7 @@ class Worker:
         async with audio:
             expected = 0
             while True:
-                with trio.move_on_after(self.config.session.idle_timeout) as idle:
+                with trio.move_on_after(self.config.bus.audio_timeout) as idle:
                     try:
                         data = await messages.receive()
                     except trio.EndOfChannel:

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
+import attrs
 import pytest
 
 from asr_actors.config import Config, ConfigError, config_from_dict, load_config
@@ -65,3 +67,27 @@ def test_secret_env(monkeypatch: pytest.MonkeyPatch) -> None:
         config.apps["a"].resolve_secret("a")
     monkeypatch.setenv("ASR_TEST_SECRET", "xyz")
     assert "xyz" == config.apps["a"].resolve_secret("a")
+
+
+DURATION_SUFFIXES = ("_timeout", "_interval", "_ttl", "_linger", "_duration", "_time", "_skew")
+
+
+def _durations(obj: object, prefix: str = "") -> dict[str, float]:
+    found: dict[str, float] = {}
+    for field in attrs.fields(type(obj)):  # type: ignore[misc]
+        value = getattr(obj, field.name)
+        if attrs.has(type(value)):
+            found.update(_durations(value, f"{prefix}{field.name}."))
+        elif field.name.endswith(DURATION_SUFFIXES):
+            found[f"{prefix}{field.name}"] = float(value)
+    return found
+
+
+def test_every_timeout_is_in_the_table() -> None:
+    """docs/timeouts.md lists every duration key of the config, with its default."""
+    table = (REPO / "docs" / "timeouts.md").read_text()
+    documented = {
+        match.group(1): float(match.group(2))
+        for match in re.finditer(r"^\| `([a-z_.]+)` \| ([0-9.]+) s \|", table, flags=re.MULTILINE)
+    }
+    assert _durations(Config()) == documented

@@ -51,6 +51,10 @@ log = logging.getLogger(__name__)
 
 # Audio frames of one session taken from its channel at once when they have queued up (1.6 s of audio).
 MAX_PUBLISH_BATCH = 16
+# Best-effort clean-ups in a session's shielded exit (UNSUBSCRIBE, the cancel sent to its worker): bounded
+# so that a Redis that went away never holds a session's end; what they miss, expiry and the worker's
+# audio_timeout clean up.
+CLEANUP_TIMEOUT = 5.0
 RedisError = (coredis.exceptions.RedisError, OSError, anyio.BrokenResourceError, anyio.ClosedResourceError)
 
 
@@ -235,7 +239,11 @@ class RedisConnection:
         finally:
             self._streams.pop(channel, None)
             messages_tx.close()
-            with trio.CancelScope(shield=True), trio.move_on_after(5), contextlib.suppress(*RedisError):
+            with (
+                trio.CancelScope(shield=True),
+                trio.move_on_after(CLEANUP_TIMEOUT),
+                contextlib.suppress(*RedisError),
+            ):
                 await pubsub.unsubscribe(channel)
 
 
@@ -591,7 +599,7 @@ class RedisBus:
         cancel = wire.encode_audio(wire.AudioFrame(session, 0, b"", cancel=True))
         with (
             trio.CancelScope(shield=True),
-            trio.move_on_after(self._config.claim_timeout),
+            trio.move_on_after(CLEANUP_TIMEOUT),
             contextlib.suppress(*RedisError),
         ):
             await self._redis.publish(wire.audio_channel(session, stream.attempt), cancel)
