@@ -8,8 +8,10 @@ from __future__ import annotations
 import os
 import re
 import tomllib
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import attrs
 import cattrs
@@ -31,6 +33,12 @@ DEFAULT_WEB_ROOT = Path(__file__).parent / "web"
 
 class ConfigError(Exception):
     """The configuration cannot be used; the message names the offending key."""
+
+
+def _redis_url(_instance: object, _attribute: attrs.Attribute[Any], value: str) -> None:
+    split = urlsplit(value)
+    if split.scheme not in ("redis", "rediss", "unix") or not (split.hostname or split.path):
+        raise ValueError(f"must be redis://host:port/db, rediss://... or unix:///path.sock, not {value!r}")
 
 
 def _positive(_instance: object, attribute: attrs.Attribute[Any], value: float) -> None:
@@ -231,7 +239,9 @@ class BusConfig:
     # "memory": engines run inside the gateway. "redis": engines run in worker processes
     # (`python -m asr_actors worker`), reached through the Redis server at `url`.
     kind: str = attrs.field(default="memory", validator=attrs.validators.in_(["memory", "redis"]))
-    url: str = "redis://127.0.0.1:6379/0"
+    # redis://[[user]:password@]host:port/db, rediss://... (TLS), or unix:///path/to/redis.sock?db=0;
+    # $ASR_ACTORS_BUS_URL overrides it (and selects the Redis bus).
+    url: str = attrs.field(default="redis://127.0.0.1:6379/0", validator=_redis_url)
     # How long a gateway waits for a worker to claim a session before answering 503.
     claim_timeout: float = attrs.field(default=5.0, validator=_positive)
     # Workers refresh their liveness key this often; it expires after worker_ttl without a refresh,
@@ -363,16 +373,39 @@ def _check_references(config: Config) -> None:
             raise ConfigError(f"apps.{appkey}: set secret or secret_env")
 
 
+# Environment variables that override the file, so that a container needs no config file for them.
+HOST_ENV = "ASR_ACTORS_HOST"
+PORT_ENV = "ASR_ACTORS_PORT"
+# Set: the bus is Redis at this URL ([bus] kind = "redis", url = it).
+BUS_URL_ENV = "ASR_ACTORS_BUS_URL"
+
+
 def load_config(path: str | os.PathLike[str] | None = None) -> Config:
-    """Load config from `path`, else from $ASR_ACTORS_CONFIG, else the built-in defaults."""
+    """Load config from `path`, else from $ASR_ACTORS_CONFIG, else the built-in defaults; then the
+    environment's $ASR_ACTORS_HOST, $ASR_ACTORS_PORT and $ASR_ACTORS_BUS_URL over it."""
     chosen = path or os.environ.get(CONFIG_ENV)
-    if not chosen:
-        return Config()
-    try:
-        with open(chosen, "rb") as handle:
-            data = tomllib.load(handle)
-    except OSError as exc:
-        raise ConfigError(f"cannot read config file {chosen}: {exc.strerror}") from None
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"{chosen}: not valid TOML: {exc}") from None
-    return config_from_dict(data)
+    data: dict[str, Any] = {}
+    if chosen:
+        try:
+            with open(chosen, "rb") as handle:
+                data = tomllib.load(handle)
+        except OSError as exc:
+            raise ConfigError(f"cannot read config file {chosen}: {exc.strerror}") from None
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"{chosen}: not valid TOML: {exc}") from None
+    return config_from_dict(_with_environment(data, os.environ))
+
+
+def _with_environment(data: dict[str, Any], environ: Mapping[str, str]) -> dict[str, Any]:
+    server = dict(data.get("server", {}))
+    bus = dict(data.get("bus", {}))
+    if environ.get(HOST_ENV):
+        server["host"] = environ[HOST_ENV]
+    if environ.get(PORT_ENV):
+        try:
+            server["port"] = int(environ[PORT_ENV])
+        except ValueError:
+            raise ConfigError(f"${PORT_ENV}: not a port number: {environ[PORT_ENV]!r}") from None
+    if environ.get(BUS_URL_ENV):
+        bus["kind"], bus["url"] = "redis", environ[BUS_URL_ENV]
+    return {**data, **({"server": server} if server else {}), **({"bus": bus} if bus else {})}

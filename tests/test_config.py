@@ -91,3 +91,30 @@ def test_every_timeout_is_in_the_table() -> None:
         for match in re.finditer(r"^\| `([a-z_.]+)` \| ([0-9.]+) s \|", table, flags=re.MULTILINE)
     }
     assert _durations(Config()) == documented
+
+
+def test_environment_overrides_the_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """$ASR_ACTORS_HOST, $ASR_ACTORS_PORT and $ASR_ACTORS_BUS_URL (which selects the Redis bus) override
+    the file, so that a container needs none; a bad value names its variable."""
+    path = tmp_path / "c.toml"
+    path.write_text('[server]\nhost = "127.0.0.1"\nport = 8000\n')
+    monkeypatch.setenv("ASR_ACTORS_HOST", "0.0.0.0")
+    monkeypatch.setenv("ASR_ACTORS_PORT", "9000")
+    monkeypatch.setenv("ASR_ACTORS_BUS_URL", "rediss://gateway:pw@redis.internal:6380/2")
+    config = load_config(path)
+    assert ("0.0.0.0", 9000) == (config.server.host, config.server.port)
+    assert ("redis", "rediss://gateway:pw@redis.internal:6380/2") == (config.bus.kind, config.bus.url)
+    monkeypatch.setenv("ASR_ACTORS_PORT", "http")
+    with pytest.raises(ConfigError, match=r"\$ASR_ACTORS_PORT"):
+        load_config(path)
+
+
+@pytest.mark.parametrize("url", ["redis://h:1/0", "rediss://user:pw@h:6380/1", "unix:///run/redis.sock?db=2"])
+def test_bus_urls_the_redis_client_takes(url: str) -> None:
+    """TLS, ACL user names and unix sockets are the Redis client's to parse; other schemes are refused."""
+    from asr_actors.bus.redis import RedisConnection
+
+    assert url == config_from_dict({"bus": {"url": url}}).bus.url
+    RedisConnection(url, 8)  # parses without connecting
+    with pytest.raises(ConfigError, match=r"must be redis://host:port/db.* @ config\.bus"):
+        config_from_dict({"bus": {"url": "http://h:1/"}})

@@ -19,7 +19,6 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
-from urllib.parse import urlsplit
 
 import anyio
 import attrs
@@ -120,13 +119,8 @@ class RedisConnection:
     """One command client, one shared pub/sub connection and one publisher per process."""
 
     def __init__(self, url: str, subscription_queue: int, check_interval: float = 1.0) -> None:
-        split = urlsplit(url)
-        if split.scheme != "redis" or not split.hostname:
-            raise ValueError(f"bus.url must be redis://host:port/db, not {url!r}")
-        database = int(split.path.lstrip("/") or 0)
-        self.client: coredis.Redis[bytes] = coredis.Redis(
-            host=split.hostname, port=split.port or 6379, db=database, password=split.password
-        )
+        # The client parses the URL itself: redis://, rediss:// (TLS), unix://, ACL user names, db.
+        self.client: coredis.Redis[bytes] = coredis.Redis.from_url(url)
         self._pubsub: coredis.patterns.pubsub.PubSub[bytes] | None = None
         # Set while `_pubsub` is connected; a new, unset one while Redis is away.
         self._pubsub_up = trio.Event()
