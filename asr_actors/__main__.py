@@ -234,8 +234,8 @@ def _worker(args: argparse.Namespace) -> int:
 
 
 async def _apps(args: argparse.Namespace) -> int:
+    from asr_actors.backend import backend
     from asr_actors.directory import check_appkey
-    from asr_actors.server import backend
 
     config = load_config(args.config)
     async with backend(config) as chosen:
@@ -267,8 +267,8 @@ async def _apps(args: argparse.Namespace) -> int:
 
 
 async def _routes(args: argparse.Namespace) -> int:
+    from asr_actors.backend import backend
     from asr_actors.config import engine_name_ok
-    from asr_actors.server import backend
 
     config = load_config(args.config)
     async with backend(config) as chosen:
@@ -291,7 +291,7 @@ async def _routes(args: argparse.Namespace) -> int:
 
 
 async def _conformance(args: argparse.Namespace) -> int:
-    from asr_actors import conformance
+    from asr_actors.tools import conformance
 
     speech = await trio.to_thread.run_sync(client.load_audio, args.audio) if args.audio else None
     outcomes = await conformance.run(args.engine, args.redis, speech)
@@ -307,7 +307,7 @@ async def _records(args: argparse.Namespace) -> int:
 
     import attrs as attributes
 
-    from asr_actors.server import backend
+    from asr_actors.backend import backend
 
     config = load_config(args.config)
     since = 0.0
@@ -372,8 +372,8 @@ def _sign(args: argparse.Namespace) -> int:
 async def _bench(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from asr_actors.benchmark import report
-    from asr_actors.benchmark.run import Measurement, System, Workload, measure
+    from asr_actors.tools.benchmark import report
+    from asr_actors.tools.benchmark.run import Measurement, System, Workload, measure
 
     try:
         counts = [int(count) for count in args.sweep.split(",")] if args.sweep else [args.streams]
@@ -414,7 +414,7 @@ async def _bench(args: argparse.Namespace) -> int:
 async def _bench_dashscope(args: argparse.Namespace, counts: list[int]) -> int:
     from pathlib import Path
 
-    from asr_actors.benchmark import dashscope
+    from asr_actors.tools.benchmark import dashscope
 
     transports = args.dashscope.split(",")
     if not set(transports) <= {"sdk", "native"}:

@@ -21,9 +21,9 @@ from collections.abc import Sequence
 
 import trio
 
+from asr_actors.backend import DEMO_SECRET_ENV
 from asr_actors.config import Config, ConfigError
-from asr_actors.server import DEMO_SECRET_ENV
-from asr_actors.subprocess_server import read_line, stop
+from asr_actors.processes import read_line, stop
 
 CHILD_STARTUP_TIMEOUT = 120
 # Seconds a child has to exit after its own drain_timeout (closing, keeping records) before it is killed.

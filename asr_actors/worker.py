@@ -272,7 +272,7 @@ class _StreamBroken(Exception):
 
 
 def build_engine(config: Config, name: str) -> Engine:
-    from asr_actors.server import build_engines
+    from asr_actors.backend import build_engines
 
     engines = build_engines(config, {name})
     if name not in engines:

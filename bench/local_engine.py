@@ -22,8 +22,8 @@ import jiwer
 import trio
 
 from asr_actors import client
-from asr_actors.subprocess_server import running_server
-from asr_actors.textnorm import normalize
+from asr_actors.testing.subprocess_server import running_server
+from asr_actors.testing.textnorm import normalize
 
 DATA = Path(__file__).resolve().parent.parent / "tests" / "data" / "librivox"
 APPKEY, SECRET = "bench", "bench-secret"

@@ -20,8 +20,8 @@ from asr_actors.bus.memory import MemoryBus
 from asr_actors.bus.redis import RedisBus, RedisConnection, RedisReplayGuard
 from asr_actors.engines.base import EngineEvent, EngineFailed, Final, Partial, StreamSpec, UnsupportedStream
 from asr_actors.engines.fake import FakeEngine
-from asr_actors.redis_server import redis_server
 from asr_actors.signing import LinkRefused
+from asr_actors.testing.redis_server import redis_server
 from asr_actors.worker import Worker
 from tests.support import fake_config
 

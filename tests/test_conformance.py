@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 import trio
 
-from asr_actors import conformance
 from asr_actors.engines.fake import FakeEngine
-from asr_actors.redis_server import redis_server
+from asr_actors.testing.redis_server import redis_server
+from asr_actors.tools import conformance
 from asr_actors.worker import Worker
 from tests.support import fake_config
 

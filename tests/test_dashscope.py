@@ -15,7 +15,8 @@ from typing import Any
 import pytest
 import trio
 
-from asr_actors.server import Gateway, build_engines
+from asr_actors.backend import build_engines
+from asr_actors.server import Gateway
 from tests.fake_dashscope.server import FakeDashScope, Switches
 from tests.fake_dashscope.server import text as fake_text
 from tests.support import (

@@ -9,11 +9,12 @@ from pathlib import Path
 
 import trio
 
+from asr_actors.backend import resolve_secrets
 from asr_actors.bus.redis import RedisBus, RedisConnection, RedisDirectory
 from asr_actors.directory import StaticDirectory
 from asr_actors.engines.fake import FakeEngine
-from asr_actors.redis_server import redis_server
-from asr_actors.server import Gateway, resolve_secrets
+from asr_actors.server import Gateway
+from asr_actors.testing.redis_server import redis_server
 from asr_actors.worker import Worker
 from tests.support import fake_config, open_connection, read_until_close, statuses
 

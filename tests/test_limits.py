@@ -17,8 +17,8 @@ from asr_actors.bus.redis import RedisAudioQuota, RedisBus, RedisConnection, Red
 from asr_actors.engines.fake import FakeEngine
 from asr_actors.limits import DAY_SECONDS, DailyAudioLimits, MemoryAudioQuota, app_limits, memory_limits
 from asr_actors.protocol import ProtocolError
-from asr_actors.redis_server import redis_server
 from asr_actors.server import Gateway
+from asr_actors.testing.redis_server import redis_server
 from asr_actors.worker import Worker
 from tests.support import (
     APPKEY,

@@ -15,8 +15,8 @@ import trio
 from asr_actors.bus.redis import RedisConnection, RedisRecordStore
 from asr_actors.engines.fake import FakeEngine
 from asr_actors.records import DAY, FinalRecord, RecordStore, SessionRecord, SqliteRecordStore, TrafficRow
-from asr_actors.redis_server import redis_server
 from asr_actors.server import Gateway
+from asr_actors.testing.redis_server import redis_server
 from tests.support import APPKEY, SECRET, fake_config, open_connection, read_until_close
 
 GUARD = 30

@@ -16,8 +16,8 @@ import trio
 
 from asr_actors.bus.redis import RedisBus, RedisConnection, RedisDirectory
 from asr_actors.engines.fake import FakeEngine
-from asr_actors.redis_server import redis_server
 from asr_actors.server import Gateway
+from asr_actors.testing.redis_server import redis_server
 from asr_actors.worker import Worker
 from tests.fake_dashscope.server import FakeDashScope, Switches
 from tests.support import APPKEY, SECRET, fake_config, make_gateway, open_connection, read_until_close

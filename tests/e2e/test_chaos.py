@@ -25,8 +25,8 @@ from wsproto.events import BytesMessage
 
 from asr_actors import client
 from asr_actors.engines.fake import FakeEngine
-from asr_actors.redis_server import RedisServer, redis_server
-from asr_actors.subprocess_server import running_server
+from asr_actors.testing.redis_server import RedisServer, redis_server
+from asr_actors.testing.subprocess_server import running_server
 from tests.e2e.test_scale_out import settled_channels, workers
 from tests.support import APPKEY, SECRET
 from tests.test_faults import EXPECTED, SPEECH, census, gateway_on_loopback, link, raw_session, settled

@@ -14,7 +14,7 @@ import pytest
 import trio
 
 from asr_actors import protocol, signing
-from asr_actors.subprocess_server import running_server
+from asr_actors.testing.subprocess_server import running_server
 
 GUARD = 120
 
@@ -152,7 +152,7 @@ def test_serve_workers_needs_the_redis_bus(tmp_path: Path) -> None:
 async def test_serve_workers_shares_one_port_and_drains_every_process(tmp_path: Path) -> None:
     """`serve --workers 2`: two gateway processes listen on one port and answer; SIGTERM to the parent
     drains both, and all exit 0."""
-    from asr_actors.redis_server import redis_server
+    from asr_actors.testing.redis_server import redis_server
 
     with trio.fail_after(GUARD):
         async with redis_server(tmp_path) as redis:

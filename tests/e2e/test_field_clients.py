@@ -20,8 +20,8 @@ import trio
 
 from asr_actors import client
 from asr_actors.server import serve
-from asr_actors.subprocess_server import running_server
-from asr_actors.textnorm import normalize
+from asr_actors.testing.subprocess_server import running_server
+from asr_actors.testing.textnorm import normalize
 from tests.support import APPKEY, SECRET, fake_config
 
 ROOT = Path(__file__).resolve().parent.parent.parent

@@ -22,8 +22,8 @@ import trio
 
 from asr_actors import client
 from asr_actors.bus import wire
-from asr_actors.redis_server import RedisServer, free_port, redis_server
-from asr_actors.subprocess_server import running_server, stop
+from asr_actors.testing.redis_server import RedisServer, free_port, redis_server
+from asr_actors.testing.subprocess_server import running_server, stop
 
 GUARD = 120
 # The fault tests run this many sessions at once (the hardening issue's figure).

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import attrs
 
-from asr_actors.benchmark.run import Measurement
+from asr_actors.tools.benchmark.run import Measurement
 
 _ROWS: tuple[tuple[str, Callable[[Measurement], str]], ...] = (
     ("streams", lambda m: f"{m.streams}"),

@@ -1,6 +1,6 @@
 """The benchmark's load generator: one process driving many real-time protocol-v1 clients.
 
-    python -m asr_actors.benchmark.load --url ws://127.0.0.1:PORT/v1/asr --streams N --duration S \
+    python -m asr_actors.tools.benchmark.load --url ws://127.0.0.1:PORT/v1/asr --streams N --duration S \
         --samples FILE   (the app secret in $ASR_BENCH_SECRET)
 
 It is written on asyncio `websockets`, the library of the reference relay, so that both servers face the
@@ -257,7 +257,7 @@ async def main(args: argparse.Namespace) -> None:
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m asr_actors.benchmark.load", description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m asr_actors.tools.benchmark.load", description=__doc__)
     parser.add_argument("--url", required=True, help="ws://host:port/v1/asr")
     parser.add_argument("--appkey", default="bench")
     parser.add_argument("--streams", type=int, required=True)

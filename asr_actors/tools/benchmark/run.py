@@ -25,11 +25,12 @@ import numpy as np
 import psutil
 import trio
 
-from asr_actors.benchmark.load import SECRET_ENV
-from asr_actors.redis_server import redis_server
-from asr_actors.subprocess_server import read_line, running_server, stop
+from asr_actors.processes import read_line, stop
+from asr_actors.testing.redis_server import redis_server
+from asr_actors.testing.subprocess_server import running_server
+from asr_actors.tools.benchmark.load import SECRET_ENV
 
-REFERENCE_RELAY = Path(__file__).resolve().parent.parent.parent / "bench" / "reference_relay.py"
+REFERENCE_RELAY = Path(__file__).resolve().parents[3] / "bench" / "reference_relay.py"
 STARTUP_TIMEOUT = 120
 # Memory settles (allocator arenas, connection buffers) before the idle connections are weighed.
 SETTLE_S = 2.0
@@ -272,7 +273,7 @@ async def _drive(
                 [
                     sys.executable,
                     "-m",
-                    "asr_actors.benchmark.load",
+                    "asr_actors.tools.benchmark.load",
                     "--url",
                     running.url,
                     "--streams",

@@ -27,9 +27,9 @@ import trio
 import trio_websocket
 
 from asr_actors import client
-from asr_actors.benchmark.run import FRAME_MS, _cpu_s, _process, _rss
+from asr_actors.tools.benchmark.run import FRAME_MS, _cpu_s, _process, _rss
 
-FAKE_DASHSCOPE = Path(__file__).resolve().parent.parent.parent / "tests" / "fake_dashscope" / "server.py"
+FAKE_DASHSCOPE = Path(__file__).resolve().parents[3] / "tests" / "fake_dashscope" / "server.py"
 KEY_ENV = "ASR_BENCH_DASHSCOPE_KEY"
 KEY = "bench-key"
 APPKEY, SECRET = "bench", "bench-secret"

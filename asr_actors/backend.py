@@ -1,0 +1,131 @@
+"""Wiring, in one place: the engines, the bus, the stores and the limits a process runs with.
+
+The gateway (`server.serve`), the engine worker and the admin commands (`apps`, `routes`, `records`) all
+build what they need here and are handed it; none of them builds another's parts.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+import attrs
+
+from asr_actors.bus.base import Bus
+from asr_actors.bus.memory import MemoryBus
+from asr_actors.config import Config
+from asr_actors.directory import Directory, DirectoryAdmin, FileAdmin, StaticDirectory, read_apps_file
+from asr_actors.engines.base import Engine
+from asr_actors.limits import Limits, app_limits
+from asr_actors.records import RecordStore, SqliteRecordStore
+from asr_actors.signing import MemoryReplayGuard, ReplayGuard
+
+
+def routed_engines(config: Config) -> set[str]:
+    """The engines the config routes a language to."""
+    return {engine for code in config.languages if (engine := config.engine_for(code))}
+
+
+def build_engines(config: Config, wanted: set[str] | None = None) -> dict[str, Engine]:
+    """The engines named in `wanted` (default: those routed to), and only those: the local one loads
+    ~150 MB of models."""
+    from asr_actors.engines.fake import FakeEngine
+
+    wanted = routed_engines(config) if wanted is None else wanted
+    engines: dict[str, Engine] = {}
+    if "local" in wanted:
+        from asr_actors.engines.local import LocalEngine
+
+        engines["local"] = LocalEngine(config.engines.local)
+    if "dashscope" in wanted:
+        from asr_actors.engines.dashscope import DashScopeEngine
+
+        engines["dashscope"] = DashScopeEngine(config.engines.dashscope)
+    if "fake" in wanted:
+        fake = config.engines.fake
+        engines["fake"] = FakeEngine(
+            partial_bytes=fake.partial_bytes, sentence_bytes=fake.sentence_bytes, max_streams=fake.max_streams
+        )
+    if "synthetic" in wanted:
+        from asr_actors.engines.synthetic import SyntheticEngine
+
+        synthetic = config.engines.synthetic
+        engines["synthetic"] = SyntheticEngine(
+            partial_frames=synthetic.partial_frames,
+            final_frames=synthetic.final_frames,
+            max_streams=synthetic.max_streams,
+        )
+    return engines
+
+
+# `serve --workers` hands its processes one demo secret here, so that a link any of them signs works on all.
+DEMO_SECRET_ENV = "ASR_ACTORS_DEMO_SECRET"
+
+
+def resolve_secrets(config: Config) -> dict[str, str]:
+    """The config's apps, and those the `apps` command keeps in the apps file (embedded mode)."""
+    configured = {appkey: app.resolve_secret(appkey) for appkey, app in config.apps.items()}
+    shared_demo = os.environ.get(DEMO_SECRET_ENV)
+    demo = {config.demo.appkey: shared_demo} if shared_demo else {}
+    return {**demo, **read_apps_file(Path(config.server.apps_file)), **configured}
+
+
+@attrs.frozen
+class Backend:
+    """Where sessions go and what they share: per process (memory) or across gateways (Redis)."""
+
+    bus: Bus
+    engines: dict[str, Engine]
+    replay: ReplayGuard
+    records: RecordStore | None
+    # Wraps the config's directory in the one all gateways share (Redis); None in embedded mode.
+    shared_directory: Callable[[Directory], Directory] | None = None
+    # What the `apps` and `routes` commands change.
+    admin: DirectoryAdmin | None = None
+    # Per-app limits; None: counted in this process.
+    limits: Limits | None = None
+
+
+@asynccontextmanager
+async def backend(config: Config) -> AsyncIterator[Backend]:
+    """The in-process bus with this process's engines, replay memory and SQLite records; or the Redis bus
+    to engine workers elsewhere, with the replay memory and records that all gateways share."""
+    channels = config.channels
+    keep = config.records
+    if config.bus.kind == "memory":
+        engines = build_engines(config)
+        memory = MemoryBus(engines, events_capacity=channels.engine_events)
+        records = SqliteRecordStore(keep.path, keep.retention_days) if keep.enabled else None
+        yield Backend(memory, engines, MemoryReplayGuard(), records, admin=FileAdmin(config))
+        return
+    from asr_actors.bus.redis import (
+        RedisAudioQuota,
+        RedisBus,
+        RedisConnection,
+        RedisDirectory,
+        RedisRecordStore,
+        RedisReplayGuard,
+        RedisSessionSlots,
+    )
+
+    links = config.bus
+    async with RedisConnection(
+        links.url, links.subscription_queue, links.pubsub_check_interval
+    ).open() as redis:
+        bus = RedisBus(redis, config.bus, events_capacity=channels.engine_events)
+        shared = RedisRecordStore(redis, keep.retention_days) if keep.enabled else None
+        yield Backend(
+            bus,
+            {},
+            RedisReplayGuard(redis),
+            shared,
+            shared_directory=lambda fallback: RedisDirectory(redis, fallback),
+            admin=RedisDirectory(redis, StaticDirectory(config, {})),
+            limits=app_limits(
+                config,
+                lambda limit, per_app: RedisSessionSlots(redis, limit, per_app, config.auth.shared_slot_ttl),
+                RedisAudioQuota(redis),
+            ),
+        )
