@@ -70,6 +70,11 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--host", help="address to bind (overrides [server] host)")
     serve.add_argument("--port", type=int, help="port to bind, 0 for any free port (overrides [server] port)")
     serve.add_argument(
+        "--metrics-port",
+        type=int,
+        help="also serve /metrics, /healthz and /readyz on this port (overrides [server] metrics_port)",
+    )
+    serve.add_argument(
         "--compat-bailian",
         type=int,
         metavar="PORT",
@@ -195,6 +200,7 @@ def _serve(args: argparse.Namespace) -> int:
         host=server.host if args.host is None else args.host,
         port=server.port if args.port is None else args.port,
         reuse_port=server.reuse_port or args.reuse_port,
+        metrics_port=server.metrics_port if args.metrics_port is None else args.metrics_port,
     )
     config = attrs.evolve(config, server=server)
     if args.workers < 1:

@@ -69,6 +69,11 @@ class ServerConfig:
     apps_file: str = "apps.local.toml"
     # Listen with SO_REUSEPORT, so that several gateway processes share the port (`serve --workers`).
     reuse_port: bool = False
+    # When set, /metrics, /healthz and /readyz are also served on this port (process i of `serve --workers`
+    # on this port + i), so that each process is scraped on its own; 0: off.
+    metrics_port: int = attrs.field(
+        default=0, validator=attrs.validators.and_(attrs.validators.ge(0), attrs.validators.le(65535))
+    )
 
     def web_root_path(self) -> Path:
         return Path(self.web_root) if self.web_root else DEFAULT_WEB_ROOT

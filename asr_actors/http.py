@@ -88,6 +88,11 @@ class RequestReader:
         del self._buffer[: end + len(HEAD_END)]
         return parse_request_head(head_bytes)
 
+    @property
+    def pending(self) -> bool:
+        """Part of a request has arrived."""
+        return bool(self._buffer)
+
     def rest(self) -> bytes:
         """What was read after the last head (the first WebSocket frames, if the client sent them early)."""
         rest, self._buffer = bytes(self._buffer), bytearray()

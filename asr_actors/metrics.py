@@ -1,18 +1,42 @@
-"""Prometheus metrics of one gateway process, served at /metrics (each gateway has its own registry)."""
+"""Prometheus metrics of one gateway process, served at /metrics (each gateway has its own registry).
+
+By the conventions: cumulative counts are counters (exposed with `_total`), levels are gauges, latencies
+are histograms in seconds, and the process collector adds the process's CPU, memory and open files.
+With `serve --workers` every process has its own registry: give `[server] metrics_port` and process i
+also serves /metrics on metrics_port + i, so that each is scraped on its own (docs/deploy.md).
+"""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 import prometheus_client
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, ProcessCollector
+from prometheus_client.core import CounterMetricFamily
+from prometheus_client.registry import Collector
 
 CONTENT_TYPE = prometheus_client.CONTENT_TYPE_LATEST
+# Latency buckets (seconds) for results: a partial should follow its audio within a fraction of a second,
+# a final within a second or two of its sentence's end.
+RESULT_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 3.0, 5.0, 10.0)
+
+
+class _CountReader(Collector):
+    """A counter whose value someone else keeps (the bus's failover count): read at scrape time."""
+
+    def __init__(self, name: str, documentation: str, read: Callable[[], float]) -> None:
+        self._name = name
+        self._documentation = documentation
+        self._read = read
+
+    def collect(self) -> Iterator[CounterMetricFamily]:
+        yield CounterMetricFamily(self._name, self._documentation, value=self._read())
 
 
 class Metrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
+        ProcessCollector(registry=self.registry)
         self.sessions_active = Gauge("asr_sessions_active", "Sessions running now", registry=self.registry)
         self.sessions = Counter(
             "asr_sessions", "Sessions ended, by outcome", ["outcome"], registry=self.registry
@@ -27,6 +51,24 @@ class Metrics:
             buckets=(1, 5, 15, 30, 60, 120, 300, 900, 1800, 3600),
             registry=self.registry,
         )
+        self.first_partial = Histogram(
+            "asr_first_partial_seconds",
+            "From a session's first audio frame to its first partial result",
+            buckets=RESULT_BUCKETS,
+            registry=self.registry,
+        )
+        self.final_latency = Histogram(
+            "asr_final_latency_seconds",
+            "From the arrival of the audio that ends a sentence to that sentence's final result",
+            buckets=RESULT_BUCKETS,
+            registry=self.registry,
+        )
+        self.handshakes_refused = Counter(
+            "asr_handshakes_refused",
+            "WebSocket upgrades refused before a session, by reason: origin, rate, malformed, timeout",
+            ["reason"],
+            registry=self.registry,
+        )
         self.faults = Counter(
             "asr_faults",
             "Connections ended by an unexpected exception (a bug of ours or a library's; the traceback is "
@@ -39,8 +81,12 @@ class Metrics:
         )
 
     def watch(self, name: str, documentation: str, read: Callable[[], float]) -> None:
-        """A gauge read at scrape time (bus counters, engine availability)."""
+        """A gauge read at scrape time (open streams, engine availability)."""
         Gauge(name, documentation, registry=self.registry).set_function(read)
+
+    def watch_count(self, name: str, documentation: str, read: Callable[[], float]) -> None:
+        """A counter read at scrape time (the bus's cumulative counts); exposed as `name_total`."""
+        self.registry.register(_CountReader(name, documentation, read))
 
     def exposition(self) -> bytes:
         return prometheus_client.generate_latest(self.registry)

@@ -65,9 +65,14 @@ async def serve_processes(config: Config, count: int, child_arguments: Sequence[
             "--reuse-port",
         ]
         children: list[trio.Process] = []
+        metrics_port = config.server.metrics_port
         try:
-            for _ in range(count):
-                child = await trio.lowlevel.open_process(arguments, stdout=subprocess.PIPE, env=environment)
+            for index in range(count):
+                # Each process's own metrics port, so that a scrape reaches every process.
+                own = ["--metrics-port", str(metrics_port + index)] if metrics_port else []
+                child = await trio.lowlevel.open_process(
+                    [*arguments, *own], stdout=subprocess.PIPE, env=environment
+                )
                 children.append(child)
             with trio.fail_after(CHILD_STARTUP_TIMEOUT):
                 for child in children:

@@ -7,6 +7,7 @@ bus keep them in Redis, shared by all of them. Both answer the same queries, whi
 
 from __future__ import annotations
 
+import collections
 import datetime
 import json
 import sqlite3
@@ -18,6 +19,8 @@ import attrs
 import trio
 
 DAY = 86400
+# Audio frames whose arrival times a session keeps for timing its next final (~7 minutes of 100 ms frames).
+ARRIVALS_KEPT = 4096
 
 
 @attrs.frozen
@@ -76,10 +79,37 @@ def day_of(unix: float) -> str:
 
 @attrs.define
 class SessionLedger:
-    """Filled in while a session runs: audio by the receiver, finals by the relay."""
+    """Filled in while a session runs: audio by the receiver, results by the relay; for the session's
+    record, and for the latency metrics (when the audio a result is about arrived)."""
 
     audio_bytes: int = 0
     finals: list[FinalRecord] = attrs.field(factory=list)
+    # (bytes received so far, arrival time) per audio frame since the last final; bounded, so that a
+    # sentence that never ends costs no growing memory (its final is then not timed).
+    arrivals: collections.deque[tuple[int, float]] = attrs.field(
+        factory=lambda: collections.deque(maxlen=ARRIVALS_KEPT)
+    )
+    first_audio_at: float | None = None
+    first_partial_s: float | None = None
+    final_latencies: list[float] = attrs.field(factory=list)
+
+    def heard(self, nbytes: int, now: float) -> None:
+        if self.first_audio_at is None:
+            self.first_audio_at = now
+        self.audio_bytes += nbytes
+        self.arrivals.append((self.audio_bytes, now))
+
+    def partial_sent(self, now: float) -> None:
+        if self.first_partial_s is None and self.first_audio_at is not None:
+            self.first_partial_s = now - self.first_audio_at
+
+    def final_sent(self, final: FinalRecord, end_byte: int, now: float) -> None:
+        """A final about the audio up to `end_byte`: timed from the arrival of the frame holding it."""
+        self.finals.append(final)
+        while self.arrivals and self.arrivals[0][0] < end_byte:
+            self.arrivals.popleft()
+        if self.arrivals:
+            self.final_latencies.append(now - self.arrivals[0][1])
 
 
 class RecordStore(Protocol):

@@ -115,12 +115,12 @@ class Gateway:
             "Engine streams open now (in-process tasks or worker placements)",
             lambda: self.bus.statistics().streams_open,
         )
-        self.metrics.watch(
+        self.metrics.watch_count(
             "asr_bus_failovers",
             "Sessions moved after their worker died",
             lambda: self.bus.statistics().failovers,
         )
-        self.metrics.watch(
+        self.metrics.watch_count(
             "asr_bus_malformed_results",
             "Engine worker results that broke the protocol",
             lambda: self.bus.statistics().malformed_results,
@@ -140,6 +140,19 @@ class Gateway:
     async def handle_connection(self, stream: trio.abc.Stream) -> None:
         """The main port: the page, /healthz, /v1/sign, and protocol v1 sessions at /v1/asr."""
         await self._serve(stream, self._v1_upgrade, self._http)
+
+    async def handle_operator_connection(self, stream: trio.abc.Stream) -> None:
+        """The metrics port: /metrics, /healthz and /readyz only, no WebSocket."""
+        await self._serve(stream, _no_upgrade, self._operator)
+
+    async def _operator(self, head: http.RequestHead) -> http.Response:
+        routes: dict[str, HttpRoute] = {
+            "/healthz": self._health,
+            "/readyz": self._ready,
+            "/metrics": self._metrics,
+        }
+        route = routes.get(head.path)
+        return await route(head) if route else http.text_response(404, "Not found")
 
     async def handle_bailian_connection(self, stream: trio.abc.Stream) -> None:
         """The Bailian compatibility port: that demo's protocol on any path, for allowed origins only."""
@@ -183,17 +196,21 @@ class Gateway:
         # One deadline for the request head and its answer or, for a WebSocket, the upgrade: a slow or
         # silent client holds a connection for at most handshake_timeout before it has a session.
         deadline = trio.current_time() + server.handshake_timeout
+        first = True
         while True:
-            head = await _next_head(stream, reader, deadline)
+            head = await _next_head(stream, reader, deadline, self._refuse if first else _not_counted)
             if head is None:
                 return
+            first = False
             dialect = upgrade(head) if head.is_websocket else None
             origin = head.headers.get("origin")
             if dialect is not None and origin is not None and not self._origin_allowed(origin, head.host):
                 log.info("refused %s connection from origin %r", dialect.name, origin)
+                self._refuse("origin")
                 response = http.text_response(403, "Origin not allowed")
             elif dialect is not None and not self._handshakes.allow(_address(stream), trio.current_time()):
                 log.info("refused a handshake from %s: over the rate limit", _address(stream))
+                self._refuse("rate")
                 response = http.text_response(429, "Too many connections from this address; slow down")
             elif dialect is not None:
                 await self._websocket(stream, head, reader.rest(), deadline, dialect)
@@ -210,6 +227,9 @@ class Gateway:
             if not reusable or trio.current_time() >= deadline:
                 return
             deadline = trio.current_time() + server.keep_alive_timeout
+
+    def _refuse(self, reason: str) -> None:
+        self.metrics.handshakes_refused.labels(reason=reason).inc()
 
     async def _answer(self, answer: HttpRoute, head: http.RequestHead) -> http.Response:
         """The route's answer; a route that fails answers 503 when a dependency is down, else 500."""
@@ -300,8 +320,10 @@ class Gateway:
                     stream, head.raw + early, self.config.session.max_message_bytes
                 )
             except ClientGone:
+                self._refuse("malformed")
                 return
         if connection is None:
+            self._refuse("timeout")
             return
         lifetime = session.Lifetime()
         self._lifetimes.add(lifetime)
@@ -325,6 +347,10 @@ class Gateway:
         metrics = self.metrics
         metrics.duration.observe(seconds)
         metrics.audio_seconds.inc(outcome.audio_seconds)
+        if outcome.first_partial_s is not None:
+            metrics.first_partial.observe(outcome.first_partial_s)
+        for latency in outcome.final_latencies:
+            metrics.final_latency.observe(latency)
         if outcome.fault:
             metrics.faults.labels(stage="session").inc()
         if outcome.error is not None:
@@ -349,19 +375,34 @@ class Gateway:
             await self._all_ended.wait()
 
 
+def _no_upgrade(head: http.RequestHead) -> Dialect | None:
+    return None
+
+
+def _not_counted(reason: str) -> None:
+    """A kept-alive connection's later requests: its idle end is no refusal."""
+
+
 async def _next_head(
-    stream: trio.abc.SendStream, reader: http.RequestReader, deadline: float
+    stream: trio.abc.SendStream,
+    reader: http.RequestReader,
+    deadline: float,
+    refuse: Callable[[str], None],
 ) -> http.RequestHead | None:
     """The connection's next request head; None when there is none to answer: the client closed or went
-    silent past `deadline`, or sent a malformed head (answered here, 400 or h11's more precise code)."""
-    with trio.move_on_at(deadline):
+    silent past `deadline` (`refuse("timeout")`), or sent a malformed head (answered here, 400 or h11's
+    more precise code; `refuse("malformed")`)."""
+    with trio.move_on_at(deadline) as waiting:
         try:
             return await reader.next_head()
         except http.BadRequest as exc:
             log.debug("bad request: %s", exc)
+            refuse("malformed")
             await _send_quietly(stream, http.refusal(exc))
         except trio.BrokenResourceError:
             pass
+    if waiting.cancelled_caught:
+        refuse("timeout")
     return None
 
 
@@ -486,6 +527,15 @@ async def _serve_gateway(
                     listeners, gateway.handle_bailian_connection, LOOPBACK, bailian_port, connections
                 )
                 listening = attrs.evolve(listening, bailian_url=f"ws://{bailian_address}/")
+            if config.server.metrics_port:
+                metrics_address = await _listen(
+                    listeners,
+                    gateway.handle_operator_connection,
+                    config.server.host,
+                    config.server.metrics_port,
+                    connections,
+                )
+                log.info("metrics on http://%s/metrics", metrics_address)
             log.info(
                 "serving on %s (demo signing %s; Bailian compatibility %s)",
                 listening.url,

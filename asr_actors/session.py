@@ -49,6 +49,9 @@ class Outcome:
     client_gone: bool
     audio_seconds: float = 0.0
     fault: bool = False
+    # Seconds from the first audio to the first partial, and from each sentence's last audio to its final.
+    first_partial_s: float | None = None
+    final_latencies: tuple[float, ...] = ()
 
 
 @attrs.define(eq=False)  # identity, so that the gateway can keep them in a set
@@ -148,6 +151,8 @@ async def run(
         client_gone=client_gone,
         audio_seconds=audio_seconds,
         fault=ending.fault,
+        first_partial_s=facts.ledger.first_partial_s,
+        final_latencies=tuple(facts.ledger.final_latencies),
     )
 
 

@@ -160,7 +160,11 @@ async def test_readyz_and_metrics(base_url: str) -> None:
     assert 'asr_sessions_total{outcome="ok"} 1.0' in text.decode()
     assert "asr_sessions_active 0.0" in text.decode()
     assert "asr_audio_seconds_total 0.2" in text.decode()
-    assert "asr_bus_failovers 0.0" in text.decode()
+    assert "asr_bus_failovers_total 0.0" in text.decode()
+    # The conventions: the process collector, and result latencies as histograms.
+    assert "process_cpu_seconds_total" in text.decode()
+    assert "asr_first_partial_seconds_count 1.0" in text.decode()
+    assert "asr_final_latency_seconds_count 1.0" in text.decode()
 
 
 def test_handshake_rate_is_a_token_bucket() -> None:
@@ -308,3 +312,38 @@ def test_encode_response_is_sans_io() -> None:
     assert (True, b"content-length: 6") == (reusable, data.split(b"\r\n")[2])
     assert data.endswith(b"\r\n\r\n")
     assert not http.encode_response(old, response)[1]
+
+
+async def test_refused_handshakes_are_counted_by_reason(nursery: trio.Nursery) -> None:
+    """A foreign origin, a malformed upgrade and a rate-limited one each count under their reason."""
+    listening = await nursery.start(serve, fake_config(server={"port": 0, "handshakes_per_minute": 2}))
+    base = listening.url
+    host, port = base.removeprefix("http://").rstrip("/").split(":")
+    await upgrade_status_line(host, int(port), "Origin: http://evil.example\r\n")
+    for _ in range(3):
+        await upgrade_status_line(host, int(port))
+    with trio.fail_after(GUARD):
+        stream = await trio.open_tcp_stream(host, int(port))
+        async with stream:
+            await stream.send_all(b"GET /healthz HTTP/1.1\r\nContent-Length: x\r\n\r\n")
+            await stream.receive_some()
+    _, _, text = await http_get(base, "/metrics")
+    counted = {
+        line.split('"')[1]: line.rsplit(" ", 1)[1]
+        for line in text.decode().splitlines()
+        if line.startswith("asr_handshakes_refused_total{")
+    }
+    assert {"origin": "1.0", "rate": "1.0", "malformed": "1.0"} == counted
+
+
+async def test_the_metrics_port_serves_the_operator_routes_only(nursery: trio.Nursery) -> None:
+    """[server] metrics_port: /metrics, /healthz and /readyz on a port of their own, nothing else there."""
+    from asr_actors.testing.redis_server import free_port
+
+    metrics_port = free_port()
+    await nursery.start(serve, fake_config(server={"port": 0, "metrics_port": metrics_port}))
+    metrics_base = f"http://127.0.0.1:{metrics_port}/"
+    assert [200, 200, 200, 404, 404] == [
+        (await http_get(metrics_base, target))[0]
+        for target in ("/metrics", "/healthz", "/readyz", "/", "/v1/sign")
+    ]

@@ -65,7 +65,7 @@ async def run(
                         task_status.started(event)
                     elif isinstance(event, AudioReceived):
                         audio_arrived()
-                        ledger.audio_bytes += len(event.pcm)
+                        ledger.heard(len(event.pcm), trio.current_time())
                         if ledger.audio_bytes > allowed_bytes and over_allowance is not None:
                             raise over_allowance
                         if engine_listening:

@@ -52,7 +52,7 @@ async def run(
                 async with bus.open_stream(engine, spec, audio) as events:
                     task_status.started()
                     await outbound.send(Result(ResultStatus.START))
-                    await _relay_events(events, outbound, spec.session_id, ledger)
+                    await _relay_events(events, outbound, spec, ledger)
         # Both are raised by open_stream before anything runs.
         except UnsupportedStream as exc:
             raise ProtocolError(ErrorCode.BAD_INPUT, str(exc)) from None
@@ -66,9 +66,10 @@ async def run(
 async def _relay_events(
     events: trio.MemoryReceiveChannel[EngineEvent],
     outbound: trio.MemorySendChannel[ServerEvent],
-    session_id: str,
+    spec: StreamSpec,
     ledger: SessionLedger,
 ) -> None:
+    session_id, bytes_per_ms = spec.session_id, spec.sample_rate * 2 / 1000
     sentence = 0
     async for event in events:
         if isinstance(event, EngineFailed):
@@ -79,5 +80,8 @@ async def _relay_events(
             Result(status, f"{session_id}-{sentence}", event.text, event.begin_ms, event.end_ms)
         )
         if isinstance(event, Final):
-            ledger.finals.append(FinalRecord(event.text, event.begin_ms, event.end_ms))
+            final = FinalRecord(event.text, event.begin_ms, event.end_ms)
+            ledger.final_sent(final, round(event.end_ms * bytes_per_ms), trio.current_time())
             sentence += 1
+        else:
+            ledger.partial_sent(trio.current_time())

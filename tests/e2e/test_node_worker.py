@@ -12,9 +12,10 @@ from pathlib import Path
 import pytest
 import trio
 
-from asr_actors import client, conformance
+from asr_actors import client
 from asr_actors.testing.redis_server import redis_server
 from asr_actors.testing.subprocess_server import running_server, stop
+from asr_actors.tools import conformance
 
 GUARD = 90
 WORKER = Path(__file__).resolve().parents[2] / "engines" / "node-echo" / "index.js"
