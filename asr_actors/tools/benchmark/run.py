@@ -144,7 +144,7 @@ final_frames = {workload.final_frames}
 engine = "synthetic"
 [bus]
 kind = "{system.bus}"
-url = "{redis_url}"
+{f'url = "{redis_url}"' if redis_url else ""}
 [records]
 path = "{folder / "records.sqlite3"}"
 """
