@@ -122,8 +122,10 @@ class RedisConnection:
         # The client parses the URL itself: redis://, rediss:// (TLS), unix://, ACL user names, db.
         self.client: coredis.Redis[bytes] = coredis.Redis.from_url(url)
         self._pubsub: coredis.patterns.pubsub.PubSub[bytes] | None = None
-        # Set while `_pubsub` is connected; a new, unset one while Redis is away.
-        self._pubsub_up = trio.Event()
+        # Set once the current pub/sub connection has delivered a canary; a new, unset one while Redis is
+        # away or the connection is being replaced (a connection that only says it is subscribed may
+        # deliver nothing: see `_keep_pubsub`).
+        self._pubsub_delivers = trio.Event()
         self._subscription_queue = subscription_queue
         self._check_interval = check_interval
         self._streams: dict[str, trio.MemorySendChannel[bytes]] = {}
@@ -137,6 +139,15 @@ class RedisConnection:
 
     def _hear_canary(self, _message: PubSubMessage) -> None:
         self._delivered.set()
+
+    @property
+    def delivering(self) -> bool:
+        """The pub/sub connection has shown that it delivers (readiness depends on it)."""
+        return self._pubsub_delivers.is_set()
+
+    def _not_delivering(self) -> None:
+        if self._pubsub_delivers.is_set():
+            self._pubsub_delivers = trio.Event()
 
     @asynccontextmanager
     async def open(self) -> AsyncIterator[RedisConnection]:
@@ -165,22 +176,27 @@ class RedisConnection:
                     async with self.client.pubsub(ignore_subscribe_messages=True) as pubsub:
                         await pubsub.subscribe(**{canary: self._hear_canary})
                         self._pubsub = pubsub
-                        self._pubsub_up.set()
-                        if reported_down:
-                            log.warning("the pub/sub connection to Redis is back")
-                            reported_down = False
                         while True:
-                            await trio.sleep(self._check_interval)
+                            # The first canary goes at once, so that a new connection is trusted (and
+                            # sessions may subscribe) as soon as it has shown that it delivers.
                             self._delivered = trio.Event()
                             try:
                                 await self.client.publish(canary, b"1")
                             except RedisError:
-                                continue  # Redis itself is away; judge the connection once it is back
+                                # Redis itself is away; judge the connection once it is back.
+                                self._not_delivering()
+                                await trio.sleep(self._check_interval)
+                                continue
                             with trio.move_on_after(self._check_interval):
                                 await self._delivered.wait()
                             if not self._delivered.is_set():
                                 log.warning("the pub/sub connection stopped delivering; ending its streams")
                                 connection_scope.cancel()
+                            self._pubsub_delivers.set()
+                            if reported_down:
+                                log.warning("the pub/sub connection to Redis is back")
+                                reported_down = False
+                            await trio.sleep(self._check_interval)
             except* RedisError as group:
                 # Redis is away (or the connection's own teardown failed once it went); the streams end
                 # below either way, and a new connection is tried every check interval.
@@ -188,8 +204,7 @@ class RedisConnection:
                     log.warning("no pub/sub connection to Redis: %s", first_leaf(group))
                     reported_down = True
             self._pubsub = None
-            if self._pubsub_up.is_set():
-                self._pubsub_up = trio.Event()
+            self._not_delivering()
             for stream in self._streams.values():
                 stream.close()
             self._streams.clear()
@@ -198,12 +213,13 @@ class RedisConnection:
     @asynccontextmanager
     async def subscription(self, channel: str) -> AsyncIterator[trio.MemoryReceiveChannel[bytes]]:
         """Messages published on `channel` from now on, until the context ends."""
-        # A connection being made (at start-up, after a Redis restart) is waited for, one check interval.
+        # A connection being made or proven (at start-up, after a Redis restart) is waited for, one check
+        # interval: a subscription on a connection that delivers nothing would lose the session.
         with trio.move_on_after(self._check_interval):
-            await self._pubsub_up.wait()
+            await self._pubsub_delivers.wait()
         pubsub = self._pubsub
-        if pubsub is None:
-            raise EngineUnavailable("The bus is unreachable: no connection to Redis")
+        if pubsub is None or not self.delivering:
+            raise EngineUnavailable("The bus is unreachable: no working pub/sub connection to Redis")
         messages_tx, messages_rx = trio.open_memory_channel[bytes](self._subscription_queue)
 
         def deliver(message: PubSubMessage) -> None:
@@ -503,6 +519,8 @@ class RedisBus:
             self._streams_open -= 1
 
     async def engine_problem(self, engine: str) -> str | None:
+        if not self._redis.delivering:
+            return "the bus's pub/sub connection to Redis is not delivering (Redis away, or reconnecting)"
         try:
             # SCAN, not KEYS: a large keyspace (sessions, records) must not block Redis for a health check.
             workers = [
