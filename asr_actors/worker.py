@@ -110,7 +110,9 @@ class Worker:
         )
 
     async def _first_heartbeat(self, redis: RedisConnection) -> None:
-        """Announce the worker, waiting for Redis if it is away (a worker may start before it)."""
+        """Announce the worker, waiting for Redis if it is away (a worker may start before it) and for a
+        pub/sub connection that delivers (a worker announced without one would lose every session)."""
+        await redis.wait_delivering()
         waiting = False
         while True:
             try:
@@ -127,20 +129,27 @@ class Worker:
         with scope:
             while True:
                 await trio.sleep(self.config.bus.heartbeat_interval)
+                # Alive means able to serve: while the pub/sub connection delivers nothing (Redis away,
+                # or reconnecting) the key is not refreshed, and gateways move this worker's sessions.
+                if not redis.delivering:
+                    continue
                 try:
                     await self._heartbeat_once(redis)
                 except RedisError as exc:
                     log.warning("heartbeat failed: %s", exc)
+                    redis.suspect()
 
     async def _claim(self, redis: RedisConnection, sessions: trio.Nursery) -> None:
         queue = wire.queue_key(self.engine.name)
         while True:
+            await redis.wait_delivering()  # a session claimed now could not be served
             await self._slots.acquire()
             try:
                 popped = await redis.client.brpop([queue], timeout=CLAIM_POLL_SECONDS)
             except RedisError as exc:
                 self._slots.release()
                 log.warning("claiming failed: %s", exc)
+                redis.suspect()
                 await trio.sleep(RETRY_INTERVAL)
                 continue
             except BaseException:

@@ -17,7 +17,7 @@ import contextlib
 import logging
 import time
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager
 
 import anyio
@@ -85,8 +85,9 @@ class _Publisher:
     (or raises why not), as a plain PUBLISH would; messages keep the order they were queued in.
     """
 
-    def __init__(self, client: coredis.Redis[bytes]) -> None:
+    def __init__(self, client: coredis.Redis[bytes], on_error: Callable[[], None]) -> None:
         self._client = client
+        self._on_error = on_error
         self._filling = _Batch()
         self._queued = trio.Event()
 
@@ -111,6 +112,7 @@ class _Publisher:
                         pipeline.publish(channel, message)
             except RedisError as exc:
                 batch.error = exc
+                self._on_error()
             finally:
                 batch.done.set()
 
@@ -131,7 +133,9 @@ class RedisConnection:
         self._streams: dict[str, trio.MemorySendChannel[bytes]] = {}
         # Set by every delivery on the pub/sub connection, the canary's or any stream's.
         self._delivered = trio.Event()
-        self._publisher = _Publisher(self.client)
+        # Set to have the pub/sub connection checked now rather than at the next interval.
+        self._check_now = trio.Event()
+        self._publisher = _Publisher(self.client, self.suspect)
 
     async def publish(self, channel: str, *messages: bytes) -> None:
         """PUBLISH each message on `channel`, in order, batched with every other publish of the process."""
@@ -144,6 +148,16 @@ class RedisConnection:
     def delivering(self) -> bool:
         """The pub/sub connection has shown that it delivers (readiness depends on it)."""
         return self._pubsub_delivers.is_set()
+
+    async def wait_delivering(self) -> None:
+        """Until the pub/sub connection has shown that it delivers."""
+        await self._pubsub_delivers.wait()
+
+    def suspect(self) -> None:
+        """A command failed: Redis may have gone or restarted, and a pub/sub connection that lived through
+        that may deliver nothing (see `_keep_pubsub`). Not trusted until a canary proves it, checked now."""
+        self._not_delivering()
+        self._check_now.set()
 
     def _not_delivering(self) -> None:
         if self._pubsub_delivers.is_set():
@@ -192,11 +206,15 @@ class RedisConnection:
                             if not self._delivered.is_set():
                                 log.warning("the pub/sub connection stopped delivering; ending its streams")
                                 connection_scope.cancel()
-                            self._pubsub_delivers.set()
-                            if reported_down:
-                                log.warning("the pub/sub connection to Redis is back")
-                                reported_down = False
-                            await trio.sleep(self._check_interval)
+                                reported_down = True
+                            else:
+                                self._pubsub_delivers.set()
+                                if reported_down:
+                                    log.warning("the pub/sub connection to Redis is back")
+                                    reported_down = False
+                            with trio.move_on_after(self._check_interval):
+                                await self._check_now.wait()
+                            self._check_now = trio.Event()
             except* RedisError as group:
                 # Redis is away (or the connection's own teardown failed once it went); the streams end
                 # below either way, and a new connection is tried every check interval.
@@ -240,7 +258,9 @@ class RedisConnection:
         try:
             await pubsub.subscribe(**{channel: deliver})
         except RedisError as exc:
-            # Typically right after Redis restarted, until the pub/sub connection has been replaced.
+            # Typically right after Redis restarted, or an acknowledgement late under load: the SUBSCRIBE
+            # was sent and may still take effect, so it is taken back, or the channel stays subscribed.
+            await _unsubscribe(pubsub, channel)
             raise EngineUnavailable(f"The bus is unreachable: {exc}") from exc
         self._streams[channel] = messages_tx
         try:
@@ -249,12 +269,13 @@ class RedisConnection:
         finally:
             self._streams.pop(channel, None)
             messages_tx.close()
-            with (
-                trio.CancelScope(shield=True),
-                trio.move_on_after(CLEANUP_TIMEOUT),
-                contextlib.suppress(*RedisError),
-            ):
-                await pubsub.unsubscribe(channel)
+            await _unsubscribe(pubsub, channel)
+
+
+async def _unsubscribe(pubsub: coredis.patterns.pubsub.PubSub[bytes], channel: str) -> None:
+    """Best effort, shielded and bounded: a session's end never waits on a Redis that went away."""
+    with trio.CancelScope(shield=True), trio.move_on_after(CLEANUP_TIMEOUT), contextlib.suppress(*RedisError):
+        await pubsub.unsubscribe(channel)
 
 
 class RedisAudioQuota:
@@ -528,6 +549,7 @@ class RedisBus:
             ]
             engines = await self._redis.client.mget(workers) if workers else ()
         except RedisError as exc:
+            self._redis.suspect()
             return f"the bus is unreachable: {exc}"
         return None if engine.encode() in engines else "no live worker"
 
@@ -555,9 +577,12 @@ class RedisBus:
                     if isinstance(message.result, wire.Refused):
                         refusal = EngineUnavailable if message.result.unavailable else UnsupportedStream
                         raise refusal(message.result.message)
-            # Nobody claimed it: take the request back, so that no worker starts it later.
+            # Nobody claimed it in time: take the request back, so that no worker starts it later, and
+            # cancel the placement, in case a worker took it just now (it would wait for audio otherwise).
             await self._redis.client.lrem(queue, 1, request.encode())
+            await self._cancel_placement(stream)
         except RedisError as exc:
+            self._redis.suspect()
             raise EngineUnavailable(f"The bus is unreachable: {exc}") from exc
         raise EngineUnavailable(
             f"No {stream.engine} worker claimed the session in {self._config.claim_timeout:g} s"

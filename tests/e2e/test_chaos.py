@@ -124,6 +124,8 @@ async def healthy_sessions(ws_url: str, results: list[str], count: int = HEALTHY
             results.append("exact" if finals == EXPECTED else f"wrong finals {finals}")
         except client.ServerError as exc:
             results.append(f"{exc.code}")
+            if exc.code == 503:
+                print(f"[chaos] 503: {exc.message}", file=sys.stderr)
 
     async with trio.open_nursery() as nursery:
         for _ in range(count):
