@@ -257,11 +257,14 @@ class RedisConnection:
 
         try:
             await pubsub.subscribe(**{channel: deliver})
-        except RedisError as exc:
-            # Typically right after Redis restarted, or an acknowledgement late under load: the SUBSCRIBE
-            # was sent and may still take effect, so it is taken back, or the channel stays subscribed.
+        except BaseException as exc:
+            # Redis just restarted, an acknowledgement came late under load, or the session was cancelled
+            # while waiting for it: the SUBSCRIBE was sent and may still take effect, so it is taken back,
+            # or the channel would stay subscribed on the connection for good.
             await _unsubscribe(pubsub, channel)
-            raise EngineUnavailable(f"The bus is unreachable: {exc}") from exc
+            if isinstance(exc, RedisError):
+                raise EngineUnavailable(f"The bus is unreachable: {exc}") from exc
+            raise
         self._streams[channel] = messages_tx
         try:
             async with messages_rx:
