@@ -27,22 +27,12 @@ from asr_actors import client
 from asr_actors.engines.fake import FakeEngine
 from asr_actors.testing.redis_server import RedisServer, redis_server
 from asr_actors.testing.subprocess_server import running_server
-from tests.e2e.test_scale_out import settled_channels, workers
+from tests.e2e.test_scale_out import settled_channels, workers, write_config
 from tests.support import APPKEY, SECRET
 from tests.test_faults import EXPECTED, SPEECH, census, gateway_on_loopback, link, raw_session, settled
 
 GUARD = 90
 HEALTHY = 20
-
-
-def write_config(folder: Path, redis_url: str) -> Path:
-    path = folder / "config.toml"
-    path.write_text(
-        f'[apps.{APPKEY}]\nsecret = "{SECRET}"\n'
-        '[engines]\ndefault = "fake"\n[languages.en]\nengine = "fake"\n'
-        f'[bus]\nkind = "redis"\nurl = "{redis_url}"\nheartbeat_interval = 0.5\nworker_ttl = 1.5\n'
-    )
-    return path
 
 
 async def tool(*command: str) -> str:
@@ -181,7 +171,7 @@ async def test_chaos_on_both_buses(tmp_path: Path, capsys: pytest.CaptureFixture
             gateway_on_loopback(engine) as (gateway, memory_ws),
             redis_server(tmp_path) as redis,
         ):
-            config = write_config(tmp_path, redis.url)
+            config = write_config(tmp_path, redis.url, APPKEY, SECRET)
             async with workers(config, 1, redis), running_server(config) as (redis_http, process):
                 redis_ws = redis_http.replace("http://", "ws://") + "v1/asr"
                 memory_http = memory_ws.replace("ws://", "http://").removesuffix("v1/asr")

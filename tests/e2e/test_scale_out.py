@@ -32,10 +32,10 @@ APPKEY, SECRET = "scale", "scale-secret"
 SECOND = b"\x01\x00" * 16000
 
 
-def write_config(folder: Path, redis_url: str) -> Path:
+def write_config(folder: Path, redis_url: str, appkey: str = APPKEY, secret: str = SECRET) -> Path:
     path = folder / "config.toml"
     path.write_text(
-        f'[apps.{APPKEY}]\nsecret = "{SECRET}"\n'
+        f'[apps.{appkey}]\nsecret = "{secret}"\n'
         '[engines]\ndefault = "fake"\n[languages.en]\nengine = "fake"\n'
         f'[bus]\nkind = "redis"\nurl = "{redis_url}"\nheartbeat_interval = 0.5\nworker_ttl = 1.5\n'
     )

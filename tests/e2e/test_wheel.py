@@ -15,10 +15,10 @@ import sys
 import zipfile
 from pathlib import Path
 
-import h11
 import trio
 
 from asr_actors import __version__
+from tests.test_http import http_get
 
 ROOT = Path(__file__).resolve().parent.parent.parent
 GUARD = 180
@@ -51,27 +51,6 @@ def build_and_install(scratch: Path) -> tuple[Path, Path]:
         timeout=GUARD,
     )
     return wheel, target
-
-
-async def get(port: int, target: str) -> tuple[int, bytes]:
-    stream = await trio.open_tcp_stream("127.0.0.1", port)
-    async with stream:
-        connection = h11.Connection(h11.CLIENT)
-        request = h11.Request(
-            method="GET", target=target, headers=[("host", f"127.0.0.1:{port}"), ("connection", "close")]
-        )
-        await stream.send_all(connection.send(request) + (connection.send(h11.EndOfMessage()) or b""))
-        status, body = 0, b""
-        while True:
-            event = connection.next_event()
-            if event is h11.NEED_DATA:
-                connection.receive_data(await stream.receive_some())
-            elif isinstance(event, h11.Response):
-                status = event.status_code
-            elif isinstance(event, h11.Data):
-                body += event.data
-            elif isinstance(event, h11.EndOfMessage | h11.ConnectionClosed):
-                return status, body
 
 
 async def test_the_wheel_serves_the_page_from_an_empty_folder(tmp_path: Path) -> None:
@@ -125,9 +104,10 @@ async def test_the_wheel_serves_the_page_from_an_empty_folder(tmp_path: Path) ->
             match = re.search(rb"http://127\.0\.0\.1:(\d+)/", first)
             assert match is not None, first
             port = int(match.group(1))
-            status, body = await get(port, "/")
+            base = f"http://127.0.0.1:{port}/"
+            status, _, body = await http_get(base, "/")
             assert (200, True) == (status, b'id="transcript"' in body)
-            assert 200 == (await get(port, "/app.js"))[0]
+            assert 200 == (await http_get(base, "/app.js"))[0]
         finally:
             process.terminate()
             await process.wait()
