@@ -29,7 +29,7 @@ const config = {
   concurrency: Number(option("concurrency", "8")),
   heartbeatMs: Number(option("heartbeat-ms", "1000")),
   ttlMs: Number(option("ttl-ms", "3000")),
-  idleMs: Number(option("idle-ms", "30000")),
+  idleMs: Number(option("idle-ms", "40000")), // [bus] audio_timeout: longer than the gateway's idle timeout
 };
 const workerId = `${config.engine}-${os.hostname()}-${process.pid}-${crypto.randomBytes(3).toString("hex")}`;
 const log = (...parts) => console.error(new Date().toISOString(), workerId, ...parts);
