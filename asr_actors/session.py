@@ -243,17 +243,13 @@ def _judge(exc: Exception) -> _Ending:
     protocol error if any part raised one; 503 when a dependency is down; else 500 for a fault, logged
     once with its traceback. A client that went away is told nothing."""
     group = exc if isinstance(exc, ExceptionGroup) else ExceptionGroup("session", [exc])
-    protocol_errors, rest = group.split(ProtocolError)
+    protocol_errors, _ = group.split(ProtocolError)
     if protocol_errors is not None:
         return _Ending(first_leaf(protocol_errors))
-    if rest is None:
-        return _Ending()
-    down, rest = rest.split(DependencyUnavailable)
+    down, _ = group.split(DependencyUnavailable)
     if down is not None:
         return _Ending(ProtocolError(ErrorCode.UNAVAILABLE, str(first_leaf(down))))
-    if rest is None:
-        return _Ending()
-    _gone, unexpected = rest.split(ClientGone)
+    _gone, unexpected = group.split(ClientGone)
     if unexpected is None:
         return _Ending(client_gone=True)
     log.error("failed", exc_info=unexpected)

@@ -41,8 +41,10 @@ async def run_stream(
 ) -> None:
     task_id = uuid.uuid4().hex
     hints = list(config.language_hints) or [spec.language]
-    async with events, _upstream(config, api_key) as upstream:
-        with trio.move_on_after(config.start_timeout) as starting:
+    # One deadline for the whole start: connect, upgrade, run-task -> task-started.
+    started_by = trio.current_time() + config.start_timeout
+    async with events, _upstream(config, api_key, started_by) as upstream:
+        with trio.move_on_at(started_by) as starting:
             await upstream.send_message(wire.run_task(task_id, config.model, spec.sample_rate, hints))
             await _until_started(upstream)
         if starting.cancelled_caught:
@@ -58,14 +60,17 @@ async def run_stream(
 
 
 @asynccontextmanager
-async def _upstream(config: DashScopeEngineConfig, api_key: str) -> AsyncIterator[_Upstream]:
-    """A WebSocket to the service, closed (bounded) on the way out; its failures as EngineError."""
+async def _upstream(
+    config: DashScopeEngineConfig, api_key: str, connected_by: float
+) -> AsyncIterator[_Upstream]:
+    """A WebSocket to the service, open by `connected_by` and closed (bounded) on the way out; its
+    failures as EngineError."""
     split = urlsplit(config.url or wire.DEFAULT_URL)
     secure = split.scheme == "wss"
     host = split.hostname or ""
     port = split.port or (443 if secure else 80)
     try:
-        with trio.fail_after(config.start_timeout):
+        with trio.fail_at(connected_by):
             stream: trio.SocketStream | trio.SSLStream[trio.SocketStream] = (
                 await trio.open_ssl_over_tcp_stream(host, port)
                 if secure
@@ -75,7 +80,7 @@ async def _upstream(config: DashScopeEngineConfig, api_key: str) -> AsyncIterato
         raise EngineError("DashScope is unreachable") from exc
     async with stream, trio.open_nursery() as nursery:
         try:
-            with trio.fail_after(config.start_timeout):
+            with trio.fail_at(connected_by):
                 connection = await trio_websocket.wrap_client_stream(
                     nursery,
                     stream,

@@ -27,7 +27,7 @@ import trio
 import trio_websocket
 
 from asr_actors import client
-from asr_actors.tools.benchmark.run import FRAME_MS, _cpu_s, _process, _rss
+from asr_actors.tools.benchmark.run import FRAME_MS, child_process, cpu_seconds, rss_bytes
 
 FAKE_DASHSCOPE = Path(__file__).resolve().parents[3] / "tests" / "fake_dashscope" / "server.py"
 KEY_ENV = "ASR_BENCH_DASHSCOPE_KEY"
@@ -140,11 +140,11 @@ async def measure_dashscope(
         log = folder / "processes.log"
         fake_arguments = [sys.executable, str(FAKE_DASHSCOPE), "--api-key", KEY]
         fake_arguments += ["--chars-every-bytes", str(FRAME_BYTES * FRAMES_PER_CHAR)]
-        async with _process(fake_arguments, log, {}, re.compile(r"(ws://\S+)")) as (fake, found):
+        async with child_process(fake_arguments, log, {}, re.compile(r"(ws://\S+)")) as (fake, found):
             assert found is not None
             config = _config(folder, found.group(1), transport, streams)
             serve = [sys.executable, "-m", "asr_actors", "serve", "--config", str(config), "--port", "0"]
-            async with _process(serve, log, {KEY_ENV: KEY}, re.compile(r"open (http://\S+)")) as (
+            async with child_process(serve, log, {KEY_ENV: KEY}, re.compile(r"open (http://\S+)")) as (
                 gateway,
                 up,
             ):
@@ -157,7 +157,7 @@ async def measure_dashscope(
                 async def sample() -> None:
                     while True:
                         peak["threads"] = max(peak["threads"], gateway_process.num_threads())
-                        peak["rss"] = max(peak["rss"], _rss([gateway_process]))
+                        peak["rss"] = max(peak["rss"], rss_bytes([gateway_process]))
                         await trio.sleep(SAMPLE_S)
 
                 sessions: list[_Session] = []
@@ -166,7 +166,7 @@ async def measure_dashscope(
                     url = client.sign_url(ws_url, APPKEY, SECRET, nonce=client.fresh_nonce()) + "&lang=zh"
                     sessions.append(await _session(url, duration_s, start_at))
 
-                cpu_before = (_cpu_s([gateway_process]), _cpu_s([upstream_process]))
+                cpu_before = (cpu_seconds([gateway_process]), cpu_seconds([upstream_process]))
                 began = trio.current_time()
                 async with trio.open_nursery() as nursery:
                     nursery.start_soon(sample)
@@ -176,8 +176,8 @@ async def measure_dashscope(
                             clients.start_soon(one, began + FRAME_MS / 1000 * index / streams)
                     nursery.cancel_scope.cancel()
                 elapsed = trio.current_time() - began
-                gateway_cpu = _cpu_s([gateway_process]) - cpu_before[0]
-                upstream_cpu = _cpu_s([upstream_process]) - cpu_before[1]
+                gateway_cpu = cpu_seconds([gateway_process]) - cpu_before[0]
+                upstream_cpu = cpu_seconds([upstream_process]) - cpu_before[1]
     partials = [latency for session in sessions for latency in session.partial_latencies]
     ends = [session.end_latency for session in sessions if session.end_latency is not None]
     return DashScopeMeasurement(

@@ -105,7 +105,7 @@ class _Running:
 
 
 @asynccontextmanager
-async def _process(
+async def child_process(
     arguments: list[str], log: Path, env: dict[str, str], ready: re.Pattern[str] | None
 ) -> AsyncIterator[tuple[trio.Process, re.Match[str] | None]]:
     """A child process, its stderr in `log`; waits until a stdout line matches `ready`; stopped after."""
@@ -161,7 +161,7 @@ async def _running(
     async with AsyncExitStack() as stack:
         if system.kind == "reference":
             process, found = await stack.enter_async_context(
-                _process(
+                child_process(
                     [
                         python,
                         str(REFERENCE_RELAY),
@@ -190,7 +190,7 @@ async def _running(
             per_worker = math.ceil(workload.streams / system.engine_workers) + 1
             for _ in range(system.engine_workers):
                 worker, _found = await stack.enter_async_context(
-                    _process(
+                    child_process(
                         [
                             python,
                             "-m",
@@ -218,7 +218,7 @@ async def _running(
         yield running
 
 
-def _cpu_s(processes: list[psutil.Process]) -> float:
+def cpu_seconds(processes: list[psutil.Process]) -> float:
     total = 0.0
     for process in processes:
         times = process.cpu_times()
@@ -226,7 +226,7 @@ def _cpu_s(processes: list[psutil.Process]) -> float:
     return total
 
 
-def _rss(processes: list[psutil.Process]) -> int:
+def rss_bytes(processes: list[psutil.Process]) -> int:
     return sum(process.memory_info().rss for process in processes)
 
 
@@ -248,7 +248,7 @@ async def measure(system: System, workload: Workload, progress: Callable[[str], 
         folder = Path(temporary)
         async with _running(system, workload, folder, env) as running:
             progress(f"{system.label}: {workload.streams} streams for {workload.duration:g} s")
-            rss_base = _rss(running.gateway)
+            rss_base = rss_bytes(running.gateway)
             return await _drive(system, workload, running, folder, env, rss_base, progress)
 
 
@@ -298,9 +298,9 @@ async def _drive(
             connect_failures += connected["failed"]
         progress(f"  {workload.streams - connect_failures} connections open; weighing them idle")
         await trio.sleep(SETTLE_S)
-        rss_idle = _rss(running.gateway)
-        cpu_before = {name: _cpu_s(group) for name, group in _groups(running).items()}
-        load_cpu_before = _cpu_s(load_processes)
+        rss_idle = rss_bytes(running.gateway)
+        cpu_before = {name: cpu_seconds(group) for name, group in _groups(running).items()}
+        load_cpu_before = cpu_seconds(load_processes)
         started = trio.current_time()
         for process, _, _ in loads:
             assert process.stdin is not None
@@ -314,18 +314,18 @@ async def _drive(
                 nursery.start_soon(_follow, process, pending, sent, index, summaries)
             while len(summaries) < len(loads):
                 await trio.sleep(1)
-                rss_samples.append(_rss(running.gateway))
+                rss_samples.append(rss_bytes(running.gateway))
                 rss_peak = max(rss_peak, rss_samples[-1])
                 elapsed = trio.current_time() - started
                 rate = sum(sent) / max(elapsed, 1e-9)
-                rss_mib = _rss(running.gateway) / 2**20
+                rss_mib = rss_bytes(running.gateway) / 2**20
                 progress(
                     f"  {elapsed:5.0f} s  frames sent {sum(sent):>9,} ({rate:,.0f}/s)  "
                     f"gateway RSS {rss_mib:,.0f} MiB"
                 )
         wall = trio.current_time() - started
-        cpu_after = {name: _cpu_s(group) for name, group in _groups(running).items()}
-        load_cpu = _cpu_s(load_processes) - load_cpu_before
+        cpu_after = {name: cpu_seconds(group) for name, group in _groups(running).items()}
+        load_cpu = cpu_seconds(load_processes) - load_cpu_before
     uplink = np.concatenate([np.load(samples)["uplink_us"] for _, _, samples in loads])
     downlink = np.concatenate([np.load(samples)["downlink_us"] for _, _, samples in loads])
     total = {key: sum(int(summary[key]) for summary in summaries) for key in _COUNTS}  # type: ignore[call-overload]
