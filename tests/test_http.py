@@ -26,25 +26,12 @@ async def base_url(nursery: trio.Nursery) -> str:
 
 
 async def http_get(base: str, target: str, method: str = "GET") -> tuple[int, dict[str, str], bytes]:
-    host, port = base.removeprefix("http://").rstrip("/").split(":")
-    with trio.fail_after(GUARD):
-        stream = await trio.open_tcp_stream(host, int(port))
-        async with stream:
-            connection = h11.Connection(h11.CLIENT)
-            request = h11.Request(method=method, target=target, headers=[("host", f"{host}:{port}")])
-            await stream.send_all(connection.send(request) + (connection.send(h11.EndOfMessage()) or b""))
-            status, headers, body = 0, {}, b""
-            while True:
-                event = connection.next_event()
-                if event is h11.NEED_DATA:
-                    connection.receive_data(await stream.receive_some())
-                elif isinstance(event, h11.Response):
-                    status = event.status_code
-                    headers = {k.decode(): v.decode() for k, v in event.headers}
-                elif isinstance(event, h11.Data):
-                    body += event.data
-                elif isinstance(event, h11.EndOfMessage | h11.ConnectionClosed):
-                    return status, headers, body
+    """One request on a connection of its own: status, headers, body."""
+    host = base.removeprefix("http://").rstrip("/")
+    [answer] = await exchange(
+        base, f"{method} {target} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n".encode()
+    )
+    return answer
 
 
 async def upgrade_status_line(host: str, port: int, extra_headers: str = "") -> bytes:

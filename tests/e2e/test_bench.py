@@ -16,7 +16,8 @@ from pathlib import Path
 GUARD = 300
 
 
-def bench(*arguments: str) -> tuple[str, list[dict[str, object]]]:
+def bench(*arguments: str, progress: str = "frames sent") -> tuple[str, list[dict[str, object]]]:
+    """Run `bench` as a user does; its table (stdout) and the measurements it wrote as JSON."""
     json_path = Path(arguments[arguments.index("--json") + 1])
     finished = subprocess.run(
         [sys.executable, "-m", "asr_actors", "bench", *arguments],
@@ -26,7 +27,7 @@ def bench(*arguments: str) -> tuple[str, list[dict[str, object]]]:
         check=True,
     )
     # Progress goes to stderr while it runs; the table to stdout.
-    assert "frames sent" in finished.stderr
+    assert progress in finished.stderr
     return finished.stdout, json.loads(json_path.read_text())
 
 
@@ -108,17 +109,20 @@ def test_clients_that_reconnect_for_new_sessions(tmp_path: Path) -> None:
 def test_dashscope_transports_side_by_side(tmp_path: Path) -> None:
     """`bench --dashscope`: both transports against the fake upstream, every session ended, a partial
     latency measured for every partial (a character every 5 frames: 2 s of audio is 4 partials)."""
-    json_path = tmp_path / "d.json"
-    arguments = ["--dashscope", "sdk,native", "--streams", "3", "--duration", "2", "--json", str(json_path)]
-    finished = subprocess.run(
-        [sys.executable, "-m", "asr_actors", "bench", *arguments],
-        capture_output=True,
-        text=True,
-        timeout=GUARD,
-        check=True,
+    table, measured = bench(
+        *[
+            "--dashscope",
+            "sdk,native",
+            "--streams",
+            "3",
+            "--duration",
+            "2",
+            "--json",
+            str(tmp_path / "d.json"),
+        ],
+        progress="dashscope bench: native transport",
     )
-    measured = json.loads(json_path.read_text())
     assert ["sdk", "native"] == [m["transport"] for m in measured]
     assert [(3, 12)] * 2 == [(m["sessions_ok"], m["partials"]) for m in measured]
     assert all(0 < m["partial_p50_ms"] <= m["partial_p99_ms"] for m in measured)
-    assert 2 == finished.stdout.count("| 3 | 3 / 3 |")
+    assert 2 == table.count("| 3 | 3 / 3 |")
