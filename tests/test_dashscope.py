@@ -161,6 +161,19 @@ async def test_upstream_faults_become_coded_errors(
     assert ["start", "partial", "final", "end"] == statuses(await read_until_close(healthy))
 
 
+async def test_a_task_that_never_starts_is_bounded(
+    transport: str, nursery: trio.Nursery, guarded: None
+) -> None:
+    """The upstream accepts the connection but never answers run-task. The native transport waits for
+    task-started up to start_timeout; the SDK's start() returns before task-started, so there the bound is
+    stop_timeout at the end of the audio. Either way a coded 500, never a hang."""
+    fake = await start_fake(nursery, Switches(ignore_run_task=True))
+    gateway = await dashscope_gateway(transport, fake.url, start_timeout=1.0, stop_timeout=1.0)
+    messages = await zh_session(nursery, gateway, 3)
+    expected = "did not start within 1 s" if transport == "native" else "did not finish within 1 s"
+    assert {"code": 500, "message": f"DashScope {expected}", "data": ""} == messages[-1]
+
+
 async def test_unreachable_upstream(transport: str, nursery: trio.Nursery, guarded: None) -> None:
     """Nothing listening at the configured URL: 500 "DashScope is unreachable"."""
     with trio.socket.socket() as placeholder:

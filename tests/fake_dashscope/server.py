@@ -38,6 +38,8 @@ class Switches:
     drop_after_frames: int | None = None
     # Never answer finish-task (the SDK's stop() then blocks forever).
     ignore_finish: bool = False
+    # Never answer run-task (no task-started: the task never starts).
+    ignore_run_task: bool = False
 
 
 @attrs.define
@@ -113,6 +115,8 @@ class FakeDashScope:
             await connection.send_message(refusal)
             await connection.aclose()
             return
+        if self.switches.ignore_run_task:
+            await trio.sleep_forever()
         await connection.send_message(_event("task-started", task_id))
         self.stats.tasks_started += 1
         script = _Script(self.switches, int(run_task["payload"]["parameters"].get("sample_rate", 16000)))
