@@ -100,10 +100,10 @@ async def backend(config: Config) -> AsyncIterator[Backend]:
         records = SqliteRecordStore(keep.path, keep.retention_days) if keep.enabled else None
         yield Backend(memory, engines, MemoryReplayGuard(), records, admin=FileAdmin(config))
         return
-    from asr_actors.bus.redis import (
+    from asr_actors.bus.redis import RedisBus
+    from asr_actors.bus.redis_connection import RedisConnection, new_process_id
+    from asr_actors.bus.redis_stores import (
         RedisAudioQuota,
-        RedisBus,
-        RedisConnection,
         RedisDirectory,
         RedisRecordStore,
         RedisReplayGuard,
@@ -111,10 +111,17 @@ async def backend(config: Config) -> AsyncIterator[Backend]:
     )
 
     links = config.bus
-    async with RedisConnection(
-        links.url, links.subscription_queue, links.pubsub_check_interval
-    ).open() as redis:
-        bus = RedisBus(redis, config.bus, events_capacity=channels.engine_events)
+    connection = RedisConnection(
+        links.url,
+        new_process_id("gateway"),
+        route_capacity=links.route_queue,
+        check_interval=links.pubsub_check_interval,
+        batch_interval=links.batch_interval,
+    )
+    async with (
+        connection.open() as redis,
+        RedisBus(redis, config.bus, events_capacity=channels.engine_events).open() as bus,
+    ):
         shared = RedisRecordStore(redis, keep.retention_days) if keep.enabled else None
         yield Backend(
             bus,

@@ -46,6 +46,11 @@ def _positive(_instance: object, attribute: attrs.Attribute[Any], value: float) 
         raise ValueError(f"{attribute.name} must be > 0, got {value!r}")
 
 
+def _non_negative(_instance: object, attribute: attrs.Attribute[Any], value: float) -> None:
+    if value < 0:
+        raise ValueError(f"{attribute.name} must be >= 0, got {value!r}")
+
+
 @attrs.frozen
 class ServerConfig:
     host: str = "127.0.0.1"
@@ -260,9 +265,13 @@ class BusConfig:
     # A worker ends a stream whose gateway has sent no audio for this long (the gateway's own
     # [session] idle_timeout, shorter, normally ends it first and tells the client why).
     audio_timeout: float = attrs.field(default=40.0, validator=_positive)
-    # Messages buffered per subscribed channel; a subscriber lagging past this loses messages, which
-    # the receiver sees as a sequence gap and reports.
-    subscription_queue: int = attrs.field(default=1024, validator=_positive)
+    # Records buffered per placement between a process's inbox and the session; a session lagging past
+    # this loses records, and its stream ends with a coded error naming the loss.
+    route_queue: int = attrs.field(default=1024, validator=_positive)
+    # Records bound for the same process within this many seconds of the first leave in one PUBLISH, and
+    # all of a process's commands of that tick in one round trip (engine protocol v2); 0 batches only
+    # what queued up while the previous round trip was in flight.
+    batch_interval: float = attrs.field(default=0.005, validator=_non_negative)
 
 
 @attrs.frozen

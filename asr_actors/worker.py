@@ -4,17 +4,15 @@
 
 Many workers on many hosts share an engine's queue; each session is claimed by exactly one of them.
 A worker refreshes its liveness key while it runs; on SIGTERM it stops claiming, finishes the sessions it
-has, and exits. Message formats: `asr_actors/bus/wire.py`.
+has, and exits. Its sessions' audio arrives in its inbox, their results go to their gateways' inboxes, in
+batches (engine protocol v2: docs/engine-protocol.md; message formats: `asr_actors/bus/wire.py`).
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
-import os
 import signal
-import socket
-import uuid
 from collections.abc import Awaitable, Callable
 
 import attrs
@@ -23,7 +21,7 @@ import trio
 from asr_actors import logs
 from asr_actors.bus import wire
 from asr_actors.bus.memory import run_engine
-from asr_actors.bus.redis import RedisConnection, RedisError
+from asr_actors.bus.redis_connection import RedisConnection, RedisError, new_process_id
 from asr_actors.config import Config
 from asr_actors.engines.base import (
     Engine,
@@ -53,17 +51,18 @@ CLAIMS_KEY_TTL_S = 3600
 
 @attrs.define
 class _Results:
-    """One session's results channel: numbers each message (before the publish: a publish cancelled
-    midway may still have reached Redis), so that every path, a crash included, keeps the sequence."""
+    """One session's results, to its gateway's inbox: numbers each record (before the send: a send
+    cancelled midway may still have reached Redis), so that every path, a crash included, keeps the
+    sequence."""
 
     redis: RedisConnection
     request: wire.Request
     seq: int = 0
 
     async def send(self, result: wire.Result) -> None:
-        message = wire.ResultMessage(self.request.session, self.seq, result, self.request.attempt)
+        record = wire.result_record(self.request.session, self.request.attempt, self.seq, result)
         self.seq += 1
-        await self.redis.publish(wire.results_channel(self.request.session), wire.encode_result(message))
+        await self.redis.send(self.request.reply_to, record)
 
 
 class Worker:
@@ -72,7 +71,7 @@ class Worker:
     ) -> None:
         self.config = config
         self.engine = engine
-        self.id = worker_id or f"{engine.name}-{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+        self.id = worker_id or new_process_id(engine.name)
         self._concurrency = concurrency
         # A semaphore, not a CapacityLimiter: the claim loop takes a slot, the session's task gives it back.
         self._slots = trio.Semaphore(concurrency)
@@ -85,7 +84,13 @@ class Worker:
     async def run(self, *, task_status: trio.TaskStatus[str] = trio.TASK_STATUS_IGNORED) -> None:
         bus = self.config.bus
         await self.engine.prepare()
-        redis = RedisConnection(bus.url, bus.subscription_queue, bus.pubsub_check_interval)
+        redis = RedisConnection(
+            bus.url,
+            self.id,
+            route_capacity=bus.route_queue,
+            check_interval=bus.pubsub_check_interval,
+            batch_interval=bus.batch_interval,
+        )
         async with redis.open(), trio.open_nursery() as nursery:
             await self._first_heartbeat(redis)
             heartbeat = trio.CancelScope()
@@ -181,6 +186,10 @@ class Worker:
             self._slots.release()
             log.warning("dropped a malformed request: %s", exc)
             return
+        if not request.reply_to:
+            self._slots.release()
+            log.warning("dropped a request without reply_to (version %d)", request.version)
+            return
         sessions.start_soon(self._session, redis, request)
 
     async def _session(self, redis: RedisConnection, request: wire.Request) -> None:
@@ -215,7 +224,8 @@ class Worker:
                 )
             )
             return
-        async with redis.subscription(wire.audio_channel(session, request.attempt)) as audio_messages:
+        # Routed before the claim is announced, so that no audio record arrives unheard.
+        async with redis.route((session, request.attempt)) as audio_records:
             try:
                 self.engine.check(spec)
             except UnsupportedStream as exc:
@@ -224,16 +234,14 @@ class Worker:
             except EngineUnavailable as exc:
                 await send(wire.Refused(str(exc), unavailable=True))
                 return
-            await redis.client.incr(wire.claims_key(session))
-            await redis.client.expire(wire.claims_key(session), CLAIMS_KEY_TTL_S)
-            # Subscribed before the claim is announced, so no audio can be published unheard.
+            await redis.count_claim(session, CLAIMS_KEY_TTL_S)
             await send(wire.Claimed(self.id))
             audio_tx, audio_rx = trio.open_memory_channel[bytes](self.config.channels.engine_audio)
             events_tx, events_rx = trio.open_memory_channel[EngineEvent](self.config.channels.engine_events)
             try:
                 async with trio.open_nursery() as nursery:
                     nursery.start_soon(run_engine, self.engine, spec, audio_rx, events_tx)
-                    nursery.start_soon(self._feed, audio_messages, audio_tx, session)
+                    nursery.start_soon(self._feed, audio_records, audio_tx)
                     async with events_rx:
                         async for event in events_rx:
                             await send(event)
@@ -244,7 +252,7 @@ class Worker:
                 await send(EngineFailed(f"The audio stream broke: {broken}"))
 
     async def _feed(
-        self, messages: trio.MemoryReceiveChannel[bytes], audio: trio.MemorySendChannel[bytes], session: str
+        self, records: trio.MemoryReceiveChannel[wire.Record], audio: trio.MemorySendChannel[bytes]
     ) -> None:
         """Bus audio to the engine, in order; a gap or silence past the idle timeout ends the stream."""
         async with audio:
@@ -252,26 +260,28 @@ class Worker:
             while True:
                 with trio.move_on_after(self.config.bus.audio_timeout) as idle:
                     try:
-                        data = await messages.receive()
+                        record = await records.receive()
                     except trio.EndOfChannel:
-                        raise _StreamBroken("audio was lost on the bus (the subscription broke)") from None
+                        raise _StreamBroken(
+                            "audio was lost on the bus (it fell behind or the inbox broke)"
+                        ) from None
                 if idle.cancelled_caught:
                     raise _StreamBroken("no audio from the gateway")
-                try:
-                    frame = wire.decode_audio(data)
-                except wire.BusProtocolError as exc:
-                    raise _StreamBroken(str(exc)) from None
-                if frame.cancel:
+                if record.kind == wire.CANCEL:
                     raise _StreamBroken("cancelled by the gateway")
-                if frame.session != session or frame.seq < expected:
+                if record.kind not in (wire.AUDIO, wire.END):
+                    raise _StreamBroken(f"record of kind {record.kind!r} in the audio")
+                if record.seq < expected:
                     continue
-                if frame.seq > expected:
+                if record.seq > expected:
                     raise _StreamBroken(f"audio lost on the bus (sequence gap at {expected})")
                 expected += 1
-                if frame.end:
+                if record.kind == wire.END:
                     return
+                if len(record.payload) % 2:
+                    raise _StreamBroken("audio record with an odd number of bytes (not 16-bit PCM)")
                 try:
-                    await audio.send(frame.pcm)
+                    await audio.send(record.payload)
                 except trio.BrokenResourceError:
                     return  # the engine stopped (a failure): its events say why
 

@@ -65,9 +65,12 @@ def _request_head(data: bytes) -> None:
 
 
 def _bus_message(data: bytes) -> None:
-    for decode in (wire.decode_audio, wire.decode_result, wire.Request.decode):
-        with contextlib.suppress(wire.BusProtocolError):
-            decode(data)
+    with contextlib.suppress(wire.BusProtocolError):
+        wire.Request.decode(data)
+    with contextlib.suppress(wire.BusProtocolError):
+        for record in wire.decode_batch(data):
+            with contextlib.suppress(wire.BusProtocolError):
+                wire.decode_result(record)
 
 
 def _bailian_messages(data: bytes) -> None:

@@ -11,6 +11,8 @@ import trio.testing
 import trio_websocket
 
 from asr_actors import client
+from asr_actors.bus.redis import RedisBus
+from asr_actors.bus.redis_connection import RedisConnection, new_process_id
 from asr_actors.config import Config, config_from_dict
 from asr_actors.engines.base import Engine
 from asr_actors.engines.fake import FakeEngine
@@ -83,3 +85,17 @@ async def read_until_close(connection: trio_websocket.WebSocketConnection) -> li
 
 def statuses(messages: list[dict[str, Any]]) -> list[str]:
     return [m["data"]["status"] if m.get("code") == 200 else str(m.get("code", "pong")) for m in messages]
+
+
+def redis_connection(url: str, route_capacity: int = 1024) -> RedisConnection:
+    """A gateway-like connection to the test's Redis (its own inbox)."""
+    return RedisConnection(url, new_process_id("test"), route_capacity=route_capacity)
+
+
+async def running_bus(
+    bus: RedisBus, *, task_status: trio.TaskStatus[RedisBus] = trio.TASK_STATUS_IGNORED
+) -> None:
+    """A Redis bus open (its worker watch running) until the nursery that started it is cancelled."""
+    async with bus.open():
+        task_status.started(bus)
+        await trio.sleep_forever()

@@ -17,13 +17,14 @@ import trio
 from asr_actors.bus import wire
 from asr_actors.bus.base import Bus
 from asr_actors.bus.memory import MemoryBus
-from asr_actors.bus.redis import RedisBus, RedisConnection, RedisReplayGuard
+from asr_actors.bus.redis import RedisBus
+from asr_actors.bus.redis_stores import RedisReplayGuard
 from asr_actors.engines.base import EngineEvent, EngineFailed, Final, Partial, StreamSpec, UnsupportedStream
 from asr_actors.engines.fake import FakeEngine
 from asr_actors.signing import LinkRefused
 from asr_actors.testing.redis_server import redis_server
 from asr_actors.worker import Worker
-from tests.support import fake_config
+from tests.support import fake_config, redis_connection
 
 GUARD = 30
 FRAME = b"\x01\x00" * 1600
@@ -42,8 +43,11 @@ def redis_bus_factory(folder: Path) -> BusFactory:
         async with redis_server(folder) as server, trio.open_nursery() as nursery:
             config = fake_config(bus={"kind": "redis", "url": server.url, "claim_timeout": 2.0})
             await nursery.start(Worker(config, engine, concurrency=4).run)
-            async with RedisConnection(server.url, 1024).open() as redis:
-                yield RedisBus(redis, config.bus, events_capacity=8)
+            async with (
+                redis_connection(server.url).open() as redis,
+                RedisBus(redis, config.bus, events_capacity=8).open() as bus,
+            ):
+                yield bus
             nursery.cancel_scope.cancel()
 
     return redis_bus
@@ -116,8 +120,10 @@ async def test_lagging_subscriber_is_reported_not_silent(tmp_path: Path) -> None
         async with redis_server(tmp_path) as server, trio.open_nursery() as nursery:
             config = fake_config(bus={"kind": "redis", "url": server.url})
             await nursery.start(Worker(config, FakeEngine(), concurrency=1).run)
-            async with RedisConnection(server.url, 2).open() as redis:
-                bus = RedisBus(redis, config.bus, events_capacity=1)
+            async with (
+                redis_connection(server.url, 2).open() as redis,
+                RedisBus(redis, config.bus, events_capacity=1).open() as bus,
+            ):
                 spec = StreamSpec(session_id="lagging", language="en", sample_rate=16000)
                 audio_tx, audio_rx = trio.open_memory_channel[bytes](64)
                 async with bus.open_stream("fake", spec, audio_rx) as results:
@@ -136,8 +142,8 @@ async def test_links_are_single_use_across_gateways(tmp_path: Path) -> None:
     with trio.fail_after(GUARD):
         async with (
             redis_server(tmp_path) as server,
-            RedisConnection(server.url, 8).open() as first,
-            RedisConnection(server.url, 8).open() as second,
+            redis_connection(server.url).open() as first,
+            redis_connection(server.url).open() as second,
         ):
             now = 1_000_000.0
             await RedisReplayGuard(first).claim("sig+1", expires_at=now + 0.3, now=now)
@@ -154,20 +160,22 @@ async def test_a_malformed_result_ends_only_its_session_and_is_counted(tmp_path:
         async with redis_server(tmp_path) as server, trio.open_nursery() as nursery:
             config = fake_config(bus={"kind": "redis", "url": server.url})
             await nursery.start(Worker(config, FakeEngine(), concurrency=2).run)
-            async with RedisConnection(server.url, 64).open() as redis:
+            async with (
+                redis_connection(server.url, 64).open() as redis,
+                RedisBus(redis, config.bus, events_capacity=64).open() as bus,
+            ):
 
                 async def bad_worker() -> None:
                     popped = await redis.client.brpop([wire.queue_key("broken")], timeout=10)
                     assert popped is not None
                     request = wire.Request.decode(popped[1])
-                    channel = wire.results_channel(request.session)
-                    claim = wire.ResultMessage(request.session, 0, wire.Claimed("bad-worker"))
+                    inbox = wire.inbox_channel(request.reply_to)
+                    claim = wire.result_record(request.session, 0, 0, wire.Claimed("bad-worker"))
+                    partial = wire.Record(wire.RESULT, request.session, 0, 1, b'{"type": "partial"}')
                     await redis.client.set(wire.worker_key("bad-worker"), b"broken", px=10_000)
-                    await redis.client.publish(channel, wire.encode_result(claim))
-                    await redis.client.publish(channel, b'{"session": "x", "seq": 1, "type": "partial"}')
+                    await redis.client.publish(inbox, wire.encode_batch([claim, partial]))
 
                 nursery.start_soon(bad_worker)
-                bus = RedisBus(redis, config.bus, events_capacity=64)
                 broken: list[EngineEvent] = []
                 healthy: list[EngineEvent] = []
 
@@ -195,7 +203,7 @@ async def test_readiness_on_redis_names_engines_without_live_workers(tmp_path: P
     """/readyz's engine check on the Redis bus: an engine with a live worker is ready, one without is named,
     and so is the engine whose worker has left."""
     with trio.fail_after(GUARD):
-        async with redis_server(tmp_path) as server, RedisConnection(server.url, 8).open() as redis:
+        async with redis_server(tmp_path) as server, redis_connection(server.url).open() as redis:
             config = fake_config(bus={"kind": "redis", "url": server.url})
             bus = RedisBus(redis, config.bus, events_capacity=8)
             # Keys that are not workers' are left alone by the scan.

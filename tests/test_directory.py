@@ -10,13 +10,21 @@ from pathlib import Path
 import trio
 
 from asr_actors.backend import resolve_secrets
-from asr_actors.bus.redis import RedisBus, RedisConnection, RedisDirectory
+from asr_actors.bus.redis import RedisBus
+from asr_actors.bus.redis_stores import RedisDirectory
 from asr_actors.directory import StaticDirectory
 from asr_actors.engines.fake import FakeEngine
 from asr_actors.server import Gateway
 from asr_actors.testing.redis_server import redis_server
 from asr_actors.worker import Worker
-from tests.support import fake_config, open_connection, read_until_close, statuses
+from tests.support import (
+    fake_config,
+    open_connection,
+    read_until_close,
+    redis_connection,
+    running_bus,
+    statuses,
+)
 
 GUARD = 30
 FRAME = b"\x01\x00" * 1600
@@ -69,14 +77,14 @@ async def test_live_edits_in_redis_reach_running_gateways(tmp_path: Path) -> Non
     with trio.fail_after(GUARD):
         async with (
             redis_server(tmp_path) as server,
-            RedisConnection(server.url, 64).open() as redis,
+            redis_connection(server.url, 64).open() as redis,
             trio.open_nursery() as nursery,
         ):
             config = fake_config(bus={"kind": "redis", "url": server.url})
             await nursery.start(
                 Worker(config, FakeEngine(languages=frozenset({"en", "de"})), concurrency=4).run
             )
-            bus = RedisBus(redis, config.bus, events_capacity=8)
+            bus = await nursery.start(running_bus, RedisBus(redis, config.bus, events_capacity=8))
             gateway = Gateway(
                 config, {}, {}, bus=bus, shared_directory=lambda own: RedisDirectory(redis, own)
             )

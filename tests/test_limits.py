@@ -13,7 +13,8 @@ import pytest
 import trio
 import trio_websocket
 
-from asr_actors.bus.redis import RedisAudioQuota, RedisBus, RedisConnection, RedisSessionSlots
+from asr_actors.bus.redis import RedisBus
+from asr_actors.bus.redis_stores import RedisAudioQuota, RedisSessionSlots
 from asr_actors.engines.fake import FakeEngine
 from asr_actors.limits import DAY_SECONDS, DailyAudioLimits, MemoryAudioQuota, app_limits, memory_limits
 from asr_actors.protocol import ProtocolError
@@ -27,6 +28,8 @@ from tests.support import (
     make_gateway,
     open_connection,
     read_until_close,
+    redis_connection,
+    running_bus,
     statuses,
 )
 
@@ -87,8 +90,8 @@ async def two_gateways(folder: Path, **auth: Any) -> AsyncIterator[tuple[Gateway
         await nursery.start(Worker(config, FakeEngine(), concurrency=8).run)
         gateways = []
         async with (
-            RedisConnection(server.url, 64).open() as first,
-            RedisConnection(server.url, 64).open() as second,
+            redis_connection(server.url, 64).open() as first,
+            redis_connection(server.url, 64).open() as second,
         ):
             for redis in (first, second):
                 limits = app_limits(
@@ -96,7 +99,7 @@ async def two_gateways(folder: Path, **auth: Any) -> AsyncIterator[tuple[Gateway
                     lambda limit, per_app, redis=redis: RedisSessionSlots(redis, limit, per_app, 3.0),
                     RedisAudioQuota(redis),
                 )
-                bus = RedisBus(redis, config.bus, events_capacity=64)
+                bus = await nursery.start(running_bus, RedisBus(redis, config.bus, events_capacity=64))
                 gateways.append(Gateway(config, {}, {APPKEY: SECRET}, bus=bus, limits=limits))
             yield gateways[0], gateways[1]
         nursery.cancel_scope.cancel()
@@ -135,7 +138,7 @@ async def test_daily_audio_is_counted_across_gateways(tmp_path: Path) -> None:
 async def test_a_dead_gateways_slots_expire(tmp_path: Path) -> None:
     """A hold that is never given back (its gateway died) stops counting after shared_slot_ttl."""
     with trio.fail_after(GUARD):
-        async with redis_server(tmp_path) as server, RedisConnection(server.url, 8).open() as redis:
+        async with redis_server(tmp_path) as server, redis_connection(server.url).open() as redis:
             slots = RedisSessionSlots(redis, 1, {}, ttl=1.0)
             # What a dead gateway leaves behind: a hold whose renewals stopped.
             await redis.client.zadd(f"asr:slots:{APPKEY}", {"dead-gateway-session": time.time() + 1.0})

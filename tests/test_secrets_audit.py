@@ -14,13 +14,23 @@ from urllib.parse import parse_qs, quote, urlsplit
 import pytest
 import trio
 
-from asr_actors.bus.redis import RedisBus, RedisConnection, RedisDirectory
+from asr_actors.bus.redis import RedisBus
+from asr_actors.bus.redis_stores import RedisDirectory
 from asr_actors.engines.fake import FakeEngine
 from asr_actors.server import Gateway
 from asr_actors.testing.redis_server import redis_server
 from asr_actors.worker import Worker
 from tests.fake_dashscope.server import FakeDashScope, Switches
-from tests.support import APPKEY, SECRET, fake_config, make_gateway, open_connection, read_until_close
+from tests.support import (
+    APPKEY,
+    SECRET,
+    fake_config,
+    make_gateway,
+    open_connection,
+    read_until_close,
+    redis_connection,
+    running_bus,
+)
 from tests.test_dashscope import KEY_ENV, dashscope_gateway, zh_session
 
 GUARD = 60
@@ -83,7 +93,7 @@ async def test_redis_admin_and_sessions_log_no_secret(
     with trio.fail_after(GUARD):
         async with (
             redis_server(tmp_path) as server,
-            RedisConnection(server.url, 64).open() as redis,
+            redis_connection(server.url, 64).open() as redis,
             trio.open_nursery() as nursery,
         ):
             config = fake_config(bus={"kind": "redis", "url": server.url})
@@ -94,7 +104,7 @@ async def test_redis_admin_and_sessions_log_no_secret(
                 config,
                 {},
                 {},
-                bus=RedisBus(redis, config.bus, events_capacity=8),
+                bus=await nursery.start(running_bus, RedisBus(redis, config.bus, events_capacity=8)),
                 shared_directory=lambda own: RedisDirectory(redis, own),
             )
             target, signature = signed(secret, "kept")

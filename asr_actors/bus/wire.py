@@ -1,36 +1,43 @@
-"""The Redis bus's messages and key names, sans-IO: what gateways and engine workers say to each other.
+"""The Redis bus's messages and key names (engine protocol v2), sans-IO: what gateways and workers say.
 
-Keys and channels (prefix `asr:`):
+Keys and channels (prefix `asr:v2:`; docs/engine-protocol.md is the contract):
 
 | name | kind | written by | meaning |
 |---|---|---|---|
-| `asr:queue:<engine>` | list | gateway LPUSH, worker BRPOP | session requests; one worker claims each |
-| `asr:worker:<id>` | string with TTL | worker, every heartbeat | the worker is alive (`<engine>`) |
-| `asr:audio:<session>:<attempt>` | pub/sub channel | gateway | audio frames and end of audio |
-| `asr:results:<session>` | pub/sub channel | worker | claim, partial, final, failed, end |
-| `asr:claims:<session>` | counter | worker | times the session was claimed (one more per failover) |
+| `asr:v2:queue:<engine>` | list | gateway LPUSH, worker BRPOP | session requests; one worker claims each |
+| `asr:v2:worker:<id>` | string with TTL | worker, every heartbeat | the worker is alive (`<engine>`) |
+| `asr:v2:inbox:<process id>` | pub/sub channel | anyone | record batches for one gateway or worker process |
+| `asr:v2:claims:<session>` | counter | worker | times the session was claimed (one more per failover) |
 
-Every message carries the session id and a sequence number, so a receiver detects gaps and duplicates
-(pub/sub is at-most-once: a lagging subscriber loses messages silently, docs/dependencies.md).
+A session is not a channel: it is the id in the records of the inboxes of the two processes serving it.
+A PUBLISH carries a batch of records, so that the cost on both ends is per batch and not per frame or per
+session. Each record names its session and placement attempt and has a sequence number, so that a
+receiver detects gaps and duplicates (pub/sub is at-most-once: a lagging subscriber loses messages).
 """
 
 from __future__ import annotations
 
 import json
 import struct
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 import attrs
 
 from asr_actors.engines.base import EngineEvent, EngineFailed, Final, Partial
 
-PREFIX = "asr:"
+PREFIX = "asr:v2:"
 # The engine protocol's version (docs/engine-protocol.md). Requests carry it; a worker refuses others.
-PROTOCOL_VERSION = 1
-_AUDIO = b"A"
-_END = b"E"
-_CANCEL = b"C"
-_HEADER = struct.Struct(">cQB")  # kind, sequence number, session id length
+PROTOCOL_VERSION = 2
+# Record kinds. Gateway to worker: audio, end of audio, cancel. Worker to gateway: a result (JSON).
+AUDIO = b"A"
+END = b"E"
+CANCEL = b"C"
+RESULT = b"R"
+KINDS = (AUDIO, END, CANCEL, RESULT)
+# kind, attempt, sequence number, session id length, payload length; then the session id and payload.
+HEADER = struct.Struct(">cIQBI")
+MAX_SESSION_ID_BYTES = 255
 
 
 def queue_key(engine: str) -> str:
@@ -41,14 +48,9 @@ def worker_key(worker_id: str) -> str:
     return f"{PREFIX}worker:{worker_id}"
 
 
-def audio_channel(session: str, attempt: int) -> str:
-    """Each placement has its own audio channel: a worker presumed dead that is in fact alive (after a
-    Redis restart, say) never hears the audio replayed to its successor."""
-    return f"{PREFIX}audio:{session}:{attempt}"
-
-
-def results_channel(session: str) -> str:
-    return f"{PREFIX}results:{session}"
+def inbox_channel(process_id: str) -> str:
+    """The one channel a gateway or worker process subscribes to; every session it serves shares it."""
+    return f"{PREFIX}inbox:{process_id}"
 
 
 def claims_key(session: str) -> str:
@@ -61,12 +63,14 @@ class BusProtocolError(Exception):
 
 @attrs.frozen
 class Request:
-    """A session waiting for a worker. `attempt` counts placements (failover re-places)."""
+    """A session waiting for a worker. `attempt` counts placements (failover re-places); `reply_to` is the
+    gateway process whose inbox gets the session's results."""
 
     session: str
     engine: str
     language: str
     sample_rate: int
+    reply_to: str
     attempt: int = 0
     version: int = PROTOCOL_VERSION
 
@@ -77,46 +81,85 @@ class Request:
     def decode(cls, data: bytes) -> Request:
         try:
             fields = json.loads(data)
-            return cls(
+            request = cls(
                 session=str(fields["session"]),
                 engine=str(fields["engine"]),
                 language=str(fields["language"]),
                 sample_rate=int(fields["sample_rate"]),
+                reply_to=str(fields.get("reply_to", "")),
                 attempt=int(fields.get("attempt", 0)),
-                version=int(fields.get("version", PROTOCOL_VERSION)),
+                version=int(fields.get("version", 1)),
             )
-        except (ValueError, KeyError, TypeError) as exc:
+        except (ValueError, KeyError, TypeError, AttributeError) as exc:
             raise BusProtocolError(f"bad session request: {exc}") from None
+        if len(request.session.encode()) > MAX_SESSION_ID_BYTES:
+            raise BusProtocolError("bad session request: session id too long")
+        return request
 
 
 @attrs.frozen
-class AudioFrame:
+class Record:
+    """One message of one session inside a batch."""
+
+    kind: bytes
     session: str
+    attempt: int
     seq: int
-    pcm: bytes  # empty with `end` and `cancel`
-    end: bool = False
-    # The gateway gave the placement up (client gone, session failed or moved): stop without results.
-    cancel: bool = False
+    payload: bytes = b""
+
+    @property
+    def route(self) -> tuple[str, int]:
+        """Which placement the record belongs to: a session id and attempt."""
+        return (self.session, self.attempt)
 
 
-def encode_audio(frame: AudioFrame) -> bytes:
-    session = frame.session.encode()
-    kind = _CANCEL if frame.cancel else _END if frame.end else _AUDIO
-    return _HEADER.pack(kind, frame.seq, len(session)) + session + frame.pcm
+def encode_record(record: Record) -> bytes:
+    session = record.session.encode()
+    return (
+        HEADER.pack(record.kind, record.attempt, record.seq, len(session), len(record.payload))
+        + session
+        + record.payload
+    )
 
 
-def decode_audio(data: bytes) -> AudioFrame:
-    if len(data) < _HEADER.size:
-        raise BusProtocolError("audio message shorter than its header")
-    kind, seq, length = _HEADER.unpack_from(data)
-    if kind not in (_AUDIO, _END, _CANCEL):
-        raise BusProtocolError(f"unknown audio message kind {kind!r}")
-    start = _HEADER.size + length
-    try:
-        session = data[_HEADER.size : start].decode()
-    except UnicodeDecodeError:
-        raise BusProtocolError("audio message session id is not UTF-8") from None
-    return AudioFrame(session, seq, bytes(data[start:]), end=kind == _END, cancel=kind == _CANCEL)
+def encode_batch(records: Iterable[Record]) -> bytes:
+    return b"".join(encode_record(record) for record in records)
+
+
+def decode_batch(data: bytes) -> Iterator[Record]:
+    """The records of one PUBLISH, in order. A record of an unknown kind is yielded (its session is told
+    it broke the protocol); framing that does not add up raises BusProtocolError after the records before
+    it, since nothing after it can be trusted."""
+    view = memoryview(data)
+    offset = 0
+    while offset < len(view):
+        if len(view) - offset < HEADER.size:
+            raise BusProtocolError("record shorter than its header")
+        kind, attempt, seq, session_length, payload_length = HEADER.unpack_from(view, offset)
+        start = offset + HEADER.size
+        payload_start = start + session_length
+        offset = payload_start + payload_length
+        if offset > len(view):
+            raise BusProtocolError("record longer than its batch")
+        try:
+            session = bytes(view[start:payload_start]).decode()
+        except UnicodeDecodeError:
+            raise BusProtocolError("record session id is not UTF-8") from None
+        yield Record(kind, session, attempt, seq, bytes(view[payload_start:offset]))
+
+
+def audio(session: str, attempt: int, seq: int, pcm: bytes) -> Record:
+    return Record(AUDIO, session, attempt, seq, pcm)
+
+
+def end_of_audio(session: str, attempt: int, seq: int) -> Record:
+    return Record(END, session, attempt, seq)
+
+
+def cancel(session: str, attempt: int) -> Record:
+    """The gateway gave the placement up (client gone, session failed or moved): stop without results.
+    It needs no sequence number: it is obeyed wherever it arrives."""
+    return Record(CANCEL, session, attempt, 0)
 
 
 @attrs.frozen
@@ -141,52 +184,39 @@ class StreamEnded:
 Result = Claimed | Refused | StreamEnded | EngineEvent
 
 
-@attrs.frozen
-class ResultMessage:
-    session: str
-    seq: int
-    result: Result
-    # The placement that produced it; a gateway ignores results of placements it gave up on.
-    attempt: int = 0
-
-
-def encode_result(message: ResultMessage) -> bytes:
-    result = message.result
-    fields: dict[str, Any] = {"session": message.session, "seq": message.seq, "attempt": message.attempt}
+def result_record(session: str, attempt: int, seq: int, result: Result) -> Record:
+    fields: dict[str, Any]
     if isinstance(result, Claimed):
-        fields.update(type="claim", worker=result.worker)
+        fields = {"type": "claim", "worker": result.worker}
     elif isinstance(result, Refused):
-        fields.update(type="refused", message=result.message, unavailable=result.unavailable)
+        fields = {"type": "refused", "message": result.message, "unavailable": result.unavailable}
     elif isinstance(result, StreamEnded):
-        fields.update(type="end")
+        fields = {"type": "end"}
     elif isinstance(result, EngineFailed):
-        fields.update(type="failed", message=result.message)
+        fields = {"type": "failed", "message": result.message}
     else:
         kind = "final" if isinstance(result, Final) else "partial"
-        fields.update(type=kind, text=result.text, begin_ms=result.begin_ms, end_ms=result.end_ms)
-    return json.dumps(fields, ensure_ascii=False).encode()
+        fields = {"type": kind, "text": result.text, "begin_ms": result.begin_ms, "end_ms": result.end_ms}
+    return Record(RESULT, session, attempt, seq, json.dumps(fields, ensure_ascii=False).encode())
 
 
-def decode_result(data: bytes) -> ResultMessage:
+def decode_result(record: Record) -> Result:
+    if record.kind != RESULT:
+        raise BusProtocolError(f"{record.kind!r} is not a result record")
     try:
-        fields = json.loads(data)
+        fields = json.loads(record.payload)
         kind = fields["type"]
-        result: Result
         if kind == "claim":
-            result = Claimed(str(fields["worker"]))
-        elif kind == "refused":
-            result = Refused(str(fields["message"]), bool(fields.get("unavailable", False)))
-        elif kind == "end":
-            result = StreamEnded()
-        elif kind == "failed":
-            result = EngineFailed(str(fields["message"]))
-        elif kind in ("partial", "final"):
+            return Claimed(str(fields["worker"]))
+        if kind == "refused":
+            return Refused(str(fields["message"]), bool(fields.get("unavailable", False)))
+        if kind == "end":
+            return StreamEnded()
+        if kind == "failed":
+            return EngineFailed(str(fields["message"]))
+        if kind in ("partial", "final"):
             event_class = Final if kind == "final" else Partial
-            result = event_class(str(fields["text"]), int(fields["begin_ms"]), int(fields["end_ms"]))
-        else:
-            raise BusProtocolError(f"unknown result type {kind!r}")
-        return ResultMessage(
-            str(fields["session"]), int(fields["seq"]), result, int(fields.get("attempt", 0))
-        )
-    except (ValueError, KeyError, TypeError) as exc:
-        raise BusProtocolError(f"bad result message: {exc}") from None
+            return event_class(str(fields["text"]), int(fields["begin_ms"]), int(fields["end_ms"]))
+    except (ValueError, KeyError, TypeError, AttributeError) as exc:
+        raise BusProtocolError(f"bad result: {exc}") from None
+    raise BusProtocolError(f"unknown result type {kind!r}")

@@ -18,7 +18,7 @@ import numpy as np
 import trio
 
 from asr_actors.bus import wire
-from asr_actors.bus.redis import RedisConnection
+from asr_actors.bus.redis_connection import RedisConnection, new_process_id
 
 FRAME_SAMPLES = 1600  # 100 ms at 16 kHz
 SAMPLE_RATE = 16000
@@ -43,61 +43,75 @@ class Outcome:
 
 @attrs.define
 class _Session:
-    """The gateway's side of one session, in plain Redis commands."""
+    """The gateway's side of one session: records to the worker's inbox, results from this process's."""
 
     redis: RedisConnection
     session: str = attrs.field(factory=lambda: f"conformance-{uuid.uuid4().hex}")
+    worker: str = ""
     seq: int = 0
+    # Each result's JSON with the record's `seq` and `session` added.
     results: list[dict[str, Any]] = attrs.field(factory=list)
 
-    async def publish(self, payload: bytes) -> None:
-        await self.redis.client.publish(wire.audio_channel(self.session, 0), payload)
+    async def publish(self, *records: wire.Record) -> None:
+        # One PUBLISH per call, whatever the publisher's tick: the worker must take any batching.
+        await self.redis.client.publish(wire.inbox_channel(self.worker), wire.encode_batch(records))
 
-    async def audio(self, pcm: bytes, *, realtime: bool = False) -> None:
-        for offset in range(0, len(pcm), FRAME_SAMPLES * 2):
-            frame = wire.AudioFrame(self.session, self.seq, pcm[offset : offset + FRAME_SAMPLES * 2])
-            await self.publish(wire.encode_audio(frame))
-            self.seq += 1
+    async def audio(self, pcm: bytes, *, realtime: bool = False, per_batch: int = 1) -> None:
+        frames = [
+            pcm[offset : offset + FRAME_SAMPLES * 2] for offset in range(0, len(pcm), FRAME_SAMPLES * 2)
+        ]
+        for first in range(0, len(frames), per_batch):
+            batch = []
+            for frame in frames[first : first + per_batch]:
+                batch.append(wire.audio(self.session, 0, self.seq, frame))
+                self.seq += 1
+            await self.publish(*batch)
             if realtime:
                 await trio.sleep(0.1)
 
     async def end(self) -> None:
-        await self.publish(wire.encode_audio(wire.AudioFrame(self.session, self.seq, b"", end=True)))
+        await self.publish(wire.end_of_audio(self.session, 0, self.seq))
 
     async def cancel(self) -> None:
-        await self.publish(wire.encode_audio(wire.AudioFrame(self.session, self.seq, b"", cancel=True)))
+        await self.publish(wire.cancel(self.session, 0))
+
+
+def _result(record: wire.Record) -> dict[str, Any]:
+    if record.kind != wire.RESULT:
+        raise CaseFailed(f"a record of kind {record.kind!r} among the results")
+    try:
+        fields: dict[str, Any] = json.loads(record.payload)
+    except ValueError as exc:
+        raise CaseFailed(f"a result that is not JSON: {exc}") from None
+    return {**fields, "seq": record.seq, "session": record.session}
 
 
 async def _run_case(
     ctx: _Context, drive: Callable[[_Session], Awaitable[None]], expect_end: bool = True
 ) -> _Session:
     """Place a session, run `drive`, collect every result until `end` or `failed` (or the timeout)."""
-    redis, engine, claim_timeout, finish_timeout = (
-        ctx.redis,
-        ctx.engine,
-        ctx.claim_timeout,
-        ctx.finish_timeout,
-    )
+    redis, engine = ctx.redis, ctx.engine
     session = _Session(redis)
-    async with redis.subscription(wire.results_channel(session.session)) as results:
-        request = wire.Request(session.session, engine, "en", SAMPLE_RATE)
+    async with redis.route((session.session, 0)) as results:
+        request = wire.Request(session.session, engine, "en", SAMPLE_RATE, reply_to=redis.process_id)
         await redis.client.lpush(wire.queue_key(engine), [request.encode()])
-        with trio.move_on_after(claim_timeout):
-            session.results.append(json.loads(await results.receive()))
+        with trio.move_on_after(ctx.claim_timeout):
+            session.results.append(_result(await results.receive()))
         if not session.results:
             await redis.client.lrem(wire.queue_key(engine), 1, request.encode())
-            raise CaseFailed(f"no worker claimed the session within {claim_timeout:g} s")
+            raise CaseFailed(f"no worker claimed the session within {ctx.claim_timeout:g} s")
         if session.results[0].get("type") != "claim":
             raise CaseFailed(f"first message is not a claim: {session.results[0]}")
+        session.worker = str(session.results[0].get("worker"))
 
         async def collect() -> None:
-            async for data in results:
-                message = json.loads(data)
+            async for record in results:
+                message = _result(record)
                 session.results.append(message)
                 if message.get("type") in ("end", "failed"):
                     return
 
-        with trio.move_on_after(finish_timeout) as overrun:
+        with trio.move_on_after(ctx.finish_timeout) as overrun:
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(collect)
                 await drive(session)
@@ -105,7 +119,7 @@ async def _run_case(
                     await trio.sleep(1.0)
                     nursery.cancel_scope.cancel()
         if overrun.cancelled_caught and expect_end:
-            raise CaseFailed(f"no end within {finish_timeout:g} s (got {len(session.results)} messages)")
+            raise CaseFailed(f"no end within {ctx.finish_timeout:g} s (got {len(session.results)} messages)")
     return session
 
 
@@ -225,10 +239,23 @@ async def _abrupt_cancel(ctx: _Context) -> str:
     return "three sessions cancelled mid-stream; the worker still serves the next one"
 
 
+async def _batched_audio(ctx: _Context) -> str:
+    async def drive(session: _Session) -> None:
+        await session.audio(ctx.speech, per_batch=7)
+        await session.end()
+
+    session = await ctx.session(drive)
+    _check_sequence(session)
+    finals = _check_events(session, ctx.speech_ms)
+    if session.results[-1].get("type") != "end" or not any(final["text"] for final in finals):
+        raise CaseFailed(f"seven frames per PUBLISH: ended with {session.results[-1]}, finals {finals}")
+    return f"seven records per batch: {len(finals)} final(s), clean end"
+
+
 async def _malformed_audio(ctx: _Context) -> str:
     async def drive(session: _Session) -> None:
         await session.audio(ctx.speech[: 5 * 3200])
-        await session.publish(b"\x00garbage")
+        await session.publish(wire.Record(b"X", session.session, 0, session.seq, b"garbage"))
 
     session = await ctx.session(drive)
     if session.results[-1].get("type") != "failed" or not session.results[-1].get("message"):
@@ -241,6 +268,7 @@ CASES: list[tuple[str, Callable[[_Context], Awaitable[str]]]] = [
     ("normal speech", _normal_speech),
     ("silence only", _silence_only),
     ("end in mid-sentence", _end_mid_sentence),
+    ("batched audio", _batched_audio),
     ("abrupt cancel", _abrupt_cancel),
     ("malformed audio", _malformed_audio),
 ]
@@ -255,7 +283,8 @@ async def run(
 ) -> list[Outcome]:
     """Every case against the worker(s) serving `engine`; `speech` defaults to synthetic tone bursts."""
     outcomes: list[Outcome] = []
-    async with RedisConnection(redis_url, 4096).open() as redis:
+    connection = RedisConnection(redis_url, new_process_id("conformance"), route_capacity=4096)
+    async with connection.open() as redis:
         ctx = _Context(redis, engine, speech or tone_bursts(), claim_timeout, finish_timeout)
         for name, case in CASES:
             try:

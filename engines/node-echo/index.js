@@ -1,18 +1,19 @@
-// Reference engine worker in Node.js for the asr-actors engine protocol v1 (docs/engine-protocol.md).
+// Reference engine worker in Node.js for the asr-actors engine protocol v2 (docs/engine-protocol.md).
 //
 //   node index.js --redis redis://127.0.0.1:6379/0 [--engine node-echo] [--concurrency 8]
 //
 // Its "recogniser" is an energy VAD: each sentence (speech between pauses of 300 ms or more) is reported
 // as its duration and level, growing as partials and closed by a final. Everything else is the contract:
-// liveness key, claiming, the audio and results channels, sequence numbers, flush, cancel, errors, drain.
+// liveness key, claiming, the inbox and its record batches, sequence numbers, flush, cancel, errors, drain.
 
 import { createClient } from "redis";
 import os from "node:os";
 import crypto from "node:crypto";
 
-const PROTOCOL_VERSION = 1;
-const PREFIX = "asr:";
-const HEADER_BYTES = 10; // kind (1), sequence number (8, big-endian), session id length (1)
+const PROTOCOL_VERSION = 2;
+const PREFIX = "asr:v2:";
+// kind (1), attempt (4), sequence number (8), session id length (1), payload length (4); big-endian
+const HEADER_BYTES = 18;
 const FRAME_MS = 30;
 const PAUSE_MS = 300; // silence that ends a sentence
 const SPEECH_RMS = 500; // Int16 RMS above which a 30 ms frame counts as speech
@@ -34,8 +35,8 @@ const config = {
 const workerId = `${config.engine}-${os.hostname()}-${process.pid}-${crypto.randomBytes(3).toString("hex")}`;
 const log = (...parts) => console.error(new Date().toISOString(), workerId, ...parts);
 
-// Three connections: commands and publishing; blocking BRPOP; subscriptions (a subscribed connection
-// can do nothing else).
+// Three connections: commands and publishing; blocking BRPOP; the inbox subscription (a subscribed
+// connection can do nothing else).
 const commands = createClient({ url: config.redis });
 const claimer = commands.duplicate();
 const subscriber = commands.duplicate();
@@ -44,14 +45,45 @@ for (const client of [commands, claimer, subscriber]) client.on("error", (error)
 let draining = false;
 let running = 0;
 
-function decodeAudio(buffer) {
-  if (buffer.length < HEADER_BYTES) throw new Error("audio message shorter than its header");
-  const kind = String.fromCharCode(buffer[0]);
-  if (!"AEC".includes(kind)) throw new Error(`unknown audio message kind ${JSON.stringify(kind)}`);
-  const seq = Number(buffer.readBigUInt64BE(1));
-  const length = buffer[9];
-  const session = buffer.subarray(HEADER_BYTES, HEADER_BYTES + length).toString("utf8");
-  return { kind, seq, session, pcm: buffer.subarray(HEADER_BYTES + length) };
+// One PUBLISH holds one or more records. Framing that does not add up ends the batch (the records
+// after it are lost, which their sessions see as a sequence gap).
+function* decodeBatch(buffer) {
+  let offset = 0;
+  while (offset < buffer.length) {
+    if (buffer.length - offset < HEADER_BYTES) throw new Error("record shorter than its header");
+    const kind = String.fromCharCode(buffer[offset]);
+    const attempt = buffer.readUInt32BE(offset + 1);
+    const seq = Number(buffer.readBigUInt64BE(offset + 5));
+    const sessionLength = buffer[offset + 13];
+    const payloadLength = buffer.readUInt32BE(offset + 14);
+    const start = offset + HEADER_BYTES;
+    offset = start + sessionLength + payloadLength;
+    if (offset > buffer.length) throw new Error("record longer than its batch");
+    const session = buffer.subarray(start, start + sessionLength).toString("utf8");
+    yield { kind, attempt, seq, session, payload: buffer.subarray(start + sessionLength, offset) };
+  }
+}
+
+function encodeRecord(kind, session, attempt, seq, payload) {
+  const id = Buffer.from(session, "utf8");
+  const header = Buffer.alloc(HEADER_BYTES);
+  header.write(kind, 0, "latin1");
+  header.writeUInt32BE(attempt, 1);
+  header.writeBigUInt64BE(BigInt(seq), 5);
+  header[13] = id.length;
+  header.writeUInt32BE(payload.length, 14);
+  return Buffer.concat([header, id, payload]);
+}
+
+// The sessions this worker serves, by "<session>:<attempt>": each gets the records of its placement.
+const placements = new Map();
+const inbox = `${PREFIX}inbox:${workerId}`;
+function onInbox(buffer) {
+  try {
+    for (const record of decodeBatch(buffer)) placements.get(`${record.session}:${record.attempt}`)?.(record);
+  } catch (error) {
+    log("dropped the rest of a malformed batch:", error.message);
+  }
 }
 
 // The recogniser: 30 ms frames, RMS energy, sentences between pauses.
@@ -116,14 +148,14 @@ class EnergyVad {
 
 async function serve(request) {
   const { session, attempt } = request;
-  const resultsChannel = `${PREFIX}results:${session}`;
-  const audioChannel = `${PREFIX}audio:${session}:${attempt}`;
+  const gatewayInbox = `${PREFIX}inbox:${request.reply_to}`;
+  const placement = `${session}:${attempt}`;
   let seq = 0;
-  // Results go out strictly in order, one publish after another.
+  // Results go out strictly in order, one record per publish (a batch of one is a batch).
   let outbox = Promise.resolve();
   const send = (fields) => {
-    const message = JSON.stringify({ session, seq: seq++, attempt, ...fields });
-    outbox = outbox.then(() => commands.publish(resultsChannel, message));
+    const record = encodeRecord("R", session, attempt, seq++, Buffer.from(JSON.stringify(fields), "utf8"));
+    outbox = outbox.then(() => commands.publish(gatewayInbox, record));
     return outbox;
   };
 
@@ -146,8 +178,8 @@ async function serve(request) {
     if (ended) return;
     ended = true;
     clearTimeout(idleTimer);
+    placements.delete(placement);
     try {
-      await subscriber.unsubscribe(audioChannel);
       if (fields) await send(fields);
     } catch (error) {
       log("ending the session:", error.message);
@@ -159,19 +191,16 @@ async function serve(request) {
     idleTimer = setTimeout(() => end({ type: "failed", message: "no audio from the gateway" }), config.idleMs);
   };
 
-  const onAudio = (buffer) => {
-    let frame;
-    try {
-      frame = decodeAudio(buffer);
-    } catch (error) {
-      end({ type: "failed", message: `The audio stream broke: ${error.message}` });
-      return;
-    }
-    if (frame.session !== session || frame.seq < expected) return; // another session's, or a repeat
+  const onRecord = (frame) => {
     if (frame.kind === "C") {
       end(null); // the gateway gave the session up: stop without results
       return;
     }
+    if (frame.kind !== "A" && frame.kind !== "E") {
+      end({ type: "failed", message: `The audio stream broke: record of kind ${JSON.stringify(frame.kind)}` });
+      return;
+    }
+    if (frame.seq < expected) return; // a repeat
     if (frame.seq > expected) {
       end({ type: "failed", message: `The audio stream broke: sequence gap at ${expected}` });
       return;
@@ -185,12 +214,16 @@ async function serve(request) {
       end({ type: "end" });
       return;
     }
-    vad.feed(frame.pcm, out);
+    if (frame.payload.length % 2) {
+      end({ type: "failed", message: "The audio stream broke: odd number of PCM bytes" });
+      return;
+    }
+    vad.feed(frame.payload, out);
     out.forEach(send);
   };
 
-  // Subscribed before the claim is announced, so no audio can be published unheard.
-  await subscriber.subscribe(audioChannel, onAudio, true);
+  // Routed before the claim is announced, so that no audio record arrives unheard.
+  placements.set(placement, onRecord);
   await commands.incr(`${PREFIX}claims:${session}`);
   await commands.expire(`${PREFIX}claims:${session}`, 3600);
   await send({ type: "claim", worker: workerId });
@@ -223,6 +256,10 @@ async function claimLoop() {
       log("dropped a malformed request");
       continue;
     }
+    if (typeof request.reply_to !== "string" || !request.reply_to) {
+      log("dropped a request without reply_to");
+      continue;
+    }
     running += 1;
     serve(request)
       .catch((error) => log("session failed:", error.message))
@@ -232,6 +269,8 @@ async function claimLoop() {
 
 async function main() {
   await Promise.all([commands.connect(), claimer.connect(), subscriber.connect()]);
+  // The inbox is subscribed before the worker announces itself: no session can be claimed unheard.
+  await subscriber.subscribe(inbox, onInbox, true);
   const key = `${PREFIX}worker:${workerId}`;
   const beat = () => commands.set(key, config.engine, { PX: config.ttlMs }).catch((error) => log("heartbeat:", error.message));
   await beat();
