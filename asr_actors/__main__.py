@@ -30,7 +30,11 @@ def _add_bench(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     )
     bench.add_argument("--streams", type=int, default=100, help="concurrent real-time clients")
     bench.add_argument("--duration", type=float, default=30, help="seconds of audio each client sends")
-    bench.add_argument("--bus", choices=["memory", "redis"], default="memory")
+    bench.add_argument(
+        "--bus",
+        default="memory",
+        help="memory, redis, or memory,redis to measure both side by side in one run",
+    )
     bench.add_argument("--gateways", type=int, default=1, help="gateway processes (serve --workers)")
     bench.add_argument("--engine-workers", type=int, default=1, help="synthetic worker processes (Redis bus)")
     bench.add_argument("--load-processes", type=int, default=1, help="client processes generating the load")
@@ -39,6 +43,13 @@ def _add_bench(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         type=float,
         default=0,
         help="each client starts a new session this often (0: one session per client for --duration)",
+    )
+    bench.add_argument(
+        "--start-within",
+        type=float,
+        default=0,
+        help="seconds over which the sessions start, e.g. 1 for a burst of N sessions in one second "
+        "(default: one frame period)",
     )
     bench.add_argument(
         "--baseline", action="store_true", help="also run the workload against bench/reference_relay.py"
@@ -388,18 +399,24 @@ async def _bench(args: argparse.Namespace) -> int:
         return 2
     if args.dashscope:
         return await _bench_dashscope(args, counts)
-    if args.gateways > 1 and args.bus != "redis":
+    buses = args.bus.split(",")
+    if not buses or any(bus not in ("memory", "redis") for bus in buses):
+        print(f"--bus takes memory, redis or memory,redis, not {args.bus!r}", file=sys.stderr)
+        return 2
+    if args.gateways > 1 and "memory" in buses:
         print("--gateways above 1 needs --bus redis (serve --workers does)", file=sys.stderr)
         return 2
-    ours = System("asr-actors", args.bus, args.gateways, args.engine_workers)
-    systems = [ours, System("reference")] if args.baseline else [ours]
+    ours = [System("asr-actors", bus, args.gateways, args.engine_workers) for bus in buses]
+    systems = [*ours, System("reference")] if args.baseline else ours
 
     def progress(line: str) -> None:
         print(line, file=sys.stderr, flush=True)
 
     measurements: list[Measurement] = []
     for count in counts:
-        workload = Workload(count, args.duration, args.load_processes, args.session_seconds)
+        workload = Workload(
+            count, args.duration, args.load_processes, args.session_seconds, start_within=args.start_within
+        )
         for system in systems:
             measurements.append(await measure(system, workload, progress))
             if args.json:
@@ -408,7 +425,7 @@ async def _bench(args: argparse.Namespace) -> int:
     if args.baseline:
         for count in counts:
             pair = [m for m in measurements if m.streams == count]
-            ratios = report.ratios(pair[0], pair[1])
+            ratios = report.ratios(pair[0], pair[-1])
             shown = ", ".join(f"{name} {value:g}" for name, value in ratios.items())
             print(f"\n{count} streams, asr-actors ÷ reference: {shown}")
     if args.plot:

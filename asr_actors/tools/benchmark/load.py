@@ -59,6 +59,9 @@ class Tally:
     errors: collections.Counter[str] = attrs.field(factory=collections.Counter)
     uplink_us: array[int] = attrs.field(factory=lambda: array("q"))
     downlink_us: array[int] = attrs.field(factory=lambda: array("q"))
+    # Per session: from sending its first frame to the engine hearing it. The gateway opens the engine
+    # stream on the first frame, so this is the placement as a client feels it (plus one hop).
+    placement_us: array[int] = attrs.field(factory=lambda: array("q"))
 
 
 def _sign(url: str, appkey: str, secret: str) -> str:
@@ -67,7 +70,7 @@ def _sign(url: str, appkey: str, secret: str) -> str:
 
 async def _receive(connection: ClientConnection, tally: Tally) -> tuple[bool, int]:
     """Read results until the server closes; return whether `end` came and the frames the engine heard."""
-    ended, heard, missing = False, 0, 0
+    ended, heard, missing, placed = False, 0, 0, False
     async for message in connection:
         now_ns = time.time_ns()
         envelope: dict[str, Any] = json.loads(message)
@@ -89,6 +92,9 @@ async def _receive(connection: ClientConnection, tally: Tally) -> tuple[bool, in
             tally.downlink_us.append((now_ns - timing.emitted_ns) // 1000)
             tally.uplink_us.extend(timing.uplink_us)
             missing = timing.missing_frames
+            if not placed and timing.uplink_us:
+                tally.placement_us.append(timing.uplink_us[0])
+                placed = True
         if status == "final":
             tally.finals += 1
     tally.frames_heard += heard
@@ -128,7 +134,9 @@ async def _stream(
     tally.connected += 1
     await go.wait()
     loop = asyncio.get_running_loop()
-    start = loop.time() + frame_s * index / streams
+    # Streams start spread over --start-within seconds (default one frame period: like independent
+    # microphones; longer: a burst of sessions arriving, as after a gateway restart).
+    start = loop.time() + (args.start_within or frame_s) * index / streams
     schedule = [start + number * frame_s for number in range(frames)]
     # Independent users do not hang up in step: the first sessions' lengths are spread over one session
     # length, so that later sessions end and start spread out too.
@@ -237,6 +245,7 @@ async def main(args: argparse.Namespace) -> None:
         args.samples,
         uplink_us=np.frombuffer(tally.uplink_us, dtype=np.int64),
         downlink_us=np.frombuffer(tally.downlink_us, dtype=np.int64),
+        placement_us=np.frombuffer(tally.placement_us, dtype=np.int64),
     )
     _emit(
         summary={
@@ -268,6 +277,9 @@ def _parser() -> argparse.ArgumentParser:
         "--session-seconds", type=float, default=0, help="reconnect with a new session this often (0: never)"
     )
     parser.add_argument("--connect-batch", type=int, default=50)
+    parser.add_argument(
+        "--start-within", type=float, default=0, help="seconds over which streams start (0: one frame period)"
+    )
     parser.add_argument("--samples", required=True, help=".npz file for the latency samples")
     return parser
 

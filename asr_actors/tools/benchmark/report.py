@@ -18,6 +18,7 @@ _ROWS: tuple[tuple[str, Callable[[Measurement], str]], ...] = (
     ("late frames (> 100 ms to engine)", lambda m: f"{m.late_frames}"),
     ("client sends behind schedule", lambda m: f"{m.late_sends}"),
     ("client → engine ms p50/p99/max", lambda m: "/".join(f"{v:g}" for v in m.uplink_ms)),
+    ("first frame (placement) ms p50/p99/max", lambda m: "/".join(f"{v:g}" for v in m.placement_ms)),
     ("engine → client ms p50/p99/max", lambda m: "/".join(f"{v:g}" for v in m.downlink_ms)),
     ("gateway CPU µs per frame", lambda m: f"{m.gateway_cpu_us_per_frame:g}"),
     ("gateway CPU (cores busy)", lambda m: f"{m.gateway_cpu_share:g}"),

@@ -46,6 +46,8 @@ class Workload:
     session_seconds: float = 0
     partial_frames: int = 5
     final_frames: int = 50
+    # Seconds over which the streams start (0: one frame period).
+    start_within: float = 0
 
 
 @attrs.frozen
@@ -86,6 +88,8 @@ class Measurement:
     load_cpu_share: float
     uplink_ms: tuple[float, float, float]
     downlink_ms: tuple[float, float, float]
+    # Each session's first frame, client to engine: placement included.
+    placement_ms: tuple[float, float, float]
     rss_base_mib: float
     rss_idle_kib_per_connection: float
     rss_streaming_kib_per_connection: float
@@ -284,6 +288,8 @@ async def _drive(
                     str(samples),
                     "--session-seconds",
                     str(workload.session_seconds),
+                    "--start-within",
+                    str(workload.start_within),
                 ],
                 stdin=subprocess.PIPE,
                 stdout=subprocess.PIPE,
@@ -328,6 +334,7 @@ async def _drive(
         load_cpu = cpu_seconds(load_processes) - load_cpu_before
     uplink = np.concatenate([np.load(samples)["uplink_us"] for _, _, samples in loads])
     downlink = np.concatenate([np.load(samples)["downlink_us"] for _, _, samples in loads])
+    placement = np.concatenate([np.load(samples)["placement_us"] for _, _, samples in loads])
     total = {key: sum(int(summary[key]) for summary in summaries) for key in _COUNTS}  # type: ignore[call-overload]
     errors: dict[str, int] = {}
     for summary in summaries:
@@ -357,6 +364,7 @@ async def _drive(
         load_cpu_share=round(load_cpu / wall, 3),
         uplink_ms=_percentiles(uplink),
         downlink_ms=_percentiles(downlink),
+        placement_ms=_percentiles(placement),
         rss_base_mib=round(rss_base / 2**20, 1),
         rss_idle_kib_per_connection=round((rss_idle - rss_base) / connected / 1024, 1),
         rss_streaming_kib_per_connection=round((rss_peak - rss_base) / connected / 1024, 1),
