@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import signal
 from collections.abc import Awaitable, Callable
 
@@ -38,7 +39,7 @@ log = logging.getLogger(__name__)
 # BRPOP's own timeout: how often the claim loop looks up from an empty queue.
 CLAIM_POLL_SECONDS = 1
 # Queued requests taken in one round trip at most when sessions arrive in a burst.
-CLAIM_BATCH = 64
+CLAIM_BATCH = 1024
 # Seconds before Redis is tried again after a failed claim or while it is away at start-up.
 RETRY_INTERVAL = 1.0
 # Best-effort messages on the way out (a crashed session's notice to its gateway, the worker's liveness
@@ -62,7 +63,10 @@ class _Results:
     async def send(self, result: wire.Result) -> None:
         record = wire.result_record(self.request.session, self.request.attempt, self.seq, result)
         self.seq += 1
-        await self.redis.send(self.request.reply_to, record)
+        if isinstance(result, wire.Claimed):
+            await self.redis.claim(self.request.reply_to, record, CLAIMS_KEY_TTL_S)
+        else:
+            await self.redis.send(self.request.reply_to, record)
 
 
 class Worker:
@@ -234,7 +238,6 @@ class Worker:
             except EngineUnavailable as exc:
                 await send(wire.Refused(str(exc), unavailable=True))
                 return
-            await redis.count_claim(session, CLAIMS_KEY_TTL_S)
             await send(wire.Claimed(self.id))
             audio_tx, audio_rx = trio.open_memory_channel[bytes](self.config.channels.engine_audio)
             events_tx, events_rx = trio.open_memory_channel[EngineEvent](self.config.channels.engine_events)
@@ -255,18 +258,30 @@ class Worker:
         self, records: trio.MemoryReceiveChannel[wire.Record], audio: trio.MemorySendChannel[bytes]
     ) -> None:
         """Bus audio to the engine, in order; a gap or silence past the idle timeout ends the stream."""
+        timeout = self.config.bus.audio_timeout
+        # One scope whose deadline moves on with each record: cheaper per frame than a scope per receive.
+        with trio.CancelScope(deadline=trio.current_time() + timeout) as idle:
+            await self._feed_records(records, audio, idle, idle_for=timeout)
+        if idle.cancelled_caught:
+            raise _StreamBroken("no audio from the gateway")
+
+    async def _feed_records(
+        self,
+        records: trio.MemoryReceiveChannel[wire.Record],
+        audio: trio.MemorySendChannel[bytes],
+        idle: trio.CancelScope,
+        *,
+        idle_for: float,
+    ) -> None:
         async with audio:
             expected = 0
             while True:
-                with trio.move_on_after(self.config.bus.audio_timeout) as idle:
-                    try:
-                        record = await records.receive()
-                    except trio.EndOfChannel:
-                        raise _StreamBroken(
-                            "audio was lost on the bus (it fell behind or the inbox broke)"
-                        ) from None
-                if idle.cancelled_caught:
-                    raise _StreamBroken("no audio from the gateway")
+                try:
+                    record = await records.receive()
+                except trio.EndOfChannel:
+                    raise _StreamBroken(
+                        "audio was lost on the bus (it fell behind or the inbox broke)"
+                    ) from None
                 if record.kind == wire.CANCEL:
                     raise _StreamBroken("cancelled by the gateway")
                 if record.kind not in (wire.AUDIO, wire.END):
@@ -280,10 +295,13 @@ class Worker:
                     return
                 if len(record.payload) % 2:
                     raise _StreamBroken("audio record with an odd number of bytes (not 16-bit PCM)")
+                # The gateway's silence is timed, not the engine's pace.
+                idle.deadline = math.inf
                 try:
                     await audio.send(record.payload)
                 except trio.BrokenResourceError:
                     return  # the engine stopped (a failure): its events say why
+                idle.deadline = trio.current_time() + idle_for
 
 
 class _StreamBroken(Exception):

@@ -70,6 +70,7 @@ class _Batch:
 
     opened_at: float
     records: dict[str, list[bytes]] = attrs.field(factory=dict)  # inbox channel -> encoded records
+    pushes: dict[str, list[bytes]] = attrs.field(factory=dict)  # list key -> values, one LPUSH each
     commands: list[Command] = attrs.field(factory=list)
     done: trio.Event = attrs.field(factory=trio.Event)
     error: Exception | None = None
@@ -98,14 +99,18 @@ class Publisher:
             self._queued.set()
         return self._filling
 
-    async def send(self, channel: str, records: Iterable[wire.Record]) -> None:
+    async def send(
+        self, channel: str, records: Iterable[wire.Record], commands: Iterable[Command] = ()
+    ) -> None:
+        """Records to `channel`, and commands to run in the same round trip."""
         batch = self._batch()
         batch.records.setdefault(channel, []).extend(wire.encode_record(record) for record in records)
+        batch.commands.extend(commands)
         await self._wait(batch)
 
-    async def command(self, command: Command) -> None:
+    async def push(self, key: str, value: bytes) -> None:
         batch = self._batch()
-        batch.commands.append(command)
+        batch.pushes.setdefault(key, []).append(value)
         await self._wait(batch)
 
     @staticmethod
@@ -122,6 +127,9 @@ class Publisher:
             batch, self._filling, self._queued = self._filling, None, trio.Event()
             try:
                 async with self._client.pipeline(transaction=False) as pipeline:
+                    for key, values in batch.pushes.items():
+                        # One LPUSH for a burst of requests (pushed in order, so BRPOP takes the oldest).
+                        pipeline.lpush(key, values)
                     for command in batch.commands:
                         command(pipeline)
                     for channel, records in batch.records.items():
@@ -184,16 +192,18 @@ class RedisConnection:
 
     async def push(self, key: str, value: bytes) -> None:
         """LPUSH `value` on the list `key`, in this process's next batch."""
-        await self._publisher.command(lambda pipeline: pipeline.lpush(key, [value]))
+        await self._publisher.push(key, value)
 
-    async def count_claim(self, session: str, ttl_s: int) -> None:
-        """INCR the session's claims counter (and renew its expiry), in this process's next batch."""
+    async def claim(self, process_id: str, record: wire.Record, ttl_s: int) -> None:
+        """Send a claim `record` and, in the same round trip, INCR the session's claims counter (renewing
+        its expiry to `ttl_s`)."""
+        key = wire.claims_key(record.session)
 
-        def add(pipeline: coredis.patterns.pipeline.Pipeline[bytes]) -> None:
-            pipeline.incr(wire.claims_key(session))
-            pipeline.expire(wire.claims_key(session), ttl_s)
+        def count(pipeline: coredis.patterns.pipeline.Pipeline[bytes]) -> None:
+            pipeline.incr(key)
+            pipeline.expire(key, ttl_s)
 
-        await self._publisher.command(add)
+        await self._publisher.send(wire.inbox_channel(process_id), [record], [count])
 
     @property
     def delivering(self) -> bool:
