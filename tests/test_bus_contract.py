@@ -11,8 +11,10 @@ from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from pathlib import Path
 
+import coredis
 import pytest
 import trio
+from coredis.response.types import PubSubMessage
 
 from asr_actors.bus import wire
 from asr_actors.bus.base import Bus
@@ -215,3 +217,35 @@ async def test_readiness_on_redis_names_engines_without_live_workers(tmp_path: P
                 assert "no live worker" == await bus.engine_problem("local")
                 worker.drain()
             assert "no live worker" == await bus.engine_problem("fake")
+
+
+async def test_records_for_one_inbox_leave_in_one_publish(tmp_path: Path) -> None:
+    """Engine protocol v2's batching: records that many sessions send to the same process within one tick
+    arrive there as one PUBLISH holding all of them, in order per session."""
+    published: list[bytes] = []
+    arrived = trio.Event()
+
+    def hear(message: PubSubMessage) -> None:
+        assert isinstance(message["data"], bytes)
+        published.append(message["data"])
+        arrived.set()
+
+    with trio.fail_after(GUARD):
+        async with (
+            redis_server(tmp_path) as server,
+            redis_connection(server.url).open() as redis,
+            coredis.Redis.from_url(server.url) as probe,
+            probe.pubsub(channel_handlers={wire.inbox_channel("probe"): hear}),
+        ):
+            async with trio.open_nursery() as nursery:
+                for session in range(20):
+                    records = [wire.audio(f"s{session}", 0, seq, b"\x00\x00") for seq in range(3)]
+                    nursery.start_soon(redis.send, "probe", *records)
+            await arrived.wait()
+            await trio.sleep(0.5)  # nothing else comes
+    assert 1 == len(published)
+    batch = list(wire.decode_batch(published[0]))
+    assert 60 == len(batch)
+    assert sorted({record.session for record in batch}) == sorted(f"s{n}" for n in range(20))
+    for session in range(20):
+        assert [0, 1, 2] == [record.seq for record in batch if record.session == f"s{session}"]
