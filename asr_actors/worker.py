@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import math
 import signal
 from collections.abc import Awaitable, Callable
 
@@ -29,6 +28,8 @@ from asr_actors.engines.base import (
     EngineEvent,
     EngineFailed,
     EngineUnavailable,
+    Final,
+    Partial,
     StreamSpec,
     UnsupportedStream,
 )
@@ -65,6 +66,10 @@ class _Results:
         self.seq += 1
         if isinstance(result, wire.Claimed):
             await self.redis.claim(self.request.reply_to, record, CLAIMS_KEY_TTL_S)
+        elif isinstance(result, Partial | Final):
+            # Not waited for: a lost batch shows as a sequence gap at the gateway (the `end` that follows
+            # the last of them is waited for).
+            await self.redis.post(self.request.reply_to, record)
         else:
             await self.redis.send(self.request.reply_to, record)
 
@@ -229,7 +234,11 @@ class Worker:
             )
             return
         # Routed before the claim is announced, so that no audio record arrives unheard.
-        async with redis.route((session, request.attempt)) as audio_records:
+        route = (session, request.attempt)
+        audio_tx, audio_rx = trio.open_memory_channel[bytes](self.config.bus.route_queue)
+        feed = AudioFeed(audio_tx, self.config.bus.audio_timeout)
+        await redis.attach(route, feed)
+        try:
             try:
                 self.engine.check(spec)
             except UnsupportedStream as exc:
@@ -239,12 +248,11 @@ class Worker:
                 await send(wire.Refused(str(exc), unavailable=True))
                 return
             await send(wire.Claimed(self.id))
-            audio_tx, audio_rx = trio.open_memory_channel[bytes](self.config.channels.engine_audio)
             events_tx, events_rx = trio.open_memory_channel[EngineEvent](self.config.channels.engine_events)
             try:
                 async with trio.open_nursery() as nursery:
                     nursery.start_soon(run_engine, self.engine, spec, audio_rx, events_tx)
-                    nursery.start_soon(self._feed, audio_records, audio_tx)
+                    nursery.start_soon(feed.watch)
                     async with events_rx:
                         async for event in events_rx:
                             await send(event)
@@ -253,55 +261,79 @@ class Worker:
                 broken = first_leaf(group)
                 log.warning("stream broken: %s", broken)
                 await send(EngineFailed(f"The audio stream broke: {broken}"))
+        finally:
+            redis.close_route(route)
 
-    async def _feed(
-        self, records: trio.MemoryReceiveChannel[wire.Record], audio: trio.MemorySendChannel[bytes]
-    ) -> None:
-        """Bus audio to the engine, in order; a gap or silence past the idle timeout ends the stream."""
-        timeout = self.config.bus.audio_timeout
-        # One scope whose deadline moves on with each record: cheaper per frame than a scope per receive.
-        with trio.CancelScope(deadline=trio.current_time() + timeout) as idle:
-            await self._feed_records(records, audio, idle, idle_for=timeout)
-        if idle.cancelled_caught:
+
+@attrs.define(eq=False)
+class AudioFeed:
+    """One placement's audio records, checked and handed to the engine as the inbox decodes them (a
+    connection `Sink`: no task and no channel between the inbox and the engine's audio channel)."""
+
+    audio: trio.MemorySendChannel[bytes]
+    # [bus] audio_timeout: the gateway's silence, timed from the last record (the engine's pace does not
+    # count: records are handed over without waiting for it).
+    idle_for: float
+    expected: int = 0
+    # Why the stream broke, if it did.
+    broken: str | None = None
+    over: trio.Event = attrs.field(factory=trio.Event)
+    idle: trio.CancelScope = attrs.field(init=False)
+
+    def __attrs_post_init__(self) -> None:
+        self.idle = trio.CancelScope(deadline=trio.current_time() + self.idle_for)
+
+    def deliver(self, record: wire.Record) -> bool:
+        if record.kind in (wire.AUDIO, wire.END) and record.seq < self.expected:
+            return True  # a repeat
+        problem = self._problem(record)
+        if problem is not None:
+            return self._break(problem)
+        self.expected += 1
+        self.idle.deadline = trio.current_time() + self.idle_for
+        if record.kind == wire.END:
+            return self._end()
+        try:
+            self.audio.send_nowait(record.payload)
+        except trio.WouldBlock:
+            return self._break("the engine fell behind its audio")
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            return self._end()  # the engine stopped (a failure): its events say why
+        return True
+
+    def _problem(self, record: wire.Record) -> str | None:
+        if record.kind == wire.CANCEL:
+            return "cancelled by the gateway"
+        if record.kind not in (wire.AUDIO, wire.END):
+            return f"record of kind {record.kind!r} in the audio"
+        if record.seq > self.expected:
+            return f"audio lost on the bus (sequence gap at {self.expected})"
+        if len(record.payload) % 2:
+            return "audio record with an odd number of bytes (not 16-bit PCM)"
+        return None
+
+    def close(self) -> None:
+        if not self.over.is_set():
+            self._break("audio was lost on the bus (it fell behind or the inbox broke)")
+
+    async def watch(self) -> None:
+        """Until the audio has ended; raises _StreamBroken if it broke or the gateway went quiet."""
+        with self.idle:
+            await self.over.wait()
+        if self.idle.cancelled_caught:
+            self.audio.close()
             raise _StreamBroken("no audio from the gateway")
+        if self.broken is not None:
+            raise _StreamBroken(self.broken)
 
-    async def _feed_records(
-        self,
-        records: trio.MemoryReceiveChannel[wire.Record],
-        audio: trio.MemorySendChannel[bytes],
-        idle: trio.CancelScope,
-        *,
-        idle_for: float,
-    ) -> None:
-        async with audio:
-            expected = 0
-            while True:
-                try:
-                    record = await records.receive()
-                except trio.EndOfChannel:
-                    raise _StreamBroken(
-                        "audio was lost on the bus (it fell behind or the inbox broke)"
-                    ) from None
-                if record.kind == wire.CANCEL:
-                    raise _StreamBroken("cancelled by the gateway")
-                if record.kind not in (wire.AUDIO, wire.END):
-                    raise _StreamBroken(f"record of kind {record.kind!r} in the audio")
-                if record.seq < expected:
-                    continue
-                if record.seq > expected:
-                    raise _StreamBroken(f"audio lost on the bus (sequence gap at {expected})")
-                expected += 1
-                if record.kind == wire.END:
-                    return
-                if len(record.payload) % 2:
-                    raise _StreamBroken("audio record with an odd number of bytes (not 16-bit PCM)")
-                # The gateway's silence is timed, not the engine's pace.
-                idle.deadline = math.inf
-                try:
-                    await audio.send(record.payload)
-                except trio.BrokenResourceError:
-                    return  # the engine stopped (a failure): its events say why
-                idle.deadline = trio.current_time() + idle_for
+    def _end(self) -> bool:
+        self.audio.close()
+        self.over.set()
+        return False
+
+    def _break(self, reason: str) -> bool:
+        self.broken = reason
+        return self._end()
 
 
 class _StreamBroken(Exception):

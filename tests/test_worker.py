@@ -1,4 +1,4 @@
-"""The worker's audio feed, without Redis: records in from the inbox route, PCM out to the engine."""
+"""The worker's audio feed, without Redis: records as the inbox decodes them, PCM out to the engine."""
 
 from __future__ import annotations
 
@@ -7,47 +7,52 @@ import trio
 import trio.testing
 
 from asr_actors.bus import wire
-from asr_actors.engines.fake import FakeEngine
-from asr_actors.worker import Worker, _StreamBroken
-from tests.support import fake_config
+from asr_actors.worker import AudioFeed, _StreamBroken
 
 GUARD = 100  # virtual seconds
 
 
-def feeder() -> tuple[Worker, trio.MemorySendChannel[wire.Record], trio.MemoryReceiveChannel[wire.Record]]:
-    worker = Worker(fake_config(bus={"kind": "redis", "audio_timeout": 40.0}), FakeEngine(), concurrency=1)
-    records_tx, records_rx = trio.open_memory_channel[wire.Record](16)
-    return worker, records_tx, records_rx
+def feed(capacity: int = 16) -> tuple[AudioFeed, trio.MemoryReceiveChannel[bytes]]:
+    audio_tx, audio_rx = trio.open_memory_channel[bytes](capacity)
+    return AudioFeed(audio_tx, idle_for=40.0), audio_rx
 
 
 async def test_a_gateway_that_goes_quiet_ends_the_stream_after_the_audio_timeout(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
-    worker, records_tx, records_rx = feeder()
-    audio_tx, audio_rx = trio.open_memory_channel[bytes](16)
     with trio.fail_after(GUARD):
-        await records_tx.send(wire.audio("s", 0, 0, b"\x00\x00"))
-        await trio.sleep(30)  # well inside the timeout: the frame was taken, the clock restarted
+        audio, audio_rx = feed()
+        await trio.sleep(30)
+        assert audio.deliver(wire.audio("s", 0, 0, b"\x00\x00"))  # the clock starts again here
         start = trio.current_time()
         with pytest.raises(_StreamBroken, match="no audio from the gateway"):
-            await worker._feed(records_rx, audio_tx)
-    assert [b"\x00\x00"] == [audio_rx.receive_nowait()]
+            await audio.watch()
     assert 40.0 == pytest.approx(trio.current_time() - start)
+    assert [b"\x00\x00"] == [chunk async for chunk in audio_rx]  # the engine's audio ended
 
 
 async def test_a_slow_engine_is_not_a_quiet_gateway(autojump_clock: trio.testing.MockClock) -> None:
-    """Time spent waiting for the engine to take a frame does not count as the gateway's silence."""
-    worker, records_tx, records_rx = feeder()
-    audio_tx, audio_rx = trio.open_memory_channel[bytes](0)
+    """Records are handed over without waiting for the engine: its pace does not stop the clock's reset."""
     with trio.fail_after(GUARD):
+        audio, audio_rx = feed()
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(worker._feed, records_rx, audio_tx)
-            await records_tx.send(wire.audio("s", 0, 0, b"\x00\x00"))
-            await records_tx.send(wire.end_of_audio("s", 0, 1))
-            await trio.sleep(60)  # the engine takes its frame only now
-            assert b"\x00\x00" == await audio_rx.receive()
-            with pytest.raises(trio.EndOfChannel):
-                await audio_rx.receive()
+            nursery.start_soon(audio.watch)
+            for seq in range(3):
+                assert audio.deliver(wire.audio("s", 0, seq, b"\x00\x00"))
+                await trio.sleep(30)
+            assert not audio.deliver(wire.end_of_audio("s", 0, 3))
+        # The engine reads its audio only now, 90 s on; nothing timed out.
+        assert 3 == len([chunk async for chunk in audio_rx])
+
+
+async def test_repeats_are_ignored(autojump_clock: trio.testing.MockClock) -> None:
+    audio, audio_rx = feed()
+    assert audio.deliver(wire.audio("s", 0, 0, b"\x01\x00"))
+    assert audio.deliver(wire.audio("s", 0, 0, b"\x01\x00"))
+    assert not audio.deliver(wire.end_of_audio("s", 0, 1))
+    with trio.fail_after(GUARD):
+        await audio.watch()
+    assert [b"\x01\x00"] == [chunk async for chunk in audio_rx]
 
 
 @pytest.mark.parametrize(
@@ -62,9 +67,25 @@ async def test_a_slow_engine_is_not_a_quiet_gateway(autojump_clock: trio.testing
 async def test_records_that_break_the_stream(
     autojump_clock: trio.testing.MockClock, record: wire.Record, reason: str
 ) -> None:
-    worker, records_tx, records_rx = feeder()
-    audio_tx, _audio_rx = trio.open_memory_channel[bytes](16)
-    with trio.fail_after(GUARD):
-        await records_tx.send(record)
-        with pytest.raises(_StreamBroken, match=reason):
-            await worker._feed(records_rx, audio_tx)
+    audio, _audio_rx = feed()
+    assert not audio.deliver(record)
+    with trio.fail_after(GUARD), pytest.raises(_StreamBroken, match=reason):
+        await audio.watch()
+
+
+async def test_an_engine_that_falls_behind_its_audio_breaks_the_stream(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    audio, _audio_rx = feed(capacity=2)
+    assert audio.deliver(wire.audio("s", 0, 0, b"\x00\x00"))
+    assert audio.deliver(wire.audio("s", 0, 1, b"\x00\x00"))
+    assert not audio.deliver(wire.audio("s", 0, 2, b"\x00\x00"))
+    with trio.fail_after(GUARD), pytest.raises(_StreamBroken, match="fell behind its audio"):
+        await audio.watch()
+
+
+async def test_an_inbox_that_breaks_breaks_the_stream(autojump_clock: trio.testing.MockClock) -> None:
+    audio, _audio_rx = feed()
+    audio.close()
+    with trio.fail_after(GUARD), pytest.raises(_StreamBroken, match="inbox broke"):
+        await audio.watch()

@@ -303,7 +303,7 @@ class RedisBus:
         # A new placement starts with the audio since the last final (nothing on the first one).
         replayed = [frame(pcm) for _, pcm in list(stream.replay.frames)]
         if replayed:
-            await self._redis.send(worker, *replayed)
+            await self._redis.post(worker, *replayed)
         if not stream.audio_ended:
             async for pcm in audio:
                 batch = [pcm]
@@ -315,7 +315,9 @@ class RedisBus:
                         break
                 for queued in batch:
                     stream.replay.add(queued)
-                await self._redis.send(worker, *[frame(queued) for queued in batch])
+                # Not waited for: a lost batch shows as a sequence gap at the worker, reported to the
+                # client; the end of audio below is waited for, so that a failure is seen here.
+                await self._redis.post(worker, *[frame(queued) for queued in batch])
             stream.audio_ended = True
         await self._redis.send(worker, wire.end_of_audio(session, attempt, seq))
 

@@ -20,6 +20,7 @@ import socket
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterable, Iterator
 from contextlib import asynccontextmanager
+from typing import Protocol
 
 import anyio
 import attrs
@@ -41,6 +42,9 @@ RedisError = (coredis.exceptions.RedisError, OSError, anyio.BrokenResourceError,
 # trip): far below Redis's pub/sub output-buffer limits (8 MiB soft, 32 MiB hard by default), so that a
 # batch never gets a healthy subscriber cut off on its own.
 MAX_PUBLISH_BYTES = 256 * 1024
+# Bytes of records a process may have queued or in flight before `Publisher.post` waits for Redis (a
+# second of 1,000 streams' audio is 32 MiB: this is a few hundred milliseconds of it).
+MAX_UNSENT_BYTES = 8 * 1024 * 1024
 # Best-effort clean-ups in a session's shielded exit (the cancel sent to its worker): bounded so that a
 # Redis that went away never holds a session's end; what they miss, the worker's audio_timeout cleans up.
 CLEANUP_TIMEOUT = 5.0
@@ -64,6 +68,40 @@ def new_process_id(role: str) -> str:
     return f"{role}-{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
 
 
+class Sink(Protocol):
+    """Where the inbox's records of one placement go, synchronously, as they are decoded."""
+
+    def deliver(self, record: wire.Record) -> bool:
+        """Take `record`; False if this sink takes no more (it is then closed and its route dropped)."""
+        ...
+
+    def close(self) -> None:
+        """No more records: the route was closed, or the inbox broke (its records may be lost)."""
+        ...
+
+
+@attrs.frozen
+class ChannelSink:
+    """Records into a bounded channel; a placement that falls behind it loses its stream at once."""
+
+    records: trio.MemorySendChannel[wire.Record]
+
+    def deliver(self, record: wire.Record) -> bool:
+        try:
+            self.records.send_nowait(record)
+        except trio.WouldBlock:
+            # The placement lags and this record is lost: end its channel here, so that the loss is
+            # reported now rather than found later as a sequence gap (or never, if it was the last).
+            log.warning("session %s fell behind its records; ending its stream", record.session)
+            return False
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            return False
+        return True
+
+    def close(self) -> None:
+        self.records.close()
+
+
 @attrs.define(eq=False)
 class _Batch:
     """What goes to Redis in one pipelined round trip; everyone who added to it waits for `done`."""
@@ -72,6 +110,7 @@ class _Batch:
     records: dict[str, list[bytes]] = attrs.field(factory=dict)  # inbox channel -> encoded records
     pushes: dict[str, list[bytes]] = attrs.field(factory=dict)  # list key -> values, one LPUSH each
     commands: list[Command] = attrs.field(factory=list)
+    size: int = 0  # bytes of records
     done: trio.Event = attrs.field(factory=trio.Event)
     error: Exception | None = None
 
@@ -81,9 +120,14 @@ class Publisher:
 
     A command per frame costs the client far more CPU than Redis spends on it (docs/performance.md), so
     records bound for the same inbox within `tick` seconds of the first one leave as one PUBLISH, and a
-    tick's commands share one round trip; while a round trip is in flight the next batch fills. `send` and
-    `command` return when Redis has the batch (or raise why not), as a plain command would; records keep the
-    order they were queued in.
+    tick's commands share one round trip; while a round trip is in flight the next batch fills. Records keep
+    the order they were queued in.
+
+    `send` and `push` return when Redis has the batch (or raise why not), as a plain command would. `post`
+    returns at once, so that a frame costs its sender no wake-up when its batch leaves: it is for records
+    whose loss the receiver detects by their sequence numbers (a failed batch marks the connection suspect,
+    and the next record the receiver gets, or the canary, reveals the gap). It waits only while more than
+    MAX_UNSENT_BYTES are queued, which is the back-pressure when Redis is slow.
     """
 
     def __init__(self, client: coredis.Redis[bytes], tick: float, on_error: Callable[[], None]) -> None:
@@ -92,6 +136,9 @@ class Publisher:
         self._on_error = on_error
         self._filling: _Batch | None = None
         self._queued = trio.Event()
+        # Bytes of records queued or in flight; senders wait while there are more than MAX_UNSENT_BYTES.
+        self._unsent = 0
+        self._in_flight: _Batch | None = None
 
     def _batch(self) -> _Batch:
         if self._filling is None:
@@ -99,14 +146,38 @@ class Publisher:
             self._queued.set()
         return self._filling
 
+    def _add(self, channel: str, records: Iterable[wire.Record]) -> _Batch:
+        batch = self._batch()
+        queued = batch.records.setdefault(channel, [])
+        for record in records:
+            encoded = wire.encode_record(record)
+            batch.size += len(encoded)
+            self._unsent += len(encoded)
+            queued.append(encoded)
+        return batch
+
     async def send(
         self, channel: str, records: Iterable[wire.Record], commands: Iterable[Command] = ()
     ) -> None:
-        """Records to `channel`, and commands to run in the same round trip."""
-        batch = self._batch()
-        batch.records.setdefault(channel, []).extend(wire.encode_record(record) for record in records)
+        """Records to `channel`, and commands to run in the same round trip; returns when Redis has them."""
+        batch = self._add(channel, records)
         batch.commands.extend(commands)
         await self._wait(batch)
+
+    def post(self, channel: str, records: Iterable[wire.Record]) -> None:
+        """Records to `channel` in the next batch, without waiting for it (see the class)."""
+        self._add(channel, records)
+
+    async def wait_for_room(self) -> None:
+        """Until no more than MAX_UNSENT_BYTES are queued or in flight."""
+        while self._unsent > MAX_UNSENT_BYTES:
+            batch = self._in_flight or self._filling
+            assert batch is not None  # unsent bytes are in one of the two
+            await batch.done.wait()
+
+    @property
+    def congested(self) -> bool:
+        return self._unsent > MAX_UNSENT_BYTES
 
     async def push(self, key: str, value: bytes) -> None:
         batch = self._batch()
@@ -125,6 +196,7 @@ class Publisher:
             assert self._filling is not None
             await trio.sleep_until(self._filling.opened_at + self._tick)
             batch, self._filling, self._queued = self._filling, None, trio.Event()
+            self._in_flight = batch
             try:
                 async with self._client.pipeline(transaction=False) as pipeline:
                     for key, values in batch.pushes.items():
@@ -137,8 +209,11 @@ class Publisher:
                             pipeline.publish(channel, payload)
             except RedisError as exc:
                 batch.error = exc
+                log.warning("a batch of %d bytes was not sent: %s", batch.size, exc)
                 self._on_error()
             finally:
+                self._unsent -= batch.size
+                self._in_flight = None
                 batch.done.set()
 
 
@@ -176,7 +251,7 @@ class RedisConnection:
         # away or the connection is being replaced (a connection that only says it is subscribed may
         # deliver nothing: see `_keep_pubsub`).
         self._pubsub_delivers = trio.Event()
-        self._routes: dict[Route, trio.MemorySendChannel[wire.Record]] = {}
+        self._routes: dict[Route, Sink] = {}
         # Set by every delivery on the pub/sub connection, the canary's or the inbox's.
         self._delivered = trio.Event()
         # Set to have the pub/sub connection checked now rather than at the next interval.
@@ -187,8 +262,18 @@ class RedisConnection:
         self.malformed_batches = 0
 
     async def send(self, process_id: str, *records: wire.Record) -> None:
-        """Records to another process's inbox, in order, batched with every other send of this process."""
+        """Records to another process's inbox, in order, batched with every other send of this process;
+        returns when Redis has them."""
         await self._publisher.send(wire.inbox_channel(process_id), records)
+
+    async def post(self, process_id: str, *records: wire.Record) -> None:
+        """`send` without waiting for the batch to leave, for records whose loss their receiver detects;
+        waits only while the publisher is congested (see `Publisher`). Deliberately no checkpoint otherwise:
+        its callers checkpoint on their next receive, and a frame's extra trip through the scheduler was a
+        measurable share of the gateway's CPU."""
+        self._publisher.post(wire.inbox_channel(process_id), records)
+        if self._publisher.congested:
+            await self._publisher.wait_for_room()
 
     async def push(self, key: str, value: bytes) -> None:
         """LPUSH `value` on the list `key`, in this process's next batch."""
@@ -233,9 +318,9 @@ class RedisConnection:
             yield self
             nursery.cancel_scope.cancel()
 
-    async def open_route(self, route: Route) -> trio.MemoryReceiveChannel[wire.Record]:
-        """The records of one placement that arrive in the inbox from now on, until `close_route`; the
-        channel ends early if the placement falls `route_capacity` records behind or the inbox breaks."""
+    async def attach(self, route: Route, sink: Sink) -> None:
+        """Hand the records of one placement that arrive in the inbox from now on to `sink`, until
+        `close_route`, the sink declines one, or the inbox breaks (then the sink is closed)."""
         # A connection being made or proven (at start-up, after a Redis restart) is waited for, one check
         # interval: a placement on a connection that delivers nothing would lose the session.
         with trio.move_on_after(self._check_interval):
@@ -244,15 +329,20 @@ class RedisConnection:
             raise EngineUnavailable("The bus is unreachable: no working pub/sub connection to Redis")
         if route in self._routes:
             raise EngineUnavailable(f"Session {route[0]!r} attempt {route[1]} is placed here already")
+        self._routes[route] = sink
+
+    async def open_route(self, route: Route) -> trio.MemoryReceiveChannel[wire.Record]:
+        """The records of one placement in a channel (see `attach`); the channel ends early if the
+        placement falls `route_capacity` records behind or the inbox breaks."""
         records_tx, records_rx = trio.open_memory_channel[wire.Record](self._route_capacity)
-        self._routes[route] = records_tx
+        await self.attach(route, ChannelSink(records_tx))
         return records_rx
 
     def close_route(self, route: Route) -> None:
-        """Stop routing the placement's records (those that arrived stay readable, then the channel ends)."""
-        records = self._routes.pop(route, None)
-        if records is not None:
-            records.close()
+        """Stop routing the placement's records (a channel's arrived records stay readable, then it ends)."""
+        sink = self._routes.pop(route, None)
+        if sink is not None:
+            sink.close()
 
     @asynccontextmanager
     async def route(self, route: Route) -> AsyncIterator[trio.MemoryReceiveChannel[wire.Record]]:
@@ -277,20 +367,12 @@ class RedisConnection:
             log.warning("dropped the rest of a malformed batch in the inbox: %s", exc)
 
     def _route(self, record: wire.Record) -> None:
-        records = self._routes.get(record.route)
-        if records is None:
+        sink = self._routes.get(record.route)
+        if sink is None:
             self._stray(record)
-            return
-        try:
-            records.send_nowait(record)
-        except trio.WouldBlock:
-            # The placement lags and this record is lost: end its channel here, so that the loss is
-            # reported now rather than found later as a sequence gap (or never, if it was the last).
-            log.warning("session %s fell behind its records; ending its stream", record.session)
+        elif not sink.deliver(record):
             del self._routes[record.route]
-            records.close()
-        except (trio.BrokenResourceError, trio.ClosedResourceError):
-            pass
+            sink.close()
 
     def _stray(self, record: wire.Record) -> None:
         """A record for no placement here: a session that ended, or a claim that came after its gateway
@@ -356,8 +438,8 @@ class RedisConnection:
                     log.warning("no pub/sub connection to Redis: %s", first_leaf(group))
                     reported_down = True
             self._not_delivering()
-            for records in self._routes.values():
-                records.close()
+            for sink in self._routes.values():
+                sink.close()
             self._routes.clear()
             await trio.sleep(self._check_interval)  # not a hot loop while Redis is away
 
