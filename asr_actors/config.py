@@ -358,8 +358,15 @@ def _describe(exc: BaseException, kind: type | None) -> str:
     return f"{general} ({exc})" if isinstance(exc, ValueError) else general
 
 
+# Keys a release renamed: a config that still has the old name is refused with the new one named.
+RENAMED = {("bus", "subscription_queue"): "route_queue (engine protocol v2 buffers records per placement)"}
+
+
 def config_from_dict(data: dict[str, Any]) -> Config:
     """Build and check a Config; raise ConfigError naming each bad key."""
+    for (table, key), new in RENAMED.items():
+        if isinstance(data.get(table), dict) and key in data[table]:
+            raise ConfigError(f"[{table}] {key} was renamed: use {new}")
     try:
         config = _converter.structure(data, Config)
     except cattrs.BaseValidationError as exc:

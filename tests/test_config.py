@@ -118,3 +118,8 @@ def test_bus_urls_the_redis_client_takes(url: str) -> None:
     RedisConnection(url, "test")  # parses without connecting
     with pytest.raises(ConfigError, match=r"must be redis://host:port/db.* @ config\.bus"):
         config_from_dict({"bus": {"url": "http://h:1/"}})
+
+
+def test_a_renamed_key_names_its_new_name() -> None:
+    with pytest.raises(ConfigError, match=r"\[bus\] subscription_queue was renamed: use route_queue"):
+        config_from_dict({"bus": {"subscription_queue": 1024}})
