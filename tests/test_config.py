@@ -121,5 +121,5 @@ def test_bus_urls_the_redis_client_takes(url: str) -> None:
 
 
 def test_a_renamed_key_names_its_new_name() -> None:
-    with pytest.raises(ConfigError, match=r"\[bus\] subscription_queue was renamed: use route_queue"):
+    with pytest.raises(ConfigError, match=r"\[bus\] subscription_queue was replaced: use route_queue"):
         config_from_dict({"bus": {"subscription_queue": 1024}})

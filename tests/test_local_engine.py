@@ -5,6 +5,7 @@ These run real pocketsphinx (and Whisper in the e2e tests) in worker threads, so
 
 from __future__ import annotations
 
+import itertools
 import wave
 from pathlib import Path
 
@@ -13,7 +14,7 @@ import trio
 
 from asr_actors.config import LocalEngineConfig
 from asr_actors.engines.base import EngineEvent, Final, Partial, StreamSpec, UnsupportedStream
-from asr_actors.engines.local import LocalEngine, SentenceDecoder
+from asr_actors.engines.local import Heard, LocalEngine, SentenceDecoder, StablePartial, _Draft, _Sentence
 
 DATA = Path(__file__).resolve().parent / "data" / "librivox"
 GUARD = 120
@@ -28,14 +29,18 @@ def chunks(pcm: bytes, size: int = 3200) -> list[bytes]:
     return [pcm[i : i + size] for i in range(0, len(pcm), size)]
 
 
+def feed_all(decoder: SentenceDecoder, pcm: bytes) -> list[Heard]:
+    return [event for chunk in chunks(pcm) for event in decoder.feed(chunk)] + decoder.finish()
+
+
 def test_decoder_partials_grow_then_sentence_closes() -> None:
-    """pocketsphinx partials come while speaking; the Endpointer closes the sentence with its audio."""
-    decoder = SentenceDecoder(LocalEngineConfig())
-    events = [event for chunk in chunks(speech("0880") + bytes(32000)) for event in decoder.feed(chunk)]
-    events += decoder.finish()
+    """pocketsphinx partials come while speaking; the VAD closes the sentence with its audio."""
+    decoder = SentenceDecoder(LocalEngineConfig(partials="pocketsphinx"))
+    events = feed_all(decoder, speech("0880") + bytes(32000))
     partials = [e for e in events if isinstance(e, Partial)]
-    sentences = [e for e in events if not isinstance(e, Partial)]
+    sentences = [e for e in events if isinstance(e, _Sentence)]
     assert len(partials) >= 3
+    assert not [e for e in events if isinstance(e, _Draft)]  # no Whisper drafts in this mode
     assert 1 == len(sentences)
     sentence = sentences[0]
     assert "young man" in sentence.text
@@ -44,15 +49,73 @@ def test_decoder_partials_grow_then_sentence_closes() -> None:
     assert len(sentence.audio) > 32000
 
 
+def test_whisper_mode_drafts_the_sentence_so_far() -> None:
+    """partials = "whisper": pocketsphinx guesses first, then a draft every partial_interval of speech,
+    each holding the sentence from its start; pocketsphinx stops after first_partial_window."""
+    decoder = SentenceDecoder(LocalEngineConfig(partial_interval=1.0, first_partial_window=1.5))
+    events = feed_all(decoder, speech("0870") + bytes(32000))
+    drafts = [e for e in events if isinstance(e, _Draft)]
+    [sentence] = [e for e in events if isinstance(e, _Sentence)]
+    assert isinstance(events[0], Partial)
+    assert len(drafts) >= 4
+    assert all(d.begin_ms == sentence.begin_ms for d in drafts)
+    assert [d.end_ms for d in drafts] == sorted(d.end_ms for d in drafts)
+    assert all(len(d.audio) < len(later.audio) for d, later in itertools.pairwise(drafts))
+    last_sphinx = max(e.end_ms for e in events if isinstance(e, Partial))
+    assert last_sphinx - sentence.begin_ms <= 1500 + 400  # the window, plus the pre-roll and a chunk
+
+
+def test_the_final_pass_gets_pre_roll_but_never_the_previous_sentence() -> None:
+    """Two sentences 0.6 s apart: the second's audio starts before its detected start (pre-roll) but
+    not before the first's audio ended; the first's audio runs past its end (post-roll)."""
+    config = LocalEngineConfig(final_preroll=0.3, final_postroll=0.2)
+    decoder = SentenceDecoder(config)
+    gap = bytes(int(0.6 * 32000))
+    events = feed_all(decoder, speech("0880") + gap + speech("0930") + bytes(32000))
+    first, second = [e for e in events if isinstance(e, _Sentence)]
+    first_audio_ms = len(first.audio) / 32
+    assert first.end_ms < second.begin_ms
+    # The first sentence's audio: pre-roll (clipped at the stream's start) + speech + post-roll.
+    assert first_audio_ms >= first.end_ms - first.begin_ms + 200 - 40
+    # The second's: at most its pre-roll before its start, and never overlapping the first's audio.
+    second_audio_ms = len(second.audio) / 32
+    lead = second_audio_ms - (second.end_ms - second.begin_ms) - 200
+    assert 0 < lead <= 300 + 40
+
+
 def test_decoder_finish_closes_a_sentence_cut_mid_speech() -> None:
     """Audio that stops mid-word still yields its sentence at finish(): the tail is never lost."""
-    decoder = SentenceDecoder(LocalEngineConfig())
-    cut = speech("0870")[: 16000 * 2 * 3 + 7 * 2]  # 3 s and 7 samples: not a whole endpointer frame
+    decoder = SentenceDecoder(LocalEngineConfig(partials="pocketsphinx"))
+    cut = speech("0870")[: 16000 * 2 * 3 + 7 * 2]  # 3 s and 7 samples: not a whole VAD chunk
     for chunk in chunks(cut):
         assert all(isinstance(e, Partial) for e in decoder.feed(chunk))
-    sentences = [e for e in decoder.finish() if not isinstance(e, Partial)]
+    sentences = [e for e in decoder.finish() if isinstance(e, _Sentence)]
     assert 1 == len(sentences)
     assert "john" in sentences[0].text
+    assert len(sentences[0].audio) >= len(cut) - 300 * 32 - 1  # everything from the pre-roll to the cut
+
+
+@pytest.mark.parametrize(
+    ("drafts", "shown"),
+    [
+        # Agreed words are committed; the newest draft's other words follow.
+        (["and mister", "and mister john dash"], ["and mister", "and mister john dash"]),
+        # A committed word is not taken back when a later draft disagrees with it.
+        (
+            ["it was the", "it was the age", "that was the age of"],
+            ["it was the", "it was the age", "it was the age of"],
+        ),
+        # Punctuation and case do not break agreement; the newest spelling is shown.
+        (
+            ["Ever tried", "Ever tried, ever", "Ever tried. Ever failed."],
+            ["Ever tried", "Ever tried, ever", "Ever tried. Ever failed."],
+        ),
+    ],
+)
+def test_stable_partials_follow_local_agreement(drafts: list[str], shown: list[str]) -> None:
+    stable = StablePartial()
+    assert shown == [stable.update(draft) for draft in drafts]
+    assert stable.committed  # something was agreed
 
 
 @pytest.mark.parametrize(("language", "rate"), [("zh", 16000), ("en", 8000)])
@@ -64,7 +127,7 @@ def test_unsupported_streams_are_refused(language: str, rate: int) -> None:
 
 async def test_pocketsphinx_only_stream_gives_one_final_per_sentence() -> None:
     """finals = "pocketsphinx": two sentences with a pause give two finals, each after its partials."""
-    engine = LocalEngine(LocalEngineConfig(finals="pocketsphinx"))
+    engine = LocalEngine(LocalEngineConfig(finals="pocketsphinx", partials="pocketsphinx"))
     pcm = speech("0880") + bytes(32000) + speech("0930")
     audio_tx, audio_rx = trio.open_memory_channel[bytes](8)
     events_tx, events_rx = trio.open_memory_channel[EngineEvent](8)
