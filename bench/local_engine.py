@@ -19,81 +19,24 @@ import argparse
 import json
 import os
 import statistics
-import subprocess
 import tempfile
-import wave
 from pathlib import Path
 
 import jiwer
-import numpy as np
 import trio
 
 from asr_actors import client
+from asr_actors.testing.speech import librivox, whole_file_text, with_noise
 from asr_actors.testing.subprocess_server import running_server
 from asr_actors.testing.textnorm import agreement, normalize
 
-DATA = Path(__file__).resolve().parent.parent / "tests" / "data" / "librivox"
 APPKEY, SECRET = "bench", "bench-secret"
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 SAMPLE_RATE = 16000
 
 
-def speech_and_reference() -> tuple[bytes, list[str]]:
-    pause = bytes(SAMPLE_RATE * 2)
-    pcm, sentences = b"", []
-    for line in sorted((DATA / "transcripts.tsv").read_text().splitlines()):
-        name, text = line.split("\t", 1)
-        with wave.open(str(DATA / f"{name}.wav")) as reader:
-            pcm += reader.readframes(reader.getnframes()) + pause
-        sentences.append(text)
-    return pcm, sentences
-
-
-def pink_noise(seconds: float, folder: Path) -> np.ndarray:
-    """Pink noise from sox (16 kHz, 16-bit), as floats."""
-    path = folder / "pink.wav"
-    subprocess.run(
-        [
-            "sox",
-            "-n",
-            "-r",
-            str(SAMPLE_RATE),
-            "-c",
-            "1",
-            "-b",
-            "16",
-            str(path),
-            "synth",
-            f"{seconds:.2f}",
-            "pinknoise",
-        ],
-        check=True,
-    )
-    with wave.open(str(path)) as reader:
-        return np.frombuffer(reader.readframes(reader.getnframes()), dtype="<i2").astype(np.float64)
-
-
-def with_noise(pcm: bytes, snr_db: float, folder: Path) -> bytes:
-    """`pcm` mixed with pink noise at `snr_db`, the speech's power measured where it speaks."""
-    speech = np.frombuffer(pcm, dtype="<i2").astype(np.float64)
-    noise = pink_noise(len(speech) / SAMPLE_RATE + 0.1, folder)[: len(speech)]
-    frames = speech[: len(speech) // 320 * 320].reshape(-1, 320)
-    energies = (frames**2).mean(axis=1)
-    speech_power = energies[energies > energies.max() * 0.01].mean()
-    scale = np.sqrt(speech_power / (noise**2).mean() / 10 ** (snr_db / 10))
-    mixed = np.clip(speech + noise * scale, -32768, 32767)
-    return mixed.astype("<i2").tobytes()
-
-
 def whole_file_wer(pcm: bytes, reference: str) -> float:
-    """The same Whisper model on the whole audio at once (its own best case, no streaming)."""
-    from asr_actors.engines.local import load_whisper
-
-    model = load_whisper()
-    samples = np.frombuffer(pcm, dtype=np.int16).astype(np.float32) / 32768.0
-    segments, _info = model.transcribe(samples, language="en", beam_size=1, vad_filter=False)
-    text = " ".join(segment.text.strip() for segment in segments)
-    return float(jiwer.wer(normalize(reference), normalize(text)))
+    return float(jiwer.wer(normalize(reference), normalize(whole_file_text(pcm))))
 
 
 def cpu_seconds(pid: int) -> float:
@@ -161,7 +104,7 @@ async def run_level(url: str, pid: int, streams: int, pcm: bytes, reference: str
 
 
 async def measure(args: argparse.Namespace) -> list[dict[str, object]]:
-    clean, sentences = speech_and_reference()
+    clean, sentences = librivox()
     reference = " ".join(sentences)
     print(
         f"speech: {len(clean) / 32000:.1f} s per stream, {len(sentences)} sentences; {os.cpu_count()} cores",
@@ -170,7 +113,7 @@ async def measure(args: argparse.Namespace) -> list[dict[str, object]]:
     rows: list[dict[str, object]] = []
     with tempfile.TemporaryDirectory() as temporary:
         folder = Path(temporary)
-        audio = {snr: clean if snr == "clean" else with_noise(clean, float(snr), folder) for snr in args.snr}
+        audio = {snr: clean if snr == "clean" else with_noise(clean, float(snr)) for snr in args.snr}
         whole = {
             snr: await trio.to_thread.run_sync(whole_file_wer, pcm, reference) for snr, pcm in audio.items()
         }

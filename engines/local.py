@@ -367,12 +367,12 @@ class LocalEngine:
         return result
 
     async def _whisper_pass(
-        self, pcm: bytes, limiter: trio.CapacityLimiter, prompt: str | None = None
+        self, pcm: bytes, limiter: trio.CapacityLimiter, beam_size: int, prompt: str | None = None
     ) -> str:
         model = await self._whisper_model()
         try:
             text: str = await trio.to_thread.run_sync(
-                whisper_text, model, pcm, self._config.whisper_beam_size, prompt, limiter=limiter
+                whisper_text, model, pcm, beam_size, prompt, limiter=limiter
             )
         except RuntimeError as exc:
             raise EngineError(f"Whisper failed: {exc}") from exc
@@ -398,7 +398,9 @@ class LocalEngine:
                         or len(item.audio) < MIN_DRAFT_MS * BYTES_PER_MS
                     ):
                         continue
-                    text = stable.update(await self._whisper_pass(item.audio, self._draft_limiter))
+                    text = stable.update(
+                        await self._whisper_pass(item.audio, self._draft_limiter, beam_size=1)
+                    )
                     if text and text != shown:
                         shown = text
                         await events.send(Partial(text, item.begin_ms, item.end_ms))
@@ -406,7 +408,9 @@ class LocalEngine:
                     text = item.text
                     if self._config.finals == "whisper" and item.audio:
                         prompt = previous_text if self._config.final_prompt else None
-                        text = await self._whisper_pass(item.audio, self._whisper_limiter, prompt)
+                        text = await self._whisper_pass(
+                            item.audio, self._whisper_limiter, self._config.whisper_beam_size, prompt
+                        )
                     if text or item.had_partial or shown:
                         # An empty final still closes a sentence the client saw partials of.
                         await events.send(Final(text, item.begin_ms, item.end_ms))

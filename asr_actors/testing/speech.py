@@ -1,0 +1,60 @@
+"""Speech for tests and benchmarks: the repository's LibriVox clips, pink noise mixed in at a chosen SNR,
+and the whole-file transcript of the same Whisper model (the streaming engine's best case)."""
+
+from __future__ import annotations
+
+import subprocess
+import tempfile
+import wave
+from pathlib import Path
+
+import numpy as np
+
+SAMPLE_RATE = 16000
+LIBRIVOX = Path(__file__).resolve().parents[2] / "tests" / "data" / "librivox"
+
+
+def librivox(pause_s: float = 1.0) -> tuple[bytes, list[str]]:
+    """The five clips in order, `pause_s` of silence after each, and their reference sentences."""
+    pause = bytes(int(SAMPLE_RATE * pause_s) * 2)
+    pcm, sentences = b"", []
+    for line in sorted((LIBRIVOX / "transcripts.tsv").read_text().splitlines()):
+        if not line.strip():
+            continue
+        name, text = line.split("\t", 1)
+        with wave.open(str(LIBRIVOX / f"{name}.wav")) as reader:
+            pcm += reader.readframes(reader.getnframes()) + pause
+        sentences.append(text)
+    return pcm, sentences
+
+
+def pink_noise(seconds: float) -> np.ndarray:
+    """Pink noise made by sox (16 kHz, 16-bit), as floats."""
+    with tempfile.TemporaryDirectory() as folder:
+        path = Path(folder) / "pink.wav"
+        command = ["sox", "-n", "-r", str(SAMPLE_RATE), "-c", "1", "-b", "16", str(path)]
+        subprocess.run([*command, "synth", f"{seconds:.2f}", "pinknoise"], check=True)
+        with wave.open(str(path)) as reader:
+            return np.frombuffer(reader.readframes(reader.getnframes()), dtype="<i2").astype(np.float64)
+
+
+def with_noise(pcm: bytes, snr_db: float) -> bytes:
+    """`pcm` mixed with pink noise at `snr_db`, the speech's power measured where it speaks (20 ms frames
+    above 1 % of the loudest), so that pauses do not flatter the ratio."""
+    speech = np.frombuffer(pcm, dtype="<i2").astype(np.float64)
+    noise = pink_noise(len(speech) / SAMPLE_RATE + 0.1)[: len(speech)]
+    frames = speech[: len(speech) // 320 * 320].reshape(-1, 320)
+    energies = (frames**2).mean(axis=1)
+    speech_power = energies[energies > energies.max() * 0.01].mean()
+    scale = np.sqrt(speech_power / (noise**2).mean() / 10 ** (snr_db / 10))
+    mixed = np.clip(speech + noise * scale, -32768, 32767)
+    return bytes(mixed.astype("<i2").tobytes())
+
+
+def whole_file_text(pcm: bytes) -> str:
+    """Whisper tiny.en (the local engine's model) on the whole audio at once."""
+    from asr_actors.engines.local import load_whisper
+
+    samples = np.frombuffer(pcm, dtype=np.int16).astype(np.float32) / 32768.0
+    segments, _info = load_whisper().transcribe(samples, language="en", beam_size=1, vad_filter=False)
+    return " ".join(segment.text.strip() for segment in segments)
