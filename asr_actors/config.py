@@ -204,7 +204,7 @@ class LocalEngineConfig:
     # Sentences queued between the pocketsphinx pass and the Whisper pass of one stream.
     sentence_queue: int = attrs.field(default=8, validator=_positive)
     # Concurrent streams per gateway process; more get 503. Each costs ~110 MiB and shares the GIL
-    # (docs/performance.md: latency stays under ~3 s up to 4 real-time streams on 2 cores).
+    # (docs/performance.md: finals within ~4 s, median 2.4 s, at 4 real-time streams on 2 cores).
     max_streams: int = attrs.field(default=4, validator=_positive)
 
 
