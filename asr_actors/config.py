@@ -201,7 +201,7 @@ class LocalEngineConfig:
     final_preroll: float = attrs.field(default=0.3, validator=_non_negative)
     final_postroll: float = attrs.field(default=0.2, validator=_non_negative)
     final_prompt: bool = True
-    # Sentences queued between the pocketsphinx pass and the Whisper pass of one stream.
+    # Partials, drafts and sentences queued between a stream's first stage and its Whisper stage.
     sentence_queue: int = attrs.field(default=8, validator=_positive)
     # Concurrent streams per gateway process; more get 503. Each costs ~110 MiB and shares the GIL
     # (docs/performance.md: finals within ~4 s, median 2.4 s, at 4 real-time streams on 2 cores).
