@@ -1,12 +1,12 @@
 """The `dashscope` engine's native transport: DashScope's realtime protocol on Trio, no SDK, no threads.
 
-One WebSocket per session (trio-websocket, over a TCP or TLS stream this module opens and closes itself:
-trio-websocket's own client leaks its socket when the server closes first). The session's task sends
-`run-task`, waits for `task-started` (bounded by `start_timeout`), then streams the client's audio as it
-comes while the results are read as they arrive — nothing polls, nothing waits for the next frame to
-deliver a result. At the end of the audio it sends `finish-task` and waits for `task-finished`, bounded by
-`stop_timeout`. Every failure of the socket or the service becomes one `EngineError` with the same
-client-facing reasons as the SDK transport (`dashscope_wire.describe_failure`), converted here, once.
+One WebSocket per session (`engines/upstream.py`: trio-websocket over a stream it opens and closes).
+The session's task sends `run-task`, waits for `task-started` (bounded by `start_timeout`), then
+streams the client's audio as it comes while the results are read as they arrive — nothing polls,
+nothing waits for the next frame to deliver a result. At the end of the audio it sends `finish-task`
+and waits for `task-finished`, bounded by `stop_timeout`. Every failure of the socket or the service
+becomes one `EngineError` with the same client-facing reasons as the SDK transport
+(`dashscope_wire.describe_failure`), converted here and in `upstream`, once.
 """
 
 from __future__ import annotations
@@ -15,21 +15,15 @@ import logging
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from urllib.parse import urlsplit
 
 import trio
-import trio_websocket
 
 from asr_actors.config import DashScopeEngineConfig
 from asr_actors.engines import dashscope_wire as wire
+from asr_actors.engines import upstream
 from asr_actors.engines.base import EngineError, EngineEvent, Final, Partial, StreamSpec
 
 log = logging.getLogger(__name__)
-
-# The service's results are small; a larger message is not one of them.
-MAX_MESSAGE_BYTES = 1 << 20
-# Messages trio-websocket buffers from the service before it stops reading the socket.
-MESSAGE_QUEUE = 64
 
 
 async def run_stream(
@@ -59,69 +53,17 @@ async def run_stream(
             raise EngineError(f"DashScope did not finish within {config.stop_timeout:g} s")
 
 
-@asynccontextmanager
-async def _upstream(
-    config: DashScopeEngineConfig, api_key: str, connected_by: float
-) -> AsyncIterator[_Upstream]:
-    """A WebSocket to the service, open by `connected_by` and closed (bounded) on the way out; its
-    failures as EngineError."""
-    split = urlsplit(config.url or wire.DEFAULT_URL)
-    secure = split.scheme == "wss"
-    host = split.hostname or ""
-    port = split.port or (443 if secure else 80)
-    try:
-        with trio.fail_at(connected_by):
-            stream: trio.SocketStream | trio.SSLStream[trio.SocketStream] = (
-                await trio.open_ssl_over_tcp_stream(host, port)
-                if secure
-                else await trio.open_tcp_stream(host, port)
-            )
-    except (OSError, trio.TooSlowError) as exc:
-        raise EngineError("DashScope is unreachable") from exc
-    async with stream, trio.open_nursery() as nursery:
-        try:
-            with trio.fail_at(connected_by):
-                connection = await trio_websocket.wrap_client_stream(
-                    nursery,
-                    stream,
-                    split.netloc,
-                    split.path or "/",
-                    extra_headers=[(b"authorization", f"Bearer {api_key}".encode())],
-                    message_queue_size=MESSAGE_QUEUE,
-                    max_message_size=MAX_MESSAGE_BYTES,
-                )
-        except trio_websocket.ConnectionRejected as exc:
-            if exc.status_code in (401, 403):
-                raise EngineError("DashScope refused the API key") from exc
-            raise EngineError(f"DashScope refused the connection: HTTP {exc.status_code}") from exc
-        except (trio_websocket.HandshakeError, trio.TooSlowError, OSError) as exc:
-            raise EngineError("DashScope connection failed") from exc
-        upstream = _Upstream(connection)
-        try:
-            yield upstream
-        finally:
-            with trio.CancelScope(shield=True), trio.move_on_after(config.stop_timeout):
-                await connection.aclose()
-            nursery.cancel_scope.cancel()
-
-
 class _Upstream:
-    """The service's WebSocket; a dropped or closed connection is `EngineError` here, the only place."""
+    """DashScope's events over the service's WebSocket; a failure event is EngineError here."""
 
-    def __init__(self, connection: trio_websocket.WebSocketConnection) -> None:
-        self._connection = connection
+    def __init__(self, socket: upstream.Upstream) -> None:
+        self._socket = socket
 
     async def send_message(self, message: str | bytes) -> None:
-        try:
-            await self._connection.send_message(message)
-        except trio_websocket.ConnectionClosed as exc:
-            raise EngineError("DashScope connection failed") from exc
+        await self._socket.send(message)
 
     async def event(self) -> wire.ServiceEvent | None:
-        try:
-            message = await self._connection.get_message()
-        except trio_websocket.ConnectionClosed as exc:
-            raise EngineError("DashScope connection failed") from exc
+        message = await self._socket.receive()
         if isinstance(message, bytes):
             raise EngineError("DashScope sent binary data")
         try:
@@ -132,6 +74,27 @@ class _Upstream:
             log.warning("DashScope error %s: %s", event.code, event.message)
             raise EngineError(event.reason)
         return event
+
+
+@asynccontextmanager
+async def _upstream(
+    config: DashScopeEngineConfig, api_key: str, connected_by: float
+) -> AsyncIterator[_Upstream]:
+    """A WebSocket to the service, open by `connected_by`; its failures as EngineError."""
+    try:
+        async with upstream.connect(
+            config.url or wire.DEFAULT_URL,
+            connected_by,
+            service="DashScope",
+            close_timeout=config.stop_timeout,
+            headers=((b"authorization", f"Bearer {api_key}".encode()),),
+        ) as socket:
+            yield _Upstream(socket)
+    except EngineError as exc:
+        # The SDK transport says the same for a refused key (dashscope_wire.describe_failure).
+        if str(exc) == "DashScope refused the credentials":
+            raise EngineError("DashScope refused the API key") from exc.__cause__
+        raise
 
 
 async def _until_started(upstream: _Upstream) -> None:
