@@ -24,6 +24,16 @@ SECRET_ENV = "ASR_ACTORS_SECRET"
 LANGUAGE_CODE = re.compile(r"^[a-z]{2,3}(-[A-Za-z0-9]{2,8})?$")
 
 
+def _add_conformance(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    conformance = commands.add_parser(
+        "conformance", help="check an engine worker against the engine protocol"
+    )
+    conformance.add_argument("--engine", required=True, help="the engine name the worker serves")
+    conformance.add_argument("--redis", required=True, help="redis://host:port/db the worker uses")
+    conformance.add_argument("--audio", help="speech to use (any audio file); default: synthetic tone bursts")
+    conformance.add_argument("--language", default="en", help="the language the sessions ask for")
+
+
 def _add_bench(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     bench = commands.add_parser(
         "bench", help="measure streams, latency, CPU and memory of the gateway (synthetic engine)"
@@ -141,13 +151,7 @@ def _parser() -> argparse.ArgumentParser:
         "--config", help="TOML config file (default: $ASR_ACTORS_CONFIG, else built-in defaults)"
     )
 
-    conformance = commands.add_parser(
-        "conformance", help="check an engine worker against the engine protocol"
-    )
-    conformance.add_argument("--engine", required=True, help="the engine name the worker serves")
-    conformance.add_argument("--redis", required=True, help="redis://host:port/db the worker uses")
-    conformance.add_argument("--audio", help="speech to use (any audio file); default: synthetic tone bursts")
-
+    _add_conformance(commands)
     _add_bench(commands)
 
     sign = commands.add_parser("sign", help="print a signed, single-use WebSocket URL")
@@ -311,7 +315,7 @@ async def _conformance(args: argparse.Namespace) -> int:
     from asr_actors.tools import conformance
 
     speech = await trio.to_thread.run_sync(client.load_audio, args.audio) if args.audio else None
-    outcomes = await conformance.run(args.engine, args.redis, speech)
+    outcomes = await conformance.run(args.engine, args.redis, speech, language=args.language)
     for outcome in outcomes:
         print(f"{'PASS' if outcome.passed else 'FAIL'}  {outcome.case:<20} {outcome.reason}", flush=True)
     passed = sum(outcome.passed for outcome in outcomes)

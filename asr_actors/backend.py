@@ -43,6 +43,10 @@ def build_engines(config: Config, wanted: set[str] | None = None) -> dict[str, E
         from asr_actors.engines.dashscope import DashScopeEngine
 
         engines["dashscope"] = DashScopeEngine(config.engines.dashscope)
+    if "iflytek" in wanted:
+        from asr_actors.engines.iflytek import IflytekEngine
+
+        engines["iflytek"] = IflytekEngine(config.engines.iflytek)
     if "fake" in wanted:
         fake = config.engines.fake
         engines["fake"] = FakeEngine(

@@ -18,7 +18,7 @@ import cattrs
 import cattrs.v
 
 CONFIG_ENV = "ASR_ACTORS_CONFIG"
-KNOWN_ENGINES = frozenset({"local", "fake", "dashscope", "synthetic"})
+KNOWN_ENGINES = frozenset({"local", "fake", "dashscope", "iflytek", "synthetic"})
 # On the Redis bus engines are separate workers, in any language: any name of this shape may be routed.
 ENGINE_NAME = re.compile(r"^[a-z][a-z0-9_-]{0,31}$")
 
@@ -254,11 +254,28 @@ class DashScopeEngineConfig:
 
 
 @attrs.frozen
+class IflytekEngineConfig:
+    # iFlytek real-time transcription (rtasr): the WebSocket URL (empty: the public service), the app's id,
+    # and the environment variable holding its API key (read at start-up, never from a file).
+    url: str = ""
+    app_id: str = ""
+    api_key_env: str = "IFLYTEK_API_KEY"
+    # Languages this engine takes (each must also be routed to it under [languages]).
+    languages: tuple[str, ...] = ("zh",)
+    # Concurrent sessions per gateway process (the service limits each app's connections too); more: 503.
+    max_sessions: int = attrs.field(default=20, validator=_positive)
+    # Connecting and the service's `started`; after the end of the audio, its last results and close.
+    start_timeout: float = attrs.field(default=10.0, validator=_positive)
+    stop_timeout: float = attrs.field(default=15.0, validator=_positive)
+
+
+@attrs.frozen
 class EnginesConfig:
     default: str = "local"
     local: LocalEngineConfig = LocalEngineConfig()
     fake: FakeEngineConfig = FakeEngineConfig()
     dashscope: DashScopeEngineConfig = DashScopeEngineConfig()
+    iflytek: IflytekEngineConfig = IflytekEngineConfig()
     synthetic: SyntheticEngineConfig = SyntheticEngineConfig()
 
 

@@ -35,22 +35,32 @@ class Upstream:
         try:
             await self._connection.send_message(message)
         except trio_websocket.ConnectionClosed as exc:
-            raise EngineError(f"{self._service} connection failed") from exc
+            raise self._lost(exc) from exc
 
     async def receive(self) -> str | bytes:
         try:
             return await self._connection.get_message()
         except trio_websocket.ConnectionClosed as exc:
-            raise EngineError(f"{self._service} connection failed") from exc
+            raise self._lost(exc) from exc
 
     async def receive_or_close(self) -> str | bytes | None:
         """The next message, or None if the service closed the connection cleanly (a close frame)."""
         try:
             return await self._connection.get_message()
         except trio_websocket.ConnectionClosed as exc:
-            if exc.reason is not None and exc.reason.code in (1000, 1001):
+            if _clean(exc):
                 return None
-            raise EngineError(f"{self._service} connection failed") from exc
+            raise self._lost(exc) from exc
+
+    def _lost(self, closed: trio_websocket.ConnectionClosed) -> EngineError:
+        if _clean(closed):
+            return EngineError(f"{self._service} closed the connection before the end of the audio")
+        return EngineError(f"{self._service} connection failed")
+
+
+def _clean(closed: trio_websocket.ConnectionClosed) -> bool:
+    """The service closed with a close frame saying all is well (not a dropped connection)."""
+    return closed.reason is not None and closed.reason.code in (1000, 1001)
 
 
 @asynccontextmanager

@@ -74,3 +74,32 @@ async def test_local_engine_worker_passes_with_real_speech(
             verdict = "PASS" if outcome.passed else "FAIL"
             print(f"\n[conformance python/local] {verdict} {outcome.case}: {outcome.reason}")
     assert [(case, True) for case, _ in conformance.CASES] == [(o.case, o.passed) for o in outcomes], outcomes
+
+
+async def test_iflytek_worker_passes_on_the_fake(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`worker --engine iflytek` against the protocol-accurate fake iFlytek service passes every case."""
+    from asr_actors.backend import build_engines
+    from tests.fake_iflytek.server import FakeIflytek
+
+    monkeypatch.setenv("ASR_TEST_IFLYTEK_KEY", "test-key")
+    with trio.fail_after(GUARD):
+        async with redis_server(tmp_path) as server, trio.open_nursery() as nursery:
+            fake = FakeIflytek()
+            url = await nursery.start(fake.serve)
+            config = fake_config(
+                bus={"kind": "redis", "url": server.url},
+                engines={
+                    "iflytek": {"url": url, "app_id": "test-app", "api_key_env": "ASR_TEST_IFLYTEK_KEY"}
+                },
+            )
+            engine = build_engines(config, {"iflytek"})["iflytek"]
+            await nursery.start(Worker(config, engine, concurrency=4).run)
+            outcomes = await conformance.run("iflytek", server.url, language="zh")
+            nursery.cancel_scope.cancel()
+    with capsys.disabled():
+        for outcome in outcomes:
+            verdict = "PASS" if outcome.passed else "FAIL"
+            print(f"\n[conformance python/iflytek] {verdict} {outcome.case}: {outcome.reason}")
+    assert [(case, True) for case, _ in conformance.CASES] == [(o.case, o.passed) for o in outcomes], outcomes

@@ -93,7 +93,7 @@ async def _run_case(
     redis, engine = ctx.redis, ctx.engine
     session = _Session(redis)
     async with redis.route((session.session, 0)) as results:
-        request = wire.Request(session.session, engine, "en", SAMPLE_RATE, reply_to=redis.process_id)
+        request = wire.Request(session.session, engine, ctx.language, SAMPLE_RATE, reply_to=redis.process_id)
         await redis.client.lpush(wire.queue_key(engine), [request.encode()])
         with trio.move_on_after(ctx.claim_timeout):
             session.results.append(_result(await results.receive()))
@@ -163,6 +163,7 @@ class _Context:
     speech: bytes
     claim_timeout: float
     finish_timeout: float
+    language: str = "en"
 
     @property
     def speech_ms(self) -> int:
@@ -280,12 +281,14 @@ async def run(
     speech: bytes | None = None,
     claim_timeout: float = 5.0,
     finish_timeout: float = 30.0,
+    language: str = "en",
 ) -> list[Outcome]:
-    """Every case against the worker(s) serving `engine`; `speech` defaults to synthetic tone bursts."""
+    """Every case against the worker(s) serving `engine` in `language`; `speech` defaults to synthetic
+    tone bursts."""
     outcomes: list[Outcome] = []
     connection = RedisConnection(redis_url, new_process_id("conformance"), route_capacity=4096)
     async with connection.open() as redis:
-        ctx = _Context(redis, engine, speech or tone_bursts(), claim_timeout, finish_timeout)
+        ctx = _Context(redis, engine, speech or tone_bursts(), claim_timeout, finish_timeout, language)
         for name, case in CASES:
             try:
                 outcomes.append(Outcome(name, True, await case(ctx)))
