@@ -41,12 +41,14 @@ class Received:
 
 
 def sign_url(url: str, appkey: str, secret: str, now: float | None = None, nonce: str | None = None) -> str:
-    """Sign a `ws://host:port/v1/asr` URL; the Host header the client sends is the URL's netloc."""
+    """Sign a `ws://host:port/v1/asr` URL; the Host header the client sends is the URL's netloc. Query
+    parameters the URL already has (`lang=zh`) are kept after the signed ones."""
     split = urlsplit(url)
     query = signing.signed_query(
         secret, split.netloc, appkey, split.path or protocol.PATH, time.time() if now is None else now, nonce
     )
-    return f"{split.scheme}://{split.netloc}{split.path or protocol.PATH}?{query}"
+    kept = f"&{split.query}" if split.query else ""
+    return f"{split.scheme}://{split.netloc}{split.path or protocol.PATH}?{query}{kept}"
 
 
 def fresh_nonce() -> str:
