@@ -201,6 +201,9 @@ class LocalEngineConfig:
     final_preroll: float = attrs.field(default=0.3, validator=_non_negative)
     final_postroll: float = attrs.field(default=0.2, validator=_non_negative)
     final_prompt: bool = True
+    # Word times in finals (Whisper's word timestamps; words in the post-roll are trimmed by them). Off by
+    # default: the alignment made the beam-5 final pass about 4 times as long (docs/performance.md).
+    word_times: bool = False
     # Partials, drafts and sentences queued between a stream's first stage and its Whisper stage.
     sentence_queue: int = attrs.field(default=8, validator=_positive)
     # Concurrent streams per gateway process; more get 503. Each costs ~110 MiB and shares the GIL

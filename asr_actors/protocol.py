@@ -351,6 +351,8 @@ class Result:
     text: str = ""
     begin_ms: int = 0
     end_ms: int = 0
+    # Finals only, where the engine gives them: (text, begin_ms, end_ms) per word.
+    words: tuple[tuple[str, int, int], ...] = ()
 
 
 @attrs.frozen
@@ -372,6 +374,11 @@ def encode(task_id: str, event: ServerEvent) -> str:
         "begin_time": event.begin_ms,
         "end_time": event.end_ms,
     }
+    if event.words:
+        # An optional field of protocol v1 (docs/protocol.md): clients that do not know it ignore it.
+        data["words"] = [
+            {"word": text, "begin_time": begin, "end_time": end} for text, begin, end in event.words
+        ]
     return json.dumps(
         {"code": 200, "message": "SUCCESS", "task_id": task_id, "data": data}, ensure_ascii=False
     )

@@ -28,6 +28,9 @@ class FinalRecord:
     text: str
     begin_ms: int
     end_ms: int
+    # (text, begin_ms, end_ms) per word, where the engine gave word times; records kept before they
+    # existed have none.
+    words: tuple[tuple[str, int, int], ...] = ()
 
 
 @attrs.frozen
@@ -57,7 +60,10 @@ class SessionRecord:
     @classmethod
     def from_json(cls, text: str | bytes) -> SessionRecord:
         fields = json.loads(text)
-        fields["finals"] = tuple(FinalRecord(**final) for final in fields["finals"])
+        fields["finals"] = tuple(
+            FinalRecord(**{**final, "words": tuple(tuple(word) for word in final.get("words", ()))})
+            for final in fields["finals"]
+        )
         return cls(**fields)
 
 

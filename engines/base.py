@@ -31,12 +31,22 @@ class Partial:
 
 
 @attrs.frozen
-class Final:
-    """A finished sentence."""
+class Word:
+    """One word of a final, with its times in the stream (ms from the start of its audio)."""
 
     text: str
     begin_ms: int
     end_ms: int
+
+
+@attrs.frozen
+class Final:
+    """A finished sentence; `words` with their times where the engine gives them (else empty)."""
+
+    text: str
+    begin_ms: int
+    end_ms: int
+    words: tuple[Word, ...] = ()
 
 
 @attrs.frozen

@@ -15,7 +15,7 @@ from typing import Any
 
 import attrs
 
-from asr_actors.engines.base import Final, Partial
+from asr_actors.engines.base import Final, Partial, Word
 
 # The public realtime endpoint (the SDK's default for the Chinese mainland region).
 DEFAULT_URL = "wss://dashscope.aliyuncs.com/api-ws/v1/inference"
@@ -110,10 +110,22 @@ def sentence_event(sentence: dict[str, Any]) -> Partial | Final | None:
     # The documented flag, falling back to end_time for models that do not send it.
     ended = bool(flag) if flag is not None else end_time is not None
     if ended:
-        return Final(text, begin_ms, int(end_time) if end_time is not None else begin_ms)
+        return Final(text, begin_ms, int(end_time) if end_time is not None else begin_ms, _words(sentence))
     if not text:
         return None
     return Partial(text, begin_ms, int(end_time) if end_time is not None else begin_ms)
+
+
+def _words(sentence: dict[str, Any]) -> tuple[Word, ...]:
+    """The sentence's `words` ({begin_time, end_time, text, punctuation}), punctuation kept on its word."""
+    words = []
+    for word in sentence.get("words") or ():
+        try:
+            text = f"{word.get('text') or ''}{word.get('punctuation') or ''}"
+            words.append(Word(text, int(word["begin_time"]), int(word["end_time"])))
+        except (KeyError, TypeError, ValueError):
+            return ()  # malformed word times are dropped, not the sentence
+    return tuple(words)
 
 
 def describe_failure(code: str, message: str) -> str:

@@ -19,7 +19,7 @@ from urllib.parse import urlencode
 
 import attrs
 
-from asr_actors.engines.base import Final, Partial
+from asr_actors.engines.base import Final, Partial, Word
 
 DEFAULT_URL = "wss://rtasr.xfyun.cn/v1/ws"
 # The audio piece the service advises: 40 ms of 16 kHz 16-bit mono.
@@ -94,7 +94,18 @@ def _sentence(st: dict[str, Any]) -> Partial | Final:
     text = "".join(str(word["cw"][0]["w"]) for word in words if word.get("cw"))
     begin_ms = int(st["bg"])
     if str(st["type"]) == "0":
-        return Final(text, begin_ms, max(int(st["ed"]), begin_ms))
+        # Word times are in 10 ms frames from the sentence's begin; punctuation (wp "p") joins its word.
+        timed: list[Word] = []
+        for word in words:
+            if not word.get("cw"):
+                continue
+            piece = str(word["cw"][0]["w"])
+            start, end = begin_ms + int(word.get("wb", 0)) * 10, begin_ms + int(word.get("we", 0)) * 10
+            if word["cw"][0].get("wp") == "p" and timed:
+                timed[-1] = Word(timed[-1].text + piece, timed[-1].begin_ms, max(timed[-1].end_ms, end))
+            elif piece:
+                timed.append(Word(piece, start, max(start, end)))
+        return Final(text, begin_ms, max(int(st["ed"]), begin_ms), tuple(timed))
     # An intermediate result's `ed` is 0: it ends where its last word does (word times in 10 ms frames).
     last = max((int(word.get("we", 0)) for word in words), default=0)
     return Partial(text, begin_ms, begin_ms + last * 10)

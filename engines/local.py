@@ -31,7 +31,15 @@ import numpy as np
 import trio
 
 from asr_actors.config import LocalEngineConfig
-from asr_actors.engines.base import EngineError, EngineEvent, Final, Partial, StreamSpec, UnsupportedStream
+from asr_actors.engines.base import (
+    EngineError,
+    EngineEvent,
+    Final,
+    Partial,
+    StreamSpec,
+    UnsupportedStream,
+    Word,
+)
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +53,9 @@ VAD_CONTEXT = 64
 VAD_HYSTERESIS = 0.15
 # A draft needs this much of the sentence before Whisper is worth asking (it guesses on less).
 MIN_DRAFT_MS = 500
+# With word times, a word of the final pass may start this long after the VAD's end of speech (the VAD
+# ends speech on a 32 ms chunk; a trailing consonant may be quieter).
+TRAILING_WORD_TOLERANCE_MS = 120
 
 
 @attrs.frozen
@@ -56,6 +67,8 @@ class _Sentence:
     begin_ms: int
     end_ms: int
     had_partial: bool
+    # Where `audio` starts in the stream (the pre-roll makes it earlier than begin_ms).
+    audio_ms: int = 0
 
 
 @attrs.frozen
@@ -200,6 +213,7 @@ class SentenceDecoder:
                 begin_ms=self._start // BYTES_PER_MS,
                 end_ms=speech_end // BYTES_PER_MS,
                 had_partial=bool(self._last_partial),
+                audio_ms=self._from // BYTES_PER_MS,
             )
         )
         self._in_sentence = False
@@ -262,6 +276,13 @@ def load_whisper() -> Any:
 
 
 def whisper_text(model: Any, pcm: bytes, beam_size: int, prompt: str | None = None) -> str:
+    return whisper_words(model, pcm, beam_size, prompt, word_times=False)[0]
+
+
+def whisper_words(
+    model: Any, pcm: bytes, beam_size: int, prompt: str | None = None, *, word_times: bool = True
+) -> tuple[str, list[tuple[str, float, float]]]:
+    """Whisper's text for `pcm`, and (with `word_times`) each word with its start and end in seconds."""
     samples = np.frombuffer(pcm, dtype=np.int16).astype(np.float32) / 32768.0
     segments, _info = model.transcribe(
         samples,
@@ -269,10 +290,21 @@ def whisper_text(model: Any, pcm: bytes, beam_size: int, prompt: str | None = No
         beam_size=beam_size,
         vad_filter=False,
         condition_on_previous_text=False,
-        without_timestamps=True,
+        without_timestamps=not word_times,
+        word_timestamps=word_times,
         initial_prompt=prompt or None,
     )
-    return " ".join(segment.text.strip() for segment in segments).strip()
+    segments = list(segments)
+    text = " ".join(segment.text.strip() for segment in segments).strip()
+    # Each word as Whisper spells it, its leading space included ("ill", "-disposed"): joined, they give
+    # the text back.
+    words = [
+        (word.word, float(word.start), float(word.end))
+        for segment in segments
+        for word in (segment.words or ())
+        if word.word.strip()
+    ]
+    return text, words
 
 
 def _word_key(word: str) -> str:
@@ -366,6 +398,34 @@ class LocalEngine:
             raise EngineError(f"pocketsphinx or the VAD failed: {exc}") from exc
         return result
 
+    async def _final_pass(self, sentence: _Sentence, prompt: str | None) -> tuple[str, tuple[Word, ...]]:
+        """The sentence's final text and, with `word_times`, its words with their times in the stream."""
+        model = await self._whisper_model()
+        pass_ = functools.partial(
+            whisper_words,
+            model,
+            sentence.audio,
+            self._config.whisper_beam_size,
+            prompt,
+            word_times=self._config.word_times,
+        )
+        try:
+            text, timed = await trio.to_thread.run_sync(pass_, limiter=self._whisper_limiter)
+        except RuntimeError as exc:
+            raise EngineError(f"Whisper failed: {exc}") from exc
+        if not timed:
+            return text, ()
+        # Words that start after the speech ended lie in the post-roll: Whisper's well-known "Thank you."
+        # in trailing silence, or the next sentence's first sound. They are trimmed by their times.
+        limit = sentence.end_ms + TRAILING_WORD_TOLERANCE_MS
+        kept = [
+            (word, sentence.audio_ms + round(start * 1000), sentence.audio_ms + round(end * 1000))
+            for word, start, end in timed
+            if sentence.audio_ms + round(start * 1000) < limit
+        ]
+        words = tuple(Word(word.strip(), start, end) for word, start, end in kept)
+        return "".join(word for word, _, _ in kept).strip(), words
+
     async def _whisper_pass(
         self, pcm: bytes, limiter: trio.CapacityLimiter, beam_size: int, prompt: str | None = None
     ) -> str:
@@ -406,14 +466,13 @@ class LocalEngine:
                         await events.send(Partial(text, item.begin_ms, item.end_ms))
                 else:
                     text = item.text
+                    words: tuple[Word, ...] = ()
                     if self._config.finals == "whisper" and item.audio:
                         prompt = previous_text if self._config.final_prompt else None
-                        text = await self._whisper_pass(
-                            item.audio, self._whisper_limiter, self._config.whisper_beam_size, prompt
-                        )
+                        text, words = await self._final_pass(item, prompt)
                     if text or item.had_partial or shown:
                         # An empty final still closes a sentence the client saw partials of.
-                        await events.send(Final(text, item.begin_ms, item.end_ms))
+                        await events.send(Final(text, item.begin_ms, item.end_ms, words))
                     previous_text = text
                     stable = StablePartial()
                     shown = ""

@@ -15,7 +15,7 @@ import trio
 
 from asr_actors.backend import build_engines
 from asr_actors.engines import iflytek_wire as wire
-from asr_actors.engines.base import Final, Partial
+from asr_actors.engines.base import Final, Partial, Word
 from asr_actors.server import Gateway
 from tests.fake_iflytek.server import FakeIflytek, Switches
 from tests.fake_iflytek.server import signature as fake_signature
@@ -91,14 +91,15 @@ def test_the_signature_is_the_services() -> None:
 
 def test_results_parse_as_partials_and_finals() -> None:
     def result(kind: str, words: list[tuple[str, int, int]], bg: int, ed: int) -> str:
-        ws = [{"wb": wb, "we": we, "cw": [{"w": w, "wp": "n"}]} for w, wb, we in words]
+        ws = [{"wb": wb, "we": we, "cw": [{"w": w, "wp": "p" if w == "。" else "n"}]} for w, wb, we in words]
         data = {"seg_id": 0, "cn": {"st": {"bg": str(bg), "ed": str(ed), "type": kind, "rt": [{"ws": ws}]}}}
         return wire.json.dumps({"action": "result", "code": "0", "data": wire.json.dumps(data)})
 
     assert Partial("你好", 820, 820 + 60 * 10) == wire.parse_message(
         result("1", [("你", 0, 30), ("好", 30, 60)], 820, 0)
     )
-    assert Final("你好。", 820, 1500) == wire.parse_message(
+    # Word times: 10 ms frames from the sentence's begin; punctuation joins the word before it.
+    assert Final("你好。", 820, 1500, (Word("你好。", 820, 1420),)) == wire.parse_message(
         result("0", [("你好", 0, 60), ("。", 60, 60)], 820, 1500)
     )
     assert wire.Started("sid") == wire.parse_message(

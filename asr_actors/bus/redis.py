@@ -351,6 +351,14 @@ class RedisBus:
                 shifted = attrs.evolve(
                     result, begin_ms=result.begin_ms + offset_ms, end_ms=result.end_ms + offset_ms
                 )
+                if isinstance(shifted, Final) and shifted.words:
+                    shifted = attrs.evolve(
+                        shifted,
+                        words=tuple(
+                            attrs.evolve(w, begin_ms=w.begin_ms + offset_ms, end_ms=w.end_ms + offset_ms)
+                            for w in shifted.words
+                        ),
+                    )
                 if isinstance(shifted, Final):
                     stream.replay.finalized_until(shifted.end_ms)
                 await events.send(shifted)

@@ -24,7 +24,7 @@ from typing import Any
 
 import attrs
 
-from asr_actors.engines.base import EngineEvent, EngineFailed, Final, Partial
+from asr_actors.engines.base import EngineEvent, EngineFailed, Final, Partial, Word
 
 PREFIX = "asr:v2:"
 # The engine protocol's version (docs/engine-protocol.md). Requests carry it; a worker refuses others.
@@ -197,6 +197,8 @@ def result_record(session: str, attempt: int, seq: int, result: Result) -> Recor
     else:
         kind = "final" if isinstance(result, Final) else "partial"
         fields = {"type": kind, "text": result.text, "begin_ms": result.begin_ms, "end_ms": result.end_ms}
+        if isinstance(result, Final) and result.words:
+            fields["words"] = [[word.text, word.begin_ms, word.end_ms] for word in result.words]
     return Record(RESULT, session, attempt, seq, json.dumps(fields, ensure_ascii=False).encode())
 
 
@@ -214,9 +216,13 @@ def decode_result(record: Record) -> Result:
             return StreamEnded()
         if kind == "failed":
             return EngineFailed(str(fields["message"]))
-        if kind in ("partial", "final"):
-            event_class = Final if kind == "final" else Partial
-            return event_class(str(fields["text"]), int(fields["begin_ms"]), int(fields["end_ms"]))
+        if kind == "partial":
+            return Partial(str(fields["text"]), int(fields["begin_ms"]), int(fields["end_ms"]))
+        if kind == "final":
+            words = tuple(
+                Word(str(text), int(begin), int(end)) for text, begin, end in fields.get("words", ())
+            )
+            return Final(str(fields["text"]), int(fields["begin_ms"]), int(fields["end_ms"]), words)
     except (ValueError, KeyError, TypeError, AttributeError) as exc:
         raise BusProtocolError(f"bad result: {exc}") from None
     raise BusProtocolError(f"unknown result type {kind!r}")
