@@ -17,8 +17,9 @@ from collections.abc import Callable
 import attrs
 import trio
 
-from asr_actors import __version__, client, logs
+from asr_actors import __version__, client, logs, transcripts
 from asr_actors.config import ConfigError, load_config
+from asr_actors.records import SessionRecord, TrafficRow
 
 SECRET_ENV = "ASR_ACTORS_SECRET"
 LANGUAGE_CODE = re.compile(r"^[a-z]{2,3}(-[A-Za-z0-9]{2,8})?$")
@@ -130,6 +131,12 @@ def _parser() -> argparse.ArgumentParser:
     records.add_argument("--app", help="only this app")
     records.add_argument("--since", help="only sessions started on or after this day (YYYY-MM-DD, UTC)")
     records.add_argument("--json", action="store_true", help="one JSON object per line")
+    records.add_argument("--session", help="transcripts: only this session")
+    records.add_argument(
+        "--format",
+        choices=transcripts.FORMATS,
+        help="transcripts: one session's transcript as txt, json, srt or vtt (needs --session)",
+    )
 
     apps = commands.add_parser(
         "apps", help="list, add, rotate or remove apps (Redis on the Redis bus, else the apps file)"
@@ -174,6 +181,12 @@ def _parser() -> argparse.ArgumentParser:
     )
     transcribe.add_argument("--secret", help=f"the app's secret (default: ${SECRET_ENV})")
     transcribe.add_argument("--lang", help="language code, e.g. en")
+    transcribe.add_argument(
+        "--format",
+        choices=transcripts.FORMATS,
+        default="txt",
+        help="txt (a line per sentence, shown as it comes), json (sentences and word times), srt or vtt",
+    )
     transcribe.add_argument(
         "--realtime", action="store_true", help="send at the audio's own pace, like a microphone"
     )
@@ -324,10 +337,6 @@ async def _conformance(args: argparse.Namespace) -> int:
 
 
 async def _records(args: argparse.Namespace) -> int:
-    import json
-
-    import attrs as attributes
-
     from asr_actors.backend import backend
 
     config = load_config(args.config)
@@ -346,33 +355,57 @@ async def _records(args: argparse.Namespace) -> int:
             print("records are disabled ([records] enabled = false)", file=sys.stderr)
             return 2
         if args.kind == "traffic":
-            rows = await chosen.records.traffic(app=args.app, since=since)
-            if args.json:
-                for row in rows:
-                    print(json.dumps(attributes.asdict(row)))
-                return 0
-            print(f"{'day':<10}  {'app':<20} {'sessions':>8} {'audio s':>10} {'bytes':>12} {'errors':>6}")
-            for row in rows:
-                print(
-                    f"{row.day:<10}  {row.app:<20} {row.sessions:>8} {row.audio_seconds:>10.1f}"
-                    f" {row.audio_bytes:>12} {row.errors:>6}"
-                )
+            _print_traffic(await chosen.records.traffic(app=args.app, since=since), as_json=args.json)
             return 0
-        for record in await chosen.records.transcripts(app=args.app, since=since):
-            if args.json:
-                print(record.to_json())
-                continue
-            started = datetime.datetime.fromtimestamp(record.started_at, datetime.UTC).isoformat(
-                timespec="seconds"
-            )
-            outcome = f"error {record.error_code}" if record.error_code else "ok"
-            print(
-                f"{started}  {record.session}  app={record.app} lang={record.language} engine={record.engine}"
-                f" audio={record.audio_seconds:.1f}s {outcome}"
-            )
-            for final in record.finals:
-                print(f"    [{final.begin_ms / 1000:7.2f}-{final.end_ms / 1000:7.2f}] {final.text}")
+        records = [
+            record
+            for record in await chosen.records.transcripts(app=args.app, since=since)
+            if args.session is None or record.session == args.session
+        ]
+    if args.format:
+        if args.session is None or not records:
+            print("--format needs --session with a kept session's id", file=sys.stderr)
+            return 2
+        sentences = [
+            transcripts.from_milliseconds(final.text, final.begin_ms, final.end_ms, final.words)
+            for final in records[0].finals
+        ]
+        sys.stdout.write(transcripts.render(sentences, args.format))
+        return 0
+    _print_transcripts(records, as_json=args.json)
     return 0
+
+
+def _print_traffic(rows: list[TrafficRow], *, as_json: bool) -> None:
+    import json
+
+    if as_json:
+        for row in rows:
+            print(json.dumps(attrs.asdict(row)))
+        return
+    print(f"{'day':<10}  {'app':<20} {'sessions':>8} {'audio s':>10} {'bytes':>12} {'errors':>6}")
+    for row in rows:
+        print(
+            f"{row.day:<10}  {row.app:<20} {row.sessions:>8} {row.audio_seconds:>10.1f}"
+            f" {row.audio_bytes:>12} {row.errors:>6}"
+        )
+
+
+def _print_transcripts(records: list[SessionRecord], *, as_json: bool) -> None:
+    for record in records:
+        if as_json:
+            print(record.to_json())
+            continue
+        started = datetime.datetime.fromtimestamp(record.started_at, datetime.UTC).isoformat(
+            timespec="seconds"
+        )
+        outcome = f"error {record.error_code}" if record.error_code else "ok"
+        print(
+            f"{started}  {record.session}  app={record.app} lang={record.language} engine={record.engine}"
+            f" audio={record.audio_seconds:.1f}s {outcome}"
+        )
+        for final in record.finals:
+            print(f"    [{final.begin_ms / 1000:7.2f}-{final.end_ms / 1000:7.2f}] {final.text}")
 
 
 def _secret(args: argparse.Namespace) -> str | None:
@@ -473,19 +506,28 @@ async def _transcribe(args: argparse.Namespace) -> int:
     if args.lang:
         url += f"&lang={args.lang}"
     pcm = await trio.to_thread.run_sync(client.load_audio, args.file)
-    view = _TerminalView(sys.stdout.isatty(), len(pcm) / 32000)
-    await client.stream_pcm(
+    # Plain text is shown as it comes; the other formats are printed whole at the end.
+    view = _TerminalView(sys.stdout.isatty() and args.format == "txt", len(pcm) / 32000, args.format == "txt")
+    results = await client.stream_pcm(
         url, pcm, realtime=args.realtime, on_result=view.result, on_progress=view.progress
     )
     view.done()
+    if args.format != "txt":
+        sentences = [
+            transcripts.from_milliseconds(r.text, r.begin_ms, r.end_ms, r.words)
+            for r in results
+            if r.status == "final"
+        ]
+        sys.stdout.write(transcripts.render(sentences, args.format))
     return 0
 
 
 class _TerminalView:
     """Partials overwrite one line (with progress); each final gets its own line."""
 
-    def __init__(self, interactive: bool, seconds: float) -> None:
+    def __init__(self, interactive: bool, seconds: float, show_finals: bool = True) -> None:
         self._interactive = interactive
+        self._show_finals = show_finals
         self._seconds = seconds
         self._fraction = 0.0
         self._partial = ""
@@ -504,7 +546,7 @@ class _TerminalView:
             self._partial = received.text
             if self._interactive:
                 self._redraw()
-        elif received.status == "final":
+        elif received.status == "final" and self._show_finals:
             self._partial = ""
             if self._interactive:
                 sys.stdout.write("\r\x1b[K")

@@ -38,6 +38,8 @@ class Received:
     begin_ms: int
     end_ms: int
     at: float
+    # A final's words with their times, where the engine gives them: (text, begin_ms, end_ms).
+    words: tuple[tuple[str, int, int], ...] = ()
 
 
 def sign_url(url: str, appkey: str, secret: str, now: float | None = None, nonce: str | None = None) -> str:
@@ -182,4 +184,8 @@ def parse_result(message: str | bytes, at: float) -> Received:
         begin_ms=int(data.get("begin_time", 0)),
         end_ms=int(data.get("end_time", 0)),
         at=at,
+        words=tuple(
+            (str(word["word"]), int(word["begin_time"]), int(word["end_time"]))
+            for word in data.get("words", ())
+        ),
     )
