@@ -5,6 +5,9 @@
 const startButton = document.getElementById("start");
 const stopButton = document.getElementById("stop");
 const copyButton = document.getElementById("copy");
+const downloadTxtButton = document.getElementById("download-txt");
+const downloadSrtButton = document.getElementById("download-srt");
+const clearButton = document.getElementById("clear");
 const statusLine = document.getElementById("status");
 const transcript = document.getElementById("transcript");
 const level = document.getElementById("level");
@@ -25,6 +28,9 @@ const MAX_QUEUED = 100;
 
 // One session at a time; `session` is null when idle.
 let session = null;
+// Lines carry times from the start of the transcript (the first session since the last Clear), so
+// that sentences of several sessions line up in one .srt.
+let transcriptStartedAt = null;
 // A link fetched ahead of time, so that Start connects at once; it may expire before it is used,
 // in which case the server answers 401 and the page fetches a fresh one and retries once.
 let prefetchedLink = null;
@@ -72,9 +78,81 @@ function lineFor(speechId) {
   if (!line) {
     line = document.createElement("p");
     line.dataset.speechId = speechId;
+    const at = document.createElement("time");
+    const text = document.createElement("span");
+    text.className = "text";
+    line.append(at, text);
     transcript.appendChild(line);
   }
   return line;
+}
+
+function clockText(ms) {
+  const seconds = Math.floor(ms / 1000);
+  return `${Math.floor(seconds / 60)}:${String(seconds % 60).padStart(2, "0")}`;
+}
+
+function showLine(current, data) {
+  const line = lineFor(data.speech_id);
+  const begin = current.offsetMs + data.begin_time;
+  line.dataset.begin = begin;
+  line.dataset.end = current.offsetMs + data.end_time;
+  line.querySelector("time").textContent = clockText(begin);
+  line.querySelector("time").dateTime = `PT${(begin / 1000).toFixed(1)}S`;
+  line.querySelector(".text").textContent = data.result;
+  line.classList.toggle("partial", data.status === "partial");
+  if (data.status === "final" && !data.result) line.remove();
+  updateTranscriptButtons();
+}
+
+function finalLines() {
+  return [...transcript.querySelectorAll("p:not(.partial)")].map((line) => ({
+    text: line.querySelector(".text").textContent,
+    begin: Number(line.dataset.begin),
+    end: Number(line.dataset.end),
+  }));
+}
+
+function updateTranscriptButtons() {
+  const empty = transcript.querySelector("p") === null;
+  copyButton.disabled = empty;
+  clearButton.disabled = empty;
+  downloadTxtButton.disabled = downloadSrtButton.disabled = finalLines().length === 0;
+}
+
+function srtClock(ms) {
+  const pad = (n, width) => String(Math.floor(n)).padStart(width, "0");
+  return `${pad(ms / 3600000, 2)}:${pad((ms / 60000) % 60, 2)}:${pad((ms / 1000) % 60, 2)},${pad(ms % 1000, 3)}`;
+}
+
+function download(name, type, body) {
+  const link = document.createElement("a");
+  link.href = URL.createObjectURL(new Blob([body], { type }));
+  link.download = name;
+  document.body.appendChild(link);
+  link.click();
+  link.remove();
+  setTimeout(() => URL.revokeObjectURL(link.href), 10000);
+}
+
+function downloadText() {
+  download("transcript.txt", "text/plain;charset=utf-8", finalLines().map((line) => `${line.text}\n`).join(""));
+}
+
+// One cue per sentence (the command line's `transcribe --format srt` also splits long ones at word times).
+function downloadSubtitles() {
+  const cues = finalLines().map(
+    (line, index) => `${index + 1}\n${srtClock(line.begin)} --> ${srtClock(line.end)}\n${line.text}\n\n`,
+  );
+  download("transcript.srt", "application/x-subrip;charset=utf-8", cues.join(""));
+}
+
+function clearTranscript() {
+  transcript.replaceChildren();
+  // A session still running keeps its own times; the next one starts the clock again.
+  transcriptStartedAt = session ? transcriptStartedAt : null;
+  updateTranscriptButtons();
+  showStatus(session ? statusLine.textContent : "Transcript cleared.");
 }
 
 function send(current, message) {
@@ -119,14 +197,12 @@ function onServerMessage(current, event) {
   const data = message.data;
   if (data.status === "start") {
     current.started = true;
+    transcriptStartedAt ??= current.openedAt;
+    current.offsetMs = current.openedAt - transcriptStartedAt;
     current.unconfirmed = [];
     if (current.phase === "recording") showStatus("Recording… speak now.");
   } else if (data.status === "partial" || data.status === "final") {
-    const line = lineFor(data.speech_id);
-    line.textContent = data.result;
-    line.classList.toggle("partial", data.status === "partial");
-    if (data.status === "final" && !data.result) line.remove();
-    copyButton.disabled = transcript.textContent.trim() === "";
+    showLine(current, data);
   } else if (data.status === "end") {
     current.ended = true;
   }
@@ -186,7 +262,7 @@ async function start() {
   if (session) return; // a second Start while starting or recording never opens a second socket
   const current = {
     phase: "starting", started: false, ended: false, retried: false, error: null,
-    audioReleased: false, queue: [], unconfirmed: [], ws: null,
+    audioReleased: false, queue: [], unconfirmed: [], ws: null, openedAt: Date.now(), offsetMs: 0,
   };
   session = current;
   setPhase("starting");
@@ -240,7 +316,7 @@ function stop() {
 }
 
 async function copyTranscript() {
-  const text = [...transcript.querySelectorAll("p")].map((line) => line.textContent).join("\n");
+  const text = [...transcript.querySelectorAll("p .text")].map((line) => line.textContent).join("\n");
   try {
     await navigator.clipboard.writeText(text);
     showStatus("Transcript copied.");
@@ -273,6 +349,9 @@ async function loadLanguages() {
 startButton.addEventListener("click", start);
 stopButton.addEventListener("click", stop);
 copyButton.addEventListener("click", copyTranscript);
+downloadTxtButton.addEventListener("click", downloadText);
+downloadSrtButton.addEventListener("click", downloadSubtitles);
+clearButton.addEventListener("click", clearTranscript);
 setPhase("idle");
 prefetchLink();
 loadLanguages();

@@ -32,7 +32,7 @@ RECORD_AUDIO_CONTEXTS = """
   };
 })();
 """
-LINES_JS = "els => els.map(e => [e.className, e.textContent])"
+LINES_JS = "els => els.map(e => [e.className, e.querySelector('.text').textContent])"
 
 
 @contextmanager

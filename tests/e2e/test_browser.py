@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess
 import time
 from pathlib import Path
 
 import jiwer
+import numpy as np
 import pytest
 import trio
 from playwright.sync_api import Page
@@ -308,3 +310,42 @@ async def test_unconfigured_language_is_shown_unavailable(tmp_path: Path) -> Non
 
     async with running_server(write_config(tmp_path), env={"DASHSCOPE_API_KEY": ""}) as (url, _pid):
         await trio.to_thread.run_sync(drive, url)
+
+
+def tone_file(folder: Path, frequency: int, rate: int, seconds: float = 3.0) -> Path:
+    """A sine tone at -6 dBFS made by sox, silence around it."""
+    path = folder / f"tone-{frequency}-{rate}.wav"
+    tone = ["synth", str(seconds), "sine", str(frequency), "vol", "0.5", "pad", "0.5", "3"]
+    subprocess.run(["sox", "-n", "-r", str(rate), "-c", "1", "-b", "16", str(path), *tone], check=True)
+    return path
+
+
+def sent_audio_level(url: str, microphone_file: Path) -> float:
+    """The RMS (dBFS) of the 16 kHz audio the page sent while the microphone played `microphone_file`."""
+    frames: list[bytes] = []
+    with open_page(url, microphone_file) as page:
+        page.on(
+            "websocket",
+            lambda ws: ws.on(
+                "framesent", lambda payload: frames.append(payload) if isinstance(payload, bytes) else None
+            ),
+        )
+        page.click("#start")
+        page.wait_for_function("document.getElementById('status').textContent.startsWith('Recording')")
+        page.wait_for_timeout(2500)
+        page.click("#stop")
+        wait_until_idle(page)
+    samples = np.frombuffer(b"".join(frames), dtype="<i2").astype(np.float64) / 32768.0
+    loudest = max(np.sqrt(np.mean(samples[i : i + 1600] ** 2)) for i in range(0, len(samples) - 1600, 1600))
+    return float(20 * np.log10(max(loudest, 1e-9)))
+
+
+@pytest.mark.parametrize("rate", [48000, 44100])
+async def test_a_tone_above_8khz_does_not_come_through(tmp_path: Path, rate: int) -> None:
+    """The worklet's low-pass before decimation: a 1 kHz tone arrives at its level; a 10 kHz tone, which
+    16 kHz audio cannot hold and a plain decimator would fold to 6 kHz, arrives 40 dB or more below it."""
+    async with running_server(write_config(tmp_path, FAKE_ENGINE)) as (url, _pid):
+        passed = await trio.to_thread.run_sync(sent_audio_level, url, tone_file(tmp_path, 1000, rate))
+        stopped = await trio.to_thread.run_sync(sent_audio_level, url, tone_file(tmp_path, 10000, rate))
+    assert -12 < passed < -6, passed  # -9 dBFS RMS for a -6 dBFS sine
+    assert stopped < passed - 40, (passed, stopped)

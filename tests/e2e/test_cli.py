@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import signal
 import subprocess
 import sys
@@ -191,3 +192,47 @@ async def workers_answer_and_drain(url: str, parent: trio.Process) -> None:
     parent.send_signal(signal.SIGTERM)
     assert 0 == await parent.wait()
     assert not any(child.is_running() and child.status() != psutil.STATUS_ZOMBIE for child in children)
+
+
+async def test_transcripts_with_word_times_as_json_srt_and_from_the_records(tmp_path: Path) -> None:
+    """The local engine with word_times on: `transcribe --format json` gives sentences with their words,
+    each word inside its sentence; `--format srt` a cue per sentence; the session's record gives the
+    same words back as WebVTT (`records transcripts --session --format vtt`)."""
+    from asr_actors.testing.speech import LIBRIVOX
+
+    config = tmp_path / "config.toml"
+    config.write_text(
+        '[apps.cli]\nsecret = "cli-secret"\n[engines.local]\nword_times = true\n'
+        f'[records]\npath = "{tmp_path / "records.sqlite3"}"\n'
+    )
+    clip = str(LIBRIVOX / "sense_and_sensibility_01_austen_64kb-0880.wav")
+    env = {"ASR_ACTORS_SECRET": "cli-secret", "PATH": "/usr/bin:/bin", "ASR_ACTORS_CONFIG": str(config)}
+
+    async def cli(*arguments: str) -> str:
+        done = await trio.run_process(
+            [sys.executable, "-m", "asr_actors", *arguments],
+            env=env,
+            capture_stdout=True,
+            capture_stderr=True,
+        )
+        return str(done.stdout.decode())
+
+    with trio.fail_after(GUARD):
+        async with running_server(config) as (url, _pid):
+            ws_url = url.replace("http://", "ws://") + "v1/asr"
+            as_json = await cli("transcribe", clip, "--url", ws_url, "--appkey", "cli", "--format", "json")
+            as_srt = await cli("transcribe", clip, "--url", ws_url, "--appkey", "cli", "--format", "srt")
+        records = await cli("records", "transcripts", "--json")
+        session = json.loads(records.splitlines()[0])["session"]
+        as_vtt = await cli("records", "transcripts", "--session", session, "--format", "vtt")
+    document = json.loads(as_json)
+    assert "young man" in document["text"].lower()
+    [sentence] = document["sentences"]
+    words = sentence["words"]
+    assert len(words) >= 6
+    assert all(sentence["start"] - 0.4 <= w["start"] <= w["end"] <= sentence["end"] + 0.3 for w in words)
+    assert [w["start"] for w in words] == sorted(w["start"] for w in words)
+    assert as_srt.startswith("1\n00:00:0")
+    assert "young man" in as_srt.lower()
+    assert as_vtt.startswith("WEBVTT\n\n00:00:0")
+    assert "young man" in as_vtt.lower()
