@@ -5,6 +5,7 @@ BIN := $(VENV)/bin
 SERVE_STAMP := $(VENV)/.installed-serve
 STAMP := $(VENV)/.installed
 NODE_WORKER := engines/node-echo
+FIREFOX_DRIVER := tests/e2e/firefox
 
 .PHONY: serve test lint typecheck unit fuzz bench soak clean
 
@@ -36,7 +37,12 @@ $(NODE_WORKER)/node_modules/.installed: $(NODE_WORKER)/package-lock.json
 	cd $(NODE_WORKER) && npm ci --silent --no-audit --no-fund
 	touch $@
 
-unit: $(STAMP) $(NODE_WORKER)/node_modules/.installed
+# puppeteer-core for the Firefox ESR page test, from its lock file (it downloads no browser).
+$(FIREFOX_DRIVER)/node_modules/.installed: $(FIREFOX_DRIVER)/package-lock.json
+	cd $(FIREFOX_DRIVER) && npm ci --silent --no-audit --no-fund
+	touch $@
+
+unit: $(STAMP) $(NODE_WORKER)/node_modules/.installed $(FIREFOX_DRIVER)/node_modules/.installed
 	$(BIN)/pytest
 
 # Coverage-guided fuzzing of every parser of peer input (fuzz/fuzz_codecs.py); libFuzzer prints the

@@ -349,3 +349,37 @@ async def test_a_tone_above_8khz_does_not_come_through(tmp_path: Path, rate: int
         stopped = await trio.to_thread.run_sync(sent_audio_level, url, tone_file(tmp_path, 10000, rate))
     assert -12 < passed < -6, passed  # -9 dBFS RMS for a -6 dBFS sine
     assert stopped < passed - 40, (passed, stopped)
+
+
+async def test_download_and_clear(tmp_path: Path) -> None:
+    """After a session: each line shows its time; Download .txt and .srt give the finals (one SRT cue per
+    sentence with its times); Clear empties the transcript and disables the buttons that need one."""
+    wav = microphone(tmp_path)
+
+    def drive(url: str) -> None:
+        with open_page(url, wav) as page:
+            page.click("#start")
+            page.wait_for_function("document.querySelectorAll('#transcript p:not(.partial)').length >= 2")
+            page.click("#stop")
+            wait_until_idle(page)
+            finals = [text for kind, text in lines(page) if kind == ""]
+            times = page.eval_on_selector_all("#transcript p time", "els => els.map(e => e.textContent)")
+            with page.expect_download() as as_txt:
+                page.click("#download-txt")
+            with page.expect_download() as as_srt:
+                page.click("#download-srt")
+            txt = Path(as_txt.value.path()).read_text()
+            srt = Path(as_srt.value.path()).read_text()
+            assert (as_txt.value.suggested_filename, as_srt.value.suggested_filename) == (
+                "transcript.txt",
+                "transcript.srt",
+            )
+            page.click("#clear")
+            after = (lines(page), page.is_enabled("#download-srt"), page.is_enabled("#clear"))
+        assert ["0:00", "0:01"] == times[:2]  # the fake engine: a sentence per second of audio
+        assert "".join(f"{text}\n" for text in finals) == txt
+        assert srt.startswith(f"1\n00:00:00,000 --> 00:00:01,000\n{finals[0]}\n\n2\n00:00:01,000 --> ")
+        assert ([], False, False) == after
+
+    async with running_server(write_config(tmp_path, FAKE_ENGINE)) as (url, _pid):
+        await trio.to_thread.run_sync(drive, url)
