@@ -99,6 +99,9 @@ async def test_session_through_the_real_sdk(transport: str, nursery: trio.Nurser
     assert partials, "partials arrive while the sentence grows"
     first_final = next(m["data"] for m in messages if m["data"]["status"] == "final")
     assert (0, 1000) == (first_final["begin_time"], first_final["end_time"])
+    # The service's word times reach the client (protocol v1's optional `words`).
+    assert {"word": fake_text(0, 1), "begin_time": 0, "end_time": 100} == first_final["words"][0]
+    assert 10 == len(first_final["words"])
     run_task = fake.stats.run_tasks[0]
     assert "duplex" == run_task["header"]["streaming"]
     parameters = run_task["payload"]["parameters"]

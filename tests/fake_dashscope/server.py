@@ -59,7 +59,17 @@ def _event(name: str, task_id: str, payload: dict[str, Any] | None = None, **hea
     return json.dumps(message, ensure_ascii=False)
 
 
-def _sentence(begin_ms: int, end_ms: int | None, text: str) -> dict[str, Any]:
+def _sentence(begin_ms: int, end_ms: int | None, text: str, ms_per_char: int = 100) -> dict[str, Any]:
+    # The service times each word; the fake's words are its characters, one per `ms_per_char`.
+    words = [
+        {
+            "begin_time": begin_ms + i * ms_per_char,
+            "end_time": begin_ms + (i + 1) * ms_per_char,
+            "text": char,
+            "punctuation": "",
+        }
+        for i, char in enumerate(text)
+    ]
     return {
         "output": {
             "sentence": {
@@ -68,7 +78,7 @@ def _sentence(begin_ms: int, end_ms: int | None, text: str) -> dict[str, Any]:
                 "text": text,
                 "sentence_end": end_ms is not None,
                 "heartbeat": False,
-                "words": [],
+                "words": words,
             }
         },
         "usage": {"duration": 1} if end_ms is not None else None,
