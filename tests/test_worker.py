@@ -89,3 +89,27 @@ async def test_an_inbox_that_breaks_breaks_the_stream(autojump_clock: trio.testi
     audio.close()
     with trio.fail_after(GUARD), pytest.raises(_StreamBroken, match="inbox broke"):
         await audio.watch()
+
+
+async def test_a_sink_that_raises_ends_its_own_placement_only() -> None:
+    """The inbox routes records synchronously from the pub/sub reader: a sink's bug must not reach it."""
+    from asr_actors.bus.redis_connection import RedisConnection
+
+    class Broken:
+        closed = False
+
+        def deliver(self, record: wire.Record) -> bool:
+            raise RuntimeError("a bug in one session's sink")
+
+        def close(self) -> None:
+            self.closed = True
+
+    connection = RedisConnection("redis://127.0.0.1:1/0", "test")
+    broken, healthy_feed = Broken(), feed()[0]
+    connection._routes[("a", 0)] = broken
+    connection._routes[("b", 0)] = healthy_feed
+    batch = wire.encode_batch([wire.audio("a", 0, 0, b"\x00\x00"), wire.audio("b", 0, 0, b"\x00\x00")])
+    connection._deliver({"type": "message", "pattern": None, "channel": b"x", "data": batch})
+    assert broken.closed
+    assert [("b", 0)] == list(connection._routes)
+    assert 1 == healthy_feed.expected

@@ -370,7 +370,14 @@ class RedisConnection:
         sink = self._routes.get(record.route)
         if sink is None:
             self._stray(record)
-        elif not sink.deliver(record):
+            return
+        try:
+            taken = sink.deliver(record)
+        except Exception:
+            # A sink's bug ends its own placement, never the inbox every other session shares.
+            log.exception("delivering a record of session %s failed; ending its stream", record.session)
+            taken = False
+        if not taken:
             del self._routes[record.route]
             sink.close()
 
