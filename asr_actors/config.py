@@ -177,7 +177,10 @@ class LocalEngineConfig:
     # Concurrent pocketsphinx decode steps (they hold the GIL, so more than the cores buys nothing).
     decode_threads: int = attrs.field(default=2, validator=_positive)
     # Concurrent Whisper passes (they release the GIL).
-    whisper_threads: int = attrs.field(default=1, validator=_positive)
+    whisper_threads: int = attrs.field(default=2, validator=_positive)
+    # Threads of each Whisper pass (CTranslate2's intra-op threads; 0: its default, all cores). One per
+    # pass with two final slots measured best on 2 cores (docs/performance.md).
+    whisper_cpu_threads: int = attrs.field(default=1, validator=attrs.validators.ge(0))
     # Beam width of the final pass (drafts are greedy): 5 measured 1.4 % WER against 7.0 % greedy on the
     # LibriVox clips for ~15 % more CPU (docs/performance.md).
     whisper_beam_size: int = attrs.field(default=5, validator=_positive)
@@ -207,7 +210,7 @@ class LocalEngineConfig:
     # Partials, drafts and sentences queued between a stream's first stage and its Whisper stage.
     sentence_queue: int = attrs.field(default=8, validator=_positive)
     # Concurrent streams per gateway process; more get 503. Each costs ~110 MiB and shares the GIL
-    # (docs/performance.md: finals within ~4 s, median 2.4 s, at 4 real-time streams on 2 cores).
+    # (docs/performance.md: finals median 1.6 s, max 3.2 s, at 4 real-time streams on 2 cores).
     max_streams: int = attrs.field(default=4, validator=_positive)
 
 

@@ -120,6 +120,8 @@ async def measure(args: argparse.Namespace) -> list[dict[str, object]]:
         for mode in args.partials:
             config = folder / "config.toml"
             local = f'[engines.local]\npartials = "{mode}"\n' if mode != "default" else ""
+            if args.local:
+                local = (local or "[engines.local]\n") + "".join(f"{setting}\n" for setting in args.local)
             config.write_text(f'[apps.{APPKEY}]\nsecret = "{SECRET}"\n{local}')
             async with running_server(config) as (url, server):
                 pid = server.pid
@@ -185,6 +187,9 @@ if __name__ == "__main__":
     )
     parser.add_argument("--streams", type=int, nargs="+", default=[1, 2, 4])
     parser.add_argument("--snr", nargs="+", default=["clean", "10"], help='"clean" or dB values')
+    parser.add_argument(
+        "--local", nargs="*", default=[], help="more [engines.local] settings, e.g. whisper_threads=2"
+    )
     parser.add_argument("--json", help="also write the rows to this JSON file")
     arguments = parser.parse_args()
     results = trio.run(measure, arguments)

