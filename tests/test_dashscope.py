@@ -8,7 +8,6 @@ real clock, each under an absolute `fail_after`.
 from __future__ import annotations
 
 import threading
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +18,7 @@ from asr_actors.backend import build_engines
 from asr_actors.server import Gateway
 from tests.fake_dashscope.server import FakeDashScope, Switches
 from tests.fake_dashscope.server import text as fake_text
+from tests.fake_service import unreachable_url
 from tests.support import (
     APPKEY,
     SECRET,
@@ -29,7 +29,6 @@ from tests.support import (
     statuses,
 )
 
-GUARD = 60
 KEY_ENV = "ASR_TEST_DASHSCOPE_KEY"
 FRAME = b"\x01\x00" * 1600  # 100 ms at 16 kHz: one character of the fake's text
 
@@ -63,12 +62,6 @@ def transport(request: pytest.FixtureRequest) -> str:
 @pytest.fixture(autouse=True)
 def api_key(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv(KEY_ENV, "test-key")
-
-
-@pytest.fixture
-async def guarded() -> AsyncIterator[None]:
-    with trio.fail_after(GUARD):
-        yield
 
 
 async def zh_session(
@@ -179,10 +172,7 @@ async def test_a_task_that_never_starts_is_bounded(
 
 async def test_unreachable_upstream(transport: str, nursery: trio.Nursery, guarded: None) -> None:
     """Nothing listening at the configured URL: 500 "DashScope is unreachable"."""
-    with trio.socket.socket() as placeholder:
-        await placeholder.bind(("127.0.0.1", 0))
-        port = placeholder.getsockname()[1]
-    gateway = await dashscope_gateway(transport, f"ws://127.0.0.1:{port}/api-ws/v1/inference")
+    gateway = await dashscope_gateway(transport, await unreachable_url("/api-ws/v1/inference"))
     messages = await zh_session(nursery, gateway, 3)
     assert {"code": 500, "message": "DashScope is unreachable", "data": ""} == messages[-1]
 

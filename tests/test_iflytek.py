@@ -7,7 +7,6 @@ absolute `fail_after`.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
@@ -20,6 +19,7 @@ from asr_actors.server import Gateway
 from tests.fake_iflytek.server import FakeIflytek, Switches
 from tests.fake_iflytek.server import signature as fake_signature
 from tests.fake_iflytek.server import text as fake_text
+from tests.fake_service import unreachable_url
 from tests.support import (
     APPKEY,
     SECRET,
@@ -30,7 +30,6 @@ from tests.support import (
     statuses,
 )
 
-GUARD = 60
 KEY_ENV = "ASR_TEST_IFLYTEK_KEY"
 FRAME = b"\x01\x00" * 1600  # 100 ms at 16 kHz: one character of the fake's text
 
@@ -57,12 +56,6 @@ async def iflytek_gateway(url: str, **engine: Any) -> Gateway:
 @pytest.fixture(autouse=True)
 def api_key(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv(KEY_ENV, "test-key")
-
-
-@pytest.fixture
-async def guarded() -> AsyncIterator[None]:
-    with trio.fail_after(GUARD):
-        yield
 
 
 async def zh_session(
@@ -163,10 +156,7 @@ async def test_upstream_faults_become_coded_errors(
 
 
 async def test_unreachable_upstream(nursery: trio.Nursery, guarded: None) -> None:
-    with trio.socket.socket() as placeholder:
-        await placeholder.bind(("127.0.0.1", 0))
-        port = placeholder.getsockname()[1]
-    gateway = await iflytek_gateway(f"ws://127.0.0.1:{port}/v1/ws")
+    gateway = await iflytek_gateway(await unreachable_url("/v1/ws"))
     messages = await zh_session(nursery, gateway, 3)
     assert {"code": 500, "message": "iFlytek is unreachable", "data": ""} == messages[-1]
 

@@ -13,13 +13,14 @@ Recognition is scripted: one character of TEXT per `chars_every_bytes` of audio,
 
 from __future__ import annotations
 
-import functools
 import json
 from typing import Any
 
 import attrs
 import trio
 import trio_websocket
+
+from tests.fake_service import serve_on_loopback
 
 TEXT = "今天天气很好我们一起去公园散步吧"
 
@@ -93,12 +94,7 @@ class FakeDashScope:
 
     async def serve(self, *, task_status: trio.TaskStatus[str] = trio.TASK_STATUS_IGNORED) -> None:
         async with trio.open_nursery() as nursery:
-            server = await nursery.start(
-                functools.partial(
-                    trio_websocket.serve_websocket, self._handle, "127.0.0.1", 0, ssl_context=None
-                )
-            )
-            self.url = f"ws://127.0.0.1:{server.port}/api-ws/v1/inference"
+            self.url = await nursery.start(serve_on_loopback, self._handle, "/api-ws/v1/inference")
             task_status.started(self.url)
 
     async def _handle(self, request: trio_websocket.WebSocketRequest) -> None:

@@ -14,7 +14,6 @@ Recognition is scripted: one character of TEXT per `chars_every_bytes` of audio,
 from __future__ import annotations
 
 import base64
-import functools
 import hashlib
 import hmac
 import json
@@ -24,6 +23,8 @@ from urllib.parse import parse_qs, urlsplit
 import attrs
 import trio
 import trio_websocket
+
+from tests.fake_service import serve_on_loopback
 
 TEXT = "科大讯飞实时语音转写服务测试文本"
 END_OF_AUDIO = b'{"end": true}'
@@ -101,12 +102,7 @@ class FakeIflytek:
 
     async def serve(self, *, task_status: trio.TaskStatus[str] = trio.TASK_STATUS_IGNORED) -> None:
         async with trio.open_nursery() as nursery:
-            server = await nursery.start(
-                functools.partial(
-                    trio_websocket.serve_websocket, self._handle, "127.0.0.1", 0, ssl_context=None
-                )
-            )
-            self.url = f"ws://127.0.0.1:{server.port}/v1/ws"
+            self.url = await nursery.start(serve_on_loopback, self._handle, "/v1/ws")
             task_status.started(self.url)
 
     def _authorised(self, path: str) -> bool:
