@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import re
 import sys
 import tempfile
@@ -140,7 +141,12 @@ async def measure_dashscope(
         log = folder / "processes.log"
         fake_arguments = [sys.executable, str(FAKE_DASHSCOPE), "--api-key", KEY]
         fake_arguments += ["--chars-every-bytes", str(FRAME_BYTES * FRAMES_PER_CHAR)]
-        async with child_process(fake_arguments, log, {}, re.compile(r"(ws://\S+)")) as (fake, found):
+        # The fake imports the other test helpers (`tests.fake_service`): the repository is on its path.
+        path = os.pathsep.join(filter(None, [str(FAKE_DASHSCOPE.parents[2]), os.environ.get("PYTHONPATH")]))
+        async with child_process(fake_arguments, log, {"PYTHONPATH": path}, re.compile(r"(ws://\S+)")) as (
+            fake,
+            found,
+        ):
             assert found is not None
             config = _config(folder, found.group(1), transport, streams)
             serve = [sys.executable, "-m", "asr_actors", "serve", "--config", str(config), "--port", "0"]
