@@ -74,6 +74,12 @@ def _add_bench(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         help="measure the dashscope engine instead, against a fake upstream: comma-separated transports "
         "(sdk,native), each run side by side (docs/performance.md)",
     )
+    bench.add_argument(
+        "--upstream-pings",
+        action="store_true",
+        help="with --dashscope: the fake upstream pings every client each second and every millisecond "
+        "while it closes",
+    )
     bench.add_argument("--json", metavar="FILE", help="write every measurement as JSON")
     bench.add_argument("--plot", metavar="FILE", help="write a PNG of p99 latency and CPU against streams")
 
@@ -485,7 +491,11 @@ async def _bench_dashscope(args: argparse.Namespace, counts: list[int]) -> int:
         for transport in transports:
             measurements.append(
                 await dashscope.measure_dashscope(
-                    transport, count, args.duration, lambda line: print(line, file=sys.stderr, flush=True)
+                    transport,
+                    count,
+                    args.duration,
+                    lambda line: print(line, file=sys.stderr, flush=True),
+                    upstream_pings=args.upstream_pings,
                 )
             )
             if args.json:

@@ -1,4 +1,5 @@
-"""A server WebSocket on wsproto, read by the receiver actor's own task.
+"""A WebSocket on wsproto, read by its user's own task: the gateway's server side, and the client side of
+the native engines' connections to their services (`engines/upstream.py`).
 
 trio-websocket runs a reader task per connection that parses every frame and queues messages on a memory
 channel for the application. Here the caller's `get_message` reads the socket and parses in place: one
@@ -6,7 +7,10 @@ task and one channel hop per message fewer, and no per-connection queue (docs/pe
 both). Backpressure is unchanged: while the receiver waits on its own bounded channel nobody reads the
 socket, and TCP pushes back on the client.
 
-Every error of the socket or the peer becomes `ClientGone` here, the module's only exception.
+Every error of the socket or the peer becomes `ClientGone` here (`Refused` for a client's refused upgrade).
+A ping that arrives after our close frame went out is not answered (RFC 6455 allows no frame after a
+close): trio-websocket answers it and fails the connection instead (its issue #184), which is why the
+native engines no longer use it.
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ from wsproto.events import (
     CloseConnection,
     Event,
     Ping,
+    RejectConnection,
     Request,
     TextMessage,
 )
@@ -35,17 +40,34 @@ MESSAGE_TOO_BIG = 1009
 PROTOCOL_ERROR = 1002
 
 
-class WebSocket:
-    """One accepted server connection: `get_message`, `send_message`, `aclose` (the `Transport` protocol).
+class Refused(ClientGone):
+    """The server refused a client's upgrade with this HTTP status."""
 
-    The receiver reads while the sender writes: writes (results, and pongs and close replies made while
-    reading) share one lock, since a trio stream takes one `send_all` at a time.
+    def __init__(self, status_code: int) -> None:
+        super().__init__(f"the upgrade was refused: HTTP {status_code}")
+        self.status_code = status_code
+
+
+class WebSocket:
+    """One open connection: `get_message`, `send_message`, `aclose` (the `Transport` protocol); a server's
+    by `accept`, a client's by `connect`.
+
+    One task reads while others write: writes (messages, and pongs and close replies made while reading)
+    share one lock, since a trio stream takes one `send_all` at a time.
     """
 
-    def __init__(self, stream: trio.abc.Stream, max_message_bytes: int) -> None:
+    def __init__(
+        self,
+        stream: trio.abc.Stream,
+        max_message_bytes: int,
+        connection_type: ConnectionType = ConnectionType.SERVER,
+    ) -> None:
         self._stream = stream
         self._max_message_bytes = max_message_bytes
-        self._protocol = WSConnection(ConnectionType.SERVER)
+        self._protocol = WSConnection(connection_type)
+        self._peer = "client" if connection_type is ConnectionType.SERVER else "server"
+        # The code of the peer's close frame, once it came.
+        self.peer_close_code: int | None = None
         self._sending = trio.Lock()
         self._messages: collections.deque[str | bytes] = collections.deque()
         # Pongs and the close reply, made while parsing and sent before the next read.
@@ -71,6 +93,31 @@ class WebSocket:
             raise ClientGone(f"refused the upgrade: {exc}") from None
         await websocket._send(AcceptConnection())
         return websocket
+
+    @classmethod
+    async def connect(
+        cls,
+        stream: trio.abc.Stream,
+        host: str,
+        target: str,
+        max_message_bytes: int,
+        headers: tuple[tuple[bytes, bytes], ...] = (),
+    ) -> WebSocket:
+        """Upgrade a client's `stream` to `target` on `host`; `Refused` if the server says no."""
+        websocket = cls(stream, max_message_bytes, ConnectionType.CLIENT)
+        await websocket._send(Request(host=host, target=target, extra_headers=list(headers)))
+        while True:
+            try:
+                for event in websocket._protocol.events():
+                    if isinstance(event, AcceptConnection):
+                        return websocket
+                    if isinstance(event, RejectConnection):
+                        await trio.aclose_forcefully(stream)
+                        raise Refused(event.status_code)
+            except RemoteProtocolError as exc:
+                await trio.aclose_forcefully(stream)
+                raise ClientGone(f"the upgrade failed: {exc}") from None
+            await websocket._read()
 
     async def get_message(self) -> str | bytes:
         while not self._messages:
@@ -123,12 +170,15 @@ class WebSocket:
             if isinstance(event, TextMessage | BytesMessage):
                 self._add_part(event)
             elif isinstance(event, Ping):
-                self._pending_replies.append(event.response())
+                # Once our close went out no frame may follow it, a pong included.
+                if self._protocol.state is ConnectionState.OPEN:
+                    self._pending_replies.append(event.response())
             elif isinstance(event, CloseConnection):
                 if self._protocol.state is ConnectionState.OPEN:
                     self._violation = event
                     return
-                self._closed = f"closed by the client ({event.code} {event.reason or ''})".strip()
+                self.peer_close_code = event.code
+                self._closed = f"closed by the {self._peer} ({event.code} {event.reason or ''})".strip()
                 if self._protocol.state is ConnectionState.REMOTE_CLOSING:
                     self._pending_replies.append(event.response())
 
@@ -156,7 +206,7 @@ class WebSocket:
             self._closed = f"connection lost: {exc}"
             raise ClientGone(self._closed) from None
         if not data:
-            self._closed = "the client closed the connection without a close frame"
+            self._closed = f"the {self._peer} closed the connection without a close frame"
             raise ClientGone(self._closed)
         try:
             self._protocol.receive_data(bytes(data))

@@ -1,12 +1,13 @@
 """The `iflytek` engine: iFlytek real-time transcription (rtasr), native on Trio, one task per session.
 
 The engine behind ASRWebSocketServer's Chinese, whose clients protocol v1 serves. Per session: a signed
-WebSocket (`engines/upstream.py`), the service's `started` awaited within `start_timeout`; then the
-client's audio goes out in the 1,280-byte pieces the service asks for while its results are read as they
-arrive: intermediate → Partial, definitive → Final. At the end of the audio the `{"end": true}` bytes go
-out and the service's last results and its close are awaited within `stop_timeout`. A refused key, a
-service error, a connection that closes mid-stream: one EngineError each (a coded 500 for the client,
-the service's code in it), converted here and in `upstream`, once. Message formats: `iflytek_wire.py`.
+WebSocket run by `upstream.run_session` (the skeleton the native engines share), the service's `started`
+awaited within `start_timeout`; then the client's audio goes out in the 1,280-byte pieces the service
+asks for while its results are read as they arrive: intermediate → Partial, definitive → Final. At the
+end of the audio the `{"end": true}` bytes go out and the service's last results and its close are
+awaited within `stop_timeout`. A refused key, a service error, a connection that closes mid-stream: one
+EngineError each (a coded 500 for the client, the service's code in it), converted here and in
+`upstream`, once. Message formats: `iflytek_wire.py`.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from __future__ import annotations
 import logging
 import os
 import time
+from collections.abc import Iterable
 
 import trio
 
@@ -24,8 +26,6 @@ from asr_actors.engines.base import (
     EngineError,
     EngineEvent,
     EngineUnavailable,
-    Final,
-    Partial,
     StreamSpec,
     UnsupportedStream,
 )
@@ -75,74 +75,45 @@ class IflytekEngine:
         self.check(spec)
         config = self._config
         url = wire.signed_url(config.url or wire.DEFAULT_URL, config.app_id, self._api_key, time.time())
-        # One deadline for the whole start: connect, upgrade, `started`.
-        started_by = trio.current_time() + config.start_timeout
-        async with (
+        await upstream.run_session(
+            url,
+            RtasrSession(),
+            upstream.Timeouts(start=config.start_timeout, stop=config.stop_timeout),
+            audio,
             events,
-            upstream.connect(url, started_by, service=SERVICE, close_timeout=config.stop_timeout) as socket,
-        ):
-            with trio.move_on_at(started_by) as starting:
-                while not isinstance(_parse(await socket.receive()), wire.Started):
-                    pass
-            if starting.cancelled_caught:
-                raise EngineError(f"iFlytek did not start within {config.start_timeout:g} s")
-            ended = trio.Event()
-            finishing = trio.CancelScope()
-            async with trio.open_nursery() as nursery:
-                nursery.start_soon(_send_audio, socket, audio, ended, finishing, config.stop_timeout)
-                with finishing:
-                    await _relay_results(socket, events, ended)
-                nursery.cancel_scope.cancel()
-            if finishing.cancelled_caught:
-                raise EngineError(f"iFlytek did not finish within {config.stop_timeout:g} s")
+        )
 
 
-def _parse(message: str | bytes) -> wire.ServiceMessage | None:
-    """One message of the service; a service error is EngineError here."""
-    if isinstance(message, bytes):
-        message = message.decode("utf-8", errors="replace")
-    try:
-        parsed = wire.parse_message(message)
-    except wire.WireError as exc:
-        raise EngineError(f"iFlytek broke its protocol: {exc}") from exc
-    if isinstance(parsed, wire.Failed):
-        log.warning("iFlytek error %s: %s", parsed.code, parsed.description)
-        raise EngineError(parsed.reason)
-    return parsed
+class RtasrSession:
+    """One session in iFlytek's rtasr protocol (`upstream.ServiceProtocol`): the audio in the service's
+    1,280-byte pieces, `{"end": true}` at its end; the service finishes by closing."""
 
+    service = SERVICE
+    finishes_by_closing = True
 
-async def _send_audio(
-    socket: upstream.Upstream,
-    audio: trio.MemoryReceiveChannel[bytes],
-    ended: trio.Event,
-    finishing: trio.CancelScope,
-    stop_timeout: float,
-) -> None:
-    """The client's audio in the service's pieces; at its end `{"end": true}`, and from then on
-    `stop_timeout` for the service to finish."""
-    pieces = wire.Rechunker()
-    async with audio:
-        async for pcm in audio:
-            for piece in pieces.feed(pcm):
-                await socket.send(piece)
-    for piece in pieces.flush():
-        await socket.send(piece)
-    await socket.send(wire.END_OF_AUDIO)
-    ended.set()
-    finishing.deadline = trio.current_time() + stop_timeout
+    def __init__(self) -> None:
+        self._pieces = wire.Rechunker()
 
+    def opening(self) -> Iterable[str | bytes]:
+        return ()
 
-async def _relay_results(
-    socket: upstream.Upstream, events: trio.MemorySendChannel[EngineEvent], ended: trio.Event
-) -> None:
-    """Results to the session as they arrive, until the service closes after the end of the audio (a
-    close before it is a failure: the session would lose what was said after)."""
-    while True:
-        received = await socket.receive_or_close()
-        if received is None:
-            if ended.is_set():
-                return
-            raise EngineError("iFlytek closed the connection before the end of the audio")
-        message = _parse(received)
-        if isinstance(message, Partial | Final):
-            await events.send(message)
+    def audio(self, pcm: bytes) -> Iterable[bytes]:
+        return self._pieces.feed(pcm)
+
+    def closing(self) -> Iterable[str | bytes]:
+        return (*self._pieces.flush(), wire.END_OF_AUDIO)
+
+    def parse(self, message: str | bytes) -> upstream.ServiceEvent | None:
+        """A service error is EngineError here, its code in the reason."""
+        if isinstance(message, bytes):
+            message = message.decode("utf-8", errors="replace")
+        try:
+            parsed = wire.parse_message(message)
+        except wire.WireError as exc:
+            raise EngineError(f"iFlytek broke its protocol: {exc}") from exc
+        if isinstance(parsed, wire.Failed):
+            log.warning("iFlytek error %s: %s", parsed.code, parsed.description)
+            raise EngineError(parsed.reason)
+        if isinstance(parsed, wire.Started):
+            return upstream.Started()
+        return parsed

@@ -203,6 +203,27 @@ async def test_missing_key_is_reported_at_start_and_refused_with_503(
     } == (messages[-1])
 
 
+async def test_pings_from_the_service_never_fail_a_session(
+    transport: str, nursery: trio.Nursery, guarded: None
+) -> None:
+    """A service that pings every 5 ms, and every millisecond while the client closes (pings crossing the
+    close frame): 20 concurrent sessions (the engine's default capacity) all end with their finals and
+    `end`, none with an error."""
+    fake = await start_fake(nursery, Switches(ping_every=0.005, ping_while_closing=True))
+    gateway = await dashscope_gateway(transport, fake.url)
+    results: list[list[dict[str, Any]]] = []
+
+    async def one() -> None:
+        results.append(await zh_session(nursery, gateway, 12))
+
+    async with trio.open_nursery() as clients:
+        for _ in range(20):
+            clients.start_soon(one)
+    expected = [fake_text(0, 10), fake_text(10, 12)]
+    assert [(expected, "end")] * 20 == [(finals(messages), statuses(messages)[-1]) for messages in results]
+    assert 20 == fake.stats.tasks_finished
+
+
 def _sdk(thread: threading.Thread) -> bool:
     return not thread.name.startswith("Trio thread")
 

@@ -183,6 +183,25 @@ async def test_missing_credentials_are_a_503_with_the_reason(
     assert {"code": 503, "message": f"No engine available: {reason}", "data": ""} == messages[-1]
 
 
+async def test_pings_from_the_service_never_fail_a_session(nursery: trio.Nursery, guarded: None) -> None:
+    """A service that pings every 5 ms, and every millisecond from the end of the audio until the close:
+    20 concurrent sessions (the engine's default capacity) all end with their finals and
+    `end`, none with an error."""
+    fake = await start_fake(nursery, Switches(ping_every=0.005, ping_while_closing=True))
+    gateway = await iflytek_gateway(fake.url)
+    results: list[list[dict[str, Any]]] = []
+
+    async def one() -> None:
+        results.append(await zh_session(nursery, gateway, 12))
+
+    async with trio.open_nursery() as clients:
+        for _ in range(20):
+            clients.start_soon(one)
+    expected = [fake_text(0, 10), fake_text(10, 12)]
+    assert [(expected, "end")] * 20 == [(finals(messages), statuses(messages)[-1]) for messages in results]
+    assert 20 == fake.stats.finished
+
+
 async def test_twenty_concurrent_sessions(nursery: trio.Nursery, guarded: None) -> None:
     fake = await start_fake(nursery)
     gateway = await iflytek_gateway(fake.url)

@@ -13,6 +13,7 @@ Recognition is scripted: one character of TEXT per `chars_every_bytes` of audio,
 
 from __future__ import annotations
 
+import contextlib
 import json
 from typing import Any
 
@@ -20,7 +21,7 @@ import attrs
 import trio
 import trio_websocket
 
-from tests.fake_service import serve_on_loopback
+from tests.fake_service import ping_until_closed, serve_on_loopback
 
 TEXT = "今天天气很好我们一起去公园散步吧"
 
@@ -41,6 +42,11 @@ class Switches:
     ignore_finish: bool = False
     # Never answer run-task (no task-started: the task never starts).
     ignore_run_task: bool = False
+    # Ping the client this often (seconds) while connected, as `websockets` servers do every 20 s.
+    ping_every: float | None = None
+    # From task-finished until the connection closes, ping the client every millisecond: pings that cross
+    # the client's close frame.
+    ping_while_closing: bool = False
 
 
 @attrs.define
@@ -103,9 +109,12 @@ class FakeDashScope:
         connection = await request.accept()
         self.stats.open_connections += 1
         try:
-            await self._task(connection, headers.get("authorization", ""))
-        except trio_websocket.ConnectionClosed:
-            pass
+            async with trio.open_nursery() as keepalive:
+                if self.switches.ping_every is not None:
+                    keepalive.start_soon(ping_until_closed, connection, self.switches.ping_every)
+                with contextlib.suppress(trio_websocket.ConnectionClosed):
+                    await self._task(connection, headers.get("authorization", ""))
+                keepalive.cancel_scope.cancel()
         finally:
             self.stats.open_connections -= 1
 
@@ -132,8 +141,12 @@ class FakeDashScope:
         await connection.send_message(finished)
         self.stats.tasks_finished += 1
         # The SDK closes the connection once it has seen task-finished.
-        with trio.move_on_after(10):
-            await connection.get_message()
+        async with trio.open_nursery() as closing:
+            if self.switches.ping_while_closing:
+                closing.start_soon(ping_until_closed, connection, 0.001)
+            with trio.move_on_after(10), contextlib.suppress(trio_websocket.ConnectionClosed):
+                await connection.get_message()
+            closing.cancel_scope.cancel()
 
     async def _recognise(
         self, connection: trio_websocket.WebSocketConnection, task_id: str, script: _Script
@@ -239,11 +252,17 @@ def main() -> None:
     parser.add_argument("--api-key", default=defaults.api_key)
     parser.add_argument("--chars-every-bytes", type=int, default=defaults.chars_every_bytes)
     parser.add_argument("--sentence-chars", type=int, default=defaults.sentence_chars)
+    parser.add_argument("--ping-every", type=float, help="ping each client this often (seconds)")
+    parser.add_argument(
+        "--ping-while-closing", action="store_true", help="ping every millisecond while a client closes"
+    )
     arguments = parser.parse_args()
     switches = Switches(
         api_key=arguments.api_key,
         chars_every_bytes=arguments.chars_every_bytes,
         sentence_chars=arguments.sentence_chars,
+        ping_every=arguments.ping_every,
+        ping_while_closing=arguments.ping_while_closing,
     )
 
     async def serve() -> None:

@@ -14,6 +14,7 @@ Recognition is scripted: one character of TEXT per `chars_every_bytes` of audio,
 from __future__ import annotations
 
 import base64
+import contextlib
 import hashlib
 import hmac
 import json
@@ -24,7 +25,7 @@ import attrs
 import trio
 import trio_websocket
 
-from tests.fake_service import serve_on_loopback
+from tests.fake_service import ping_until_closed, serve_on_loopback
 
 TEXT = "科大讯飞实时语音转写服务测试文本"
 END_OF_AUDIO = b'{"end": true}'
@@ -47,6 +48,11 @@ class Switches:
     ignore_end: bool = False
     # Never send `started`.
     ignore_start: bool = False
+    # Ping the client this often (seconds) while connected, as `websockets` servers do every 20 s.
+    ping_every: float | None = None
+    # From the end of the audio until the connection closes, ping the client every millisecond: pings that
+    # cross the close handshake.
+    ping_while_closing: bool = False
 
 
 @attrs.define
@@ -136,19 +142,28 @@ class FakeIflytek:
             started = {"action": "started", "code": "0", "data": "", "desc": "success", "sid": "rta-fake"}
             await connection.send_message(json.dumps(started))
             self.stats.started += 1
-            await self._recognise(connection)
+            async with trio.open_nursery() as keepalive:
+                if self.switches.ping_every is not None:
+                    keepalive.start_soon(ping_until_closed, connection, self.switches.ping_every)
+                with contextlib.suppress(trio_websocket.ConnectionClosed):
+                    await self._recognise(connection, keepalive)
+                keepalive.cancel_scope.cancel()
         except trio_websocket.ConnectionClosed:
             pass
         finally:
             self.stats.open_connections -= 1
 
-    async def _recognise(self, connection: trio_websocket.WebSocketConnection) -> None:
+    async def _recognise(
+        self, connection: trio_websocket.WebSocketConnection, keepalive: trio.Nursery
+    ) -> None:
         switches = self.switches
         ms_per_char = switches.chars_every_bytes * 1000 // 32000
         frames = received = chars = sentence_start = seg_id = 0
         while True:
             message = await connection.get_message()
             if message == END_OF_AUDIO:
+                if switches.ping_while_closing:
+                    keepalive.start_soon(ping_until_closed, connection, 0.001)
                 break
             if isinstance(message, str):
                 continue

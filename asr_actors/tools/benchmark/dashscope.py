@@ -133,14 +133,26 @@ def _ms(samples: list[float], percentile: float) -> float:
     return round(float(np.percentile(samples, percentile)) * 1000, 1) if samples else math.nan
 
 
+# `--upstream-pings`: the fake pings each client as servers on the `websockets` library do (every 20 s
+# there; every second here, so that a short run sees them) and every millisecond while a client closes.
+UPSTREAM_PING_EVERY_S = 1.0
+
+
 async def measure_dashscope(
-    transport: str, streams: int, duration_s: float, progress: Callable[[str], None]
+    transport: str,
+    streams: int,
+    duration_s: float,
+    progress: Callable[[str], None],
+    *,
+    upstream_pings: bool = False,
 ) -> DashScopeMeasurement:
     with tempfile.TemporaryDirectory(prefix="asr-bench-dashscope-") as scratch:
         folder = Path(scratch)
         log = folder / "processes.log"
         fake_arguments = [sys.executable, str(FAKE_DASHSCOPE), "--api-key", KEY]
         fake_arguments += ["--chars-every-bytes", str(FRAME_BYTES * FRAMES_PER_CHAR)]
+        if upstream_pings:
+            fake_arguments += ["--ping-every", str(UPSTREAM_PING_EVERY_S), "--ping-while-closing"]
         # The fake imports the other test helpers (`tests.fake_service`): the repository is on its path.
         path = os.pathsep.join(filter(None, [str(FAKE_DASHSCOPE.parents[2]), os.environ.get("PYTHONPATH")]))
         async with child_process(fake_arguments, log, {"PYTHONPATH": path}, re.compile(r"(ws://\S+)")) as (
