@@ -108,7 +108,7 @@ class _Callback:
         try:
             sentence = result.get_sentence()
             event = wire.sentence_event(sentence) if isinstance(sentence, dict) else None
-        except Exception:
+        except wire.WireError:
             log.exception("unreadable DashScope result")
             return
         if event is not None:

@@ -77,15 +77,23 @@ class WireError(Exception):
     """The service sent something that is not its protocol."""
 
 
+# What reading a malformed message raises: a value of the wrong type or shape anywhere in it. Each becomes
+# WireError, the parser's one documented error (the session's "broke its protocol").
+_MALFORMED = (ValueError, TypeError, KeyError, IndexError, AttributeError, OverflowError, RecursionError)
+
+
 def parse_event(text: str) -> ServiceEvent | None:
     """One text message of the service; None for what carries nothing to act on (heartbeats, an empty
     partial, events this client does not use)."""
     try:
-        message = json.loads(text)
-        header = message["header"]
-        event = header["event"]
-    except (ValueError, TypeError, KeyError):
-        raise WireError(f"not a DashScope event: {text[:80]!r}") from None
+        return _event(json.loads(text))
+    except _MALFORMED as exc:
+        raise WireError(f"not a DashScope event ({type(exc).__name__}): {text[:80]!r}") from None
+
+
+def _event(message: Any) -> ServiceEvent | None:
+    header = message["header"]
+    event = header["event"]
     if event == "task-started":
         return Started()
     if event == "task-finished":
@@ -95,12 +103,20 @@ def parse_event(text: str) -> ServiceEvent | None:
     if event == "result-generated":
         payload = message.get("payload") or {}
         sentence = (payload.get("output") or {}).get("sentence")
-        return sentence_event(sentence) if isinstance(sentence, dict) else None
+        return _sentence(sentence) if isinstance(sentence, dict) else None
     return None
 
 
 def sentence_event(sentence: dict[str, Any]) -> Partial | Final | None:
-    """A `sentence` of a result: a final at its end, else a partial (None for a heartbeat or no text)."""
+    """A `sentence` of a result: a final at its end, else a partial (None for a heartbeat or no text);
+    WireError if it is malformed."""
+    try:
+        return _sentence(sentence)
+    except _MALFORMED as exc:
+        raise WireError(f"not a DashScope sentence ({type(exc).__name__}): {str(sentence)[:80]!r}") from None
+
+
+def _sentence(sentence: dict[str, Any]) -> Partial | Final | None:
     if sentence.get("heartbeat"):
         return None
     text = str(sentence.get("text") or "")
@@ -119,12 +135,12 @@ def sentence_event(sentence: dict[str, Any]) -> Partial | Final | None:
 def _words(sentence: dict[str, Any]) -> tuple[Word, ...]:
     """The sentence's `words` ({begin_time, end_time, text, punctuation}), punctuation kept on its word."""
     words = []
-    for word in sentence.get("words") or ():
-        try:
+    try:
+        for word in sentence.get("words") or ():
             text = f"{word.get('text') or ''}{word.get('punctuation') or ''}"
             words.append(Word(text, int(word["begin_time"]), int(word["end_time"])))
-        except (KeyError, TypeError, ValueError):
-            return ()  # malformed word times are dropped, not the sentence
+    except _MALFORMED:
+        return ()  # malformed word times are dropped, not the sentence
     return tuple(words)
 
 

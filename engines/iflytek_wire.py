@@ -71,6 +71,11 @@ class Failed:
 ServiceMessage = Started | Partial | Final | Failed
 
 
+# What reading a malformed message raises: a value of the wrong type or shape anywhere in it. Each becomes
+# WireError, the parser's one documented error (the session's "broke its protocol").
+_MALFORMED = (ValueError, TypeError, KeyError, IndexError, AttributeError, OverflowError, RecursionError)
+
+
 def parse_message(text: str) -> ServiceMessage | None:
     """One message from the service; None for one that carries nothing for the session."""
     try:
@@ -85,8 +90,8 @@ def parse_message(text: str) -> ServiceMessage | None:
         if str(message.get("code", "0")) != "0":
             return Failed(str(message["code"]), str(message.get("desc", "")))
         return _sentence(json.loads(message["data"])["cn"]["st"])
-    except (ValueError, KeyError, TypeError) as exc:
-        raise WireError(f"not an rtasr message: {exc}") from None
+    except _MALFORMED as exc:
+        raise WireError(f"not an rtasr message ({type(exc).__name__}): {text[:80]!r}") from None
 
 
 def _sentence(st: dict[str, Any]) -> Partial | Final:

@@ -1,6 +1,6 @@
 """Coverage-guided fuzzing (atheris, libFuzzer) of everything that parses bytes from a peer.
 
-    make fuzz                                    # FUZZ_RUNS executions (default 300000)
+    make fuzz                                    # FUZZ_RUNS executions (default 200000)
     .venv/bin/python fuzz/fuzz_codecs.py fuzz/corpus -runs=1000000
 
 The first input byte picks the entry point; the rest is its input:
@@ -11,9 +11,11 @@ The first input byte picks the entry point; the rest is its input:
     2  the HTTP request head the gateway reads before any upgrade
     3  engine bus messages (audio frames, results, session requests), as a gateway or worker reads them
     4  the Bailian dialect's client messages, split like 0
+    5  DashScope's service messages (dashscope_wire, and the native engine's reading of them)
+    6  iFlytek rtasr's service messages (iflytek_wire, and the engine's reading of them)
 
 The only exceptions allowed are the documented protocol errors (ProtocolError with its code,
-BusProtocolError, BadRequest); anything else is a crash, and libFuzzer stops with the input that caused
+BusProtocolError, BadRequest, the services' WireError and the engines' EngineError); anything else is a crash, and libFuzzer stops with the input that caused
 it. libFuzzer prints the executions run ("Done N runs in S second(s)").
 """
 
@@ -27,6 +29,10 @@ import atheris
 with atheris.instrument_imports():
     from asr_actors import bailian, http, protocol
     from asr_actors.bus import wire
+    from asr_actors.engines import dashscope_wire, iflytek_wire
+    from asr_actors.engines.base import EngineError
+    from asr_actors.engines.dashscope_native import DashScopeTask
+    from asr_actors.engines.iflytek import RtasrSession
 
 SEPARATOR = b"\xff\xfe"
 MAX_FRAME = 4096
@@ -80,7 +86,29 @@ def _bailian_messages(data: bytes) -> None:
             decoder.receive(message)
 
 
-ENTRY_POINTS = (_client_messages, _handshake, _request_head, _bus_message, _bailian_messages)
+def _dashscope_message(data: bytes) -> None:
+    with contextlib.suppress(dashscope_wire.WireError):
+        dashscope_wire.parse_event(data.decode("utf-8", errors="replace"))
+    with contextlib.suppress(EngineError):
+        DashScopeTask("task", "model", 16000, ["zh"]).parse(data.decode("utf-8", errors="replace"))
+
+
+def _rtasr_message(data: bytes) -> None:
+    with contextlib.suppress(iflytek_wire.WireError):
+        iflytek_wire.parse_message(data.decode("utf-8", errors="replace"))
+    with contextlib.suppress(EngineError):
+        RtasrSession().parse(data)
+
+
+ENTRY_POINTS = (
+    _client_messages,
+    _handshake,
+    _request_head,
+    _bus_message,
+    _bailian_messages,
+    _dashscope_message,
+    _rtasr_message,
+)
 
 
 def test_one_input(data: bytes) -> None:

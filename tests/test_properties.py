@@ -15,6 +15,10 @@ from hypothesis import strategies as st
 
 from asr_actors import bailian, protocol
 from asr_actors.bus import wire
+from asr_actors.engines import dashscope_wire, iflytek_wire
+from asr_actors.engines.base import EngineError
+from asr_actors.engines.dashscope_native import DashScopeTask
+from asr_actors.engines.iflytek import RtasrSession
 from asr_actors.protocol import AudioReceived, ClientDecoder, ProtocolError
 
 MAX = 4096
@@ -107,3 +111,125 @@ def test_bailian_decoder_never_crashes(stream: list[str | bytes]) -> None:
     with contextlib.suppress(ProtocolError):
         for message in stream:
             decode.receive(message)
+
+
+# Any JSON the upstream services might send, and their messages' shapes with any value at any field: the
+# parsers of their replies read bytes from a peer as the client decoders do.
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=12),
+    lambda children: (
+        st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=8), children, max_size=4)
+    ),
+    max_leaves=16,
+)
+
+
+def shaped(fields: dict[str, st.SearchStrategy[object]]) -> st.SearchStrategy[object]:
+    """A dict with these fields (all of them, or any of them missing), or any other JSON value in its place
+    (a third of the time: deeper fields are reached only through well-shaped outer ones)."""
+    return st.fixed_dictionaries(fields) | st.fixed_dictionaries({}, optional=fields) | json_values
+
+
+dashscope_events = shaped(
+    {
+        "header": shaped(
+            {
+                "event": st.sampled_from(["task-started", "task-finished", "task-failed", "result-generated"])
+                | json_values,
+                "error_code": json_values,
+                "error_message": json_values,
+            }
+        ),
+        "payload": shaped(
+            {
+                "output": shaped(
+                    {
+                        "sentence": shaped(
+                            {
+                                "begin_time": json_values,
+                                "end_time": json_values,
+                                "text": json_values,
+                                "sentence_end": json_values,
+                                "heartbeat": json_values,
+                                "words": st.lists(
+                                    shaped(
+                                        {
+                                            "begin_time": json_values,
+                                            "end_time": json_values,
+                                            "text": json_values,
+                                            "punctuation": json_values,
+                                        }
+                                    ),
+                                    max_size=3,
+                                )
+                                | json_values,
+                            }
+                        )
+                    }
+                )
+            }
+        ),
+    }
+)
+
+rtasr_words = st.lists(
+    shaped(
+        {
+            "wb": json_values,
+            "we": json_values,
+            "cw": st.lists(shaped({"w": json_values, "wp": json_values}), max_size=2) | json_values,
+        }
+    ),
+    max_size=3,
+)
+rtasr_data = shaped(
+    {
+        "seg_id": json_values,
+        "cn": shaped(
+            {
+                "st": shaped(
+                    {
+                        "bg": json_values | st.integers().map(str),
+                        "ed": json_values | st.integers().map(str),
+                        "type": st.sampled_from(["0", "1"]) | json_values,
+                        "rt": st.lists(shaped({"ws": rtasr_words | json_values}), max_size=2) | json_values,
+                    }
+                )
+            }
+        ),
+    }
+)
+rtasr_messages = shaped(
+    {
+        "action": st.sampled_from(["started", "result", "error"]) | json_values,
+        "code": st.sampled_from(["0", "10105"]) | json_values,
+        "desc": json_values,
+        "sid": json_values,
+        "data": rtasr_data.map(json.dumps) | json_values,
+    }
+)
+
+
+@settings(max_examples=600, deadline=None)
+@given(dashscope_events.map(json.dumps) | st.text(max_size=300))
+def test_dashscope_events_parse_or_raise_wire_error(text: str) -> None:
+    """Whatever DashScope sends: an event, None, or WireError (the native engine's "broke its protocol")."""
+    with contextlib.suppress(dashscope_wire.WireError):
+        dashscope_wire.parse_event(text)
+
+
+@settings(max_examples=600, deadline=None)
+@given(rtasr_messages.map(json.dumps) | st.text(max_size=300))
+def test_rtasr_messages_parse_or_raise_wire_error(text: str) -> None:
+    """Whatever iFlytek sends: a message, None, or WireError (the engine's "broke its protocol")."""
+    with contextlib.suppress(iflytek_wire.WireError):
+        iflytek_wire.parse_message(text)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.binary(max_size=300) | dashscope_events.map(json.dumps) | rtasr_messages.map(json.dumps))
+def test_service_messages_end_a_session_only_with_engine_error(message: str | bytes) -> None:
+    """The native engines' protocol adapters: any message is an event, nothing, or EngineError."""
+    for protocol_session in (DashScopeTask("task", "model", 16000, ["zh"]), RtasrSession()):
+        with contextlib.suppress(EngineError):
+            protocol_session.parse(message)
