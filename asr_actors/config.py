@@ -295,10 +295,13 @@ class BusConfig:
     url: str = attrs.field(default="redis://127.0.0.1:6379/0", validator=_redis_url)
     # How long a gateway waits for a worker to claim a session before answering 503.
     claim_timeout: float = attrs.field(default=5.0, validator=_positive)
-    # Workers refresh their liveness key this often; it expires after worker_ttl without a refresh,
-    # and gateways check the key of each session's worker this often.
+    # Workers and gateways refresh their liveness keys this often; a worker's expires after worker_ttl
+    # without a refresh, a gateway's after gateway_ttl. Gateways check the key of each session's worker
+    # (its sessions are placed again) and workers the key of each session's gateway (its sessions are
+    # ended, their engine slots freed) this often.
     heartbeat_interval: float = attrs.field(default=1.0, validator=_positive)
     worker_ttl: float = attrs.field(default=3.0, validator=_positive)
+    gateway_ttl: float = attrs.field(default=3.0, validator=_positive)
     # How often each process sends a canary round its pub/sub connection (a connection that delivers
     # nothing within this is replaced, its streams ended), and how long a new session waits for that
     # connection while it is being made (at start-up, after a Redis restart).

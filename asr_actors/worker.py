@@ -20,6 +20,7 @@ import trio
 
 from asr_actors import logs
 from asr_actors.bus import wire
+from asr_actors.bus.liveness import Heartbeat, LivenessWatch
 from asr_actors.bus.memory import run_engine
 from asr_actors.bus.redis_connection import RedisConnection, RedisError, new_process_id
 from asr_actors.config import Config
@@ -87,6 +88,8 @@ class Worker:
         # A semaphore, not a CapacityLimiter: the claim loop takes a slot, the session's task gives it back.
         self._slots = trio.Semaphore(concurrency)
         self._stop_claiming = trio.CancelScope()
+        # The gateways holding this worker's sessions (made with the Redis connection, in `run`).
+        self._gateways: LivenessWatch
 
     def drain(self) -> None:
         """Stop claiming; sessions already running go on to their end."""
@@ -102,10 +105,15 @@ class Worker:
             check_interval=bus.pubsub_check_interval,
             batch_interval=bus.batch_interval,
         )
+        heartbeat = Heartbeat(
+            redis, wire.worker_key(self.id), self.engine.name, bus.heartbeat_interval, bus.worker_ttl
+        )
+        self._gateways = LivenessWatch(redis, bus.heartbeat_interval, wire.gateway_key)
         async with redis.open(), trio.open_nursery() as nursery:
-            await self._first_heartbeat(redis)
-            heartbeat = trio.CancelScope()
-            nursery.start_soon(self._heartbeat, redis, heartbeat)
+            await _first_heartbeat(redis, heartbeat)
+            beating = trio.CancelScope()
+            nursery.start_soon(_within, beating, heartbeat.run)
+            nursery.start_soon(self._gateways.run)
             log.info("worker %s serving engine %s", self.id, self.engine.name)
             task_status.started(self.id)
             async with trio.open_nursery() as sessions:
@@ -116,44 +124,10 @@ class Worker:
                     self.id,
                     self._concurrency - self._slots.value,
                 )
-            heartbeat.cancel()
+            beating.cancel()
             with trio.move_on_after(GOODBYE_TIMEOUT), trio.CancelScope(shield=True):
-                await redis.client.delete([wire.worker_key(self.id)])
-
-    async def _heartbeat_once(self, redis: RedisConnection) -> None:
-        await redis.client.set(
-            wire.worker_key(self.id), self.engine.name, px=int(self.config.bus.worker_ttl * 1000)
-        )
-
-    async def _first_heartbeat(self, redis: RedisConnection) -> None:
-        """Announce the worker, waiting for Redis if it is away (a worker may start before it) and for a
-        pub/sub connection that delivers (a worker announced without one would lose every session)."""
-        await redis.wait_delivering()
-        waiting = False
-        while True:
-            try:
-                await self._heartbeat_once(redis)
-            except RedisError as exc:
-                if not waiting:
-                    log.warning("waiting for Redis: %s", exc)
-                    waiting = True
-                await trio.sleep(RETRY_INTERVAL)
-            else:
-                return
-
-    async def _heartbeat(self, redis: RedisConnection, scope: trio.CancelScope) -> None:
-        with scope:
-            while True:
-                await trio.sleep(self.config.bus.heartbeat_interval)
-                # Alive means able to serve: while the pub/sub connection delivers nothing (Redis away,
-                # or reconnecting) the key is not refreshed, and gateways move this worker's sessions.
-                if not redis.delivering:
-                    continue
-                try:
-                    await self._heartbeat_once(redis)
-                except RedisError as exc:
-                    log.warning("heartbeat failed: %s", exc)
-                    redis.suspect()
+                await heartbeat.goodbye()
+            nursery.cancel_scope.cancel()
 
     async def _claim(self, redis: RedisConnection, sessions: trio.Nursery) -> None:
         queue = wire.queue_key(self.engine.name)
@@ -252,12 +226,24 @@ class Worker:
             await send(wire.Claimed(self.id))
             events_tx, events_rx = trio.open_memory_channel[EngineEvent](self.config.channels.engine_events)
             try:
-                async with trio.open_nursery() as nursery:
-                    nursery.start_soon(run_engine, self.engine, spec, audio_rx, events_tx)
-                    nursery.start_soon(feed.watch)
-                    async with events_rx:
-                        async for event in events_rx:
-                            await send(event)
+                with self._gateways.watching(request.reply_to) as gateway_gone:
+                    async with trio.open_nursery() as watch:
+                        watch.start_soon(_end_when_gone, gateway_gone, watch.cancel_scope)
+                        async with trio.open_nursery() as nursery:
+                            nursery.start_soon(run_engine, self.engine, spec, audio_rx, events_tx)
+                            nursery.start_soon(feed.watch)
+                            async with events_rx:
+                                async for event in events_rx:
+                                    await send(event)
+                        watch.cancel_scope.cancel()
+                if gateway_gone.is_set():
+                    # Nobody is left to tell: the engine slot is what matters (a paid stream, maybe).
+                    log.warning(
+                        "session %s ended: its gateway %s is gone (its liveness key expired)",
+                        session,
+                        request.reply_to,
+                    )
+                    return
                 await send(wire.StreamEnded())
             except* _StreamBroken as group:
                 broken = first_leaf(group)
@@ -265,6 +251,33 @@ class Worker:
                 await send(EngineFailed(f"The audio stream broke: {broken}"))
         finally:
             redis.close_route(route)
+
+
+async def _first_heartbeat(redis: RedisConnection, heartbeat: Heartbeat) -> None:
+    """Announce the worker, waiting for Redis if it is away (a worker may start before it) and for a
+    pub/sub connection that delivers (a worker announced without one would lose every session)."""
+    await redis.wait_delivering()
+    waiting = False
+    while True:
+        try:
+            await heartbeat.beat()
+        except RedisError as exc:
+            if not waiting:
+                log.warning("waiting for Redis: %s", exc)
+                waiting = True
+            await trio.sleep(RETRY_INTERVAL)
+        else:
+            return
+
+
+async def _within(scope: trio.CancelScope, run: Callable[[], Awaitable[None]]) -> None:
+    with scope:
+        await run()
+
+
+async def _end_when_gone(gone: trio.Event, scope: trio.CancelScope) -> None:
+    await gone.wait()
+    scope.cancel()
 
 
 @attrs.define(eq=False)

@@ -5,7 +5,9 @@ queue and exactly one worker BRPOPs it and answers with a `claim` record in the 
 records flow to the worker's inbox and result records back (`wire.py`, docs/engine-protocol.md). The
 gateway checks, once per heartbeat interval and in one round trip, the liveness keys of every worker that
 holds one of its sessions; when one has expired, its sessions are placed again and the audio since their
-last final (kept here) is replayed, so that the client loses no final and gets none twice.
+last final (kept here) is replayed, so that the client loses no final and gets none twice. The gateway
+keeps its own liveness key alive the same way, for the workers to end its sessions if it dies
+(`bus/liveness.py`).
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ from __future__ import annotations
 import collections
 import contextlib
 import logging
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 import attrs
@@ -21,6 +23,7 @@ import trio
 
 from asr_actors.bus import wire
 from asr_actors.bus.base import BusStatistics
+from asr_actors.bus.liveness import Heartbeat, LivenessWatch
 from asr_actors.bus.redis_connection import CLEANUP_TIMEOUT, RedisConnection, RedisError
 from asr_actors.config import BusConfig
 from asr_actors.engines.base import (
@@ -38,50 +41,6 @@ log = logging.getLogger(__name__)
 
 # Audio frames of one session sent at once when they have queued up behind a slow batch (1.6 s of audio).
 MAX_SEND_BATCH = 16
-
-
-class WorkerWatch:
-    """Which of the workers holding this gateway's sessions are still alive: their liveness keys checked
-    together, one pipelined round trip per heartbeat interval, however many sessions they hold."""
-
-    def __init__(self, redis: RedisConnection, interval: float) -> None:
-        self._redis = redis
-        self._interval = interval
-        self._gone: dict[str, trio.Event] = {}
-        self._watchers: collections.Counter[str] = collections.Counter()
-
-    @contextlib.contextmanager
-    def watching(self, worker: str) -> Iterator[trio.Event]:
-        """An event set once `worker`'s liveness key has expired (it missed its heartbeats)."""
-        gone = self._gone.setdefault(worker, trio.Event())
-        self._watchers[worker] += 1
-        try:
-            yield gone
-        finally:
-            self._watchers[worker] -= 1
-            if not self._watchers[worker]:
-                del self._watchers[worker]
-                del self._gone[worker]
-
-    async def run(self) -> None:
-        # A key expiring in another process gives no event to wait on: they are polled, once per heartbeat.
-        while True:
-            await trio.sleep(self._interval)
-            workers = [worker for worker, gone in self._gone.items() if not gone.is_set()]
-            if not workers:
-                continue
-            try:
-                async with self._redis.client.pipeline(transaction=False) as pipeline:
-                    replies = [pipeline.exists([wire.worker_key(worker)]) for worker in workers]
-                alive = [await reply for reply in replies]
-            except RedisError as exc:
-                # The pub/sub check that follows ends every placement if Redis is really away.
-                log.warning("checking worker liveness failed: %s", exc)
-                self._redis.suspect()
-                continue
-            for worker, count in zip(workers, alive, strict=True):
-                if not count and worker in self._gone:
-                    self._gone[worker].set()
 
 
 @attrs.define
@@ -136,7 +95,15 @@ class RedisBus:
         self._redis = connection
         self._config = config
         self._events_capacity = events_capacity
-        self._watch = WorkerWatch(connection, config.heartbeat_interval)
+        self._watch = LivenessWatch(connection, config.heartbeat_interval, wire.worker_key)
+        # The workers holding this gateway's sessions watch this key (a dead gateway's sessions are ended).
+        self._heartbeat = Heartbeat(
+            connection,
+            wire.gateway_key(connection.process_id),
+            "gateway",
+            config.heartbeat_interval,
+            config.gateway_ttl,
+        )
         self._failovers = 0
         self._streams_open = 0
         # Results from workers that broke the engine protocol (each ended its session with a 500).
@@ -146,8 +113,15 @@ class RedisBus:
     async def open(self) -> AsyncIterator[RedisBus]:
         async with trio.open_nursery() as nursery:
             nursery.start_soon(self._watch.run)
+            nursery.start_soon(self._heartbeat.run)
             yield self
             nursery.cancel_scope.cancel()
+            with (
+                trio.move_on_after(CLEANUP_TIMEOUT),
+                trio.CancelScope(shield=True),
+                contextlib.suppress(*RedisError),
+            ):
+                await self._heartbeat.goodbye()
 
     def statistics(self) -> BusStatistics:
         return BusStatistics(
@@ -203,6 +177,9 @@ class RedisBus:
         ).encode()
         queue = wire.queue_key(stream.engine)
         try:
+            # A worker that claims the session finds this gateway's key alive (or ends the session).
+            if not self._heartbeat.fresh:
+                await self._heartbeat.beat()
             await self._redis.push(queue, request)
             with trio.move_on_after(self._config.claim_timeout):
                 async for record in stream.results:

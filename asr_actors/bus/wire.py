@@ -48,6 +48,10 @@ def worker_key(worker_id: str) -> str:
     return f"{PREFIX}worker:{worker_id}"
 
 
+def gateway_key(process_id: str) -> str:
+    return f"{PREFIX}gateway:{process_id}"
+
+
 def inbox_channel(process_id: str) -> str:
     """The one channel a gateway or worker process subscribes to; every session it serves shares it."""
     return f"{PREFIX}inbox:{process_id}"

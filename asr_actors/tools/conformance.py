@@ -18,10 +18,13 @@ import numpy as np
 import trio
 
 from asr_actors.bus import wire
+from asr_actors.bus.liveness import Heartbeat
 from asr_actors.bus.redis_connection import RedisConnection, new_process_id
 
 FRAME_SAMPLES = 1600  # 100 ms at 16 kHz
 SAMPLE_RATE = 16000
+# The suite refreshes its gateway liveness key this often (the gateway default), for the worker to watch.
+HEARTBEAT_S = 1.0
 
 
 def tone_bursts(bursts: int = 2, burst_s: float = 1.0, pause_s: float = 0.8) -> bytes:
@@ -287,11 +290,19 @@ async def run(
     tone bursts."""
     outcomes: list[Outcome] = []
     connection = RedisConnection(redis_url, new_process_id("conformance"), route_capacity=4096)
-    async with connection.open() as redis:
+    # The suite is the workers' gateway: it keeps a gateway's liveness key alive, as a gateway does.
+    heartbeat = Heartbeat(
+        connection, wire.gateway_key(connection.process_id), "gateway", HEARTBEAT_S, HEARTBEAT_S * 3
+    )
+    async with connection.open() as redis, trio.open_nursery() as nursery:
+        await heartbeat.beat()
+        nursery.start_soon(heartbeat.run)
         ctx = _Context(redis, engine, speech or tone_bursts(), claim_timeout, finish_timeout, language)
         for name, case in CASES:
             try:
                 outcomes.append(Outcome(name, True, await case(ctx)))
             except CaseFailed as exc:
                 outcomes.append(Outcome(name, False, str(exc)))
+        await heartbeat.goodbye()
+        nursery.cancel_scope.cancel()
     return outcomes

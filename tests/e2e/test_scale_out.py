@@ -6,6 +6,7 @@ finals say exactly which audio arrived. Prints the measured placement latency an
 
 from __future__ import annotations
 
+import functools
 import itertools
 import os
 import signal
@@ -38,12 +39,15 @@ def write_config(folder: Path, redis_url: str, appkey: str = APPKEY, secret: str
         f'[apps.{appkey}]\nsecret = "{secret}"\n'
         '[engines]\ndefault = "fake"\n[languages.en]\nengine = "fake"\n'
         f'[bus]\nkind = "redis"\nurl = "{redis_url}"\nheartbeat_interval = 0.5\nworker_ttl = 1.5\n'
+        "gateway_ttl = 1.5\n"
     )
     return path
 
 
 @asynccontextmanager
-async def workers(config: Path, count: int, redis: RedisServer) -> AsyncIterator[list[trio.Process]]:
+async def workers(
+    config: Path, count: int, redis: RedisServer, concurrency: int = LIVE_SESSIONS + 14
+) -> AsyncIterator[list[trio.Process]]:
     processes = [
         await trio.lowlevel.open_process(
             [
@@ -56,7 +60,7 @@ async def workers(config: Path, count: int, redis: RedisServer) -> AsyncIterator
                 "--config",
                 str(config),
                 "--concurrency",
-                str(LIVE_SESSIONS + 14),
+                str(concurrency),
             ],
             stderr=subprocess.DEVNULL,
         )
@@ -185,6 +189,50 @@ async def test_worker_killed_mid_sentence_loses_and_repeats_nothing(
     report(
         f"failover: longest pause in results {max(gaps):.2f} s (worker_ttl 1.5 s, heartbeat 0.5 s); "
         f"{claim_counts.count(2)} of {len(claim_counts)} sessions moved to the surviving worker",
+        capsys,
+    )
+
+
+async def test_a_killed_gateways_sessions_are_freed_on_the_worker(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """kill -9 a gateway while its sessions fill every slot of the worker: the worker ends them once the
+    gateway's liveness key expires (gateway_ttl 1.5 s, checked every 0.5 s), not at its 40 s audio
+    timeout, so that a session on another gateway is claimed within seconds."""
+    slots = 8
+    with trio.fail_after(GUARD):
+        async with redis_server(tmp_path) as redis:
+            config = write_config(tmp_path, redis.url)
+            async with workers(config, 1, redis, concurrency=slots):
+                async with running_server(config) as (doomed_url, doomed), trio.open_nursery() as clients:
+                    for _ in range(slots):
+                        clients.start_soon(
+                            functools.partial(
+                                client.stream_pcm, signed(doomed_url), SECOND * 60, realtime=True
+                            )
+                        )
+                    async with coredis.Redis(host="127.0.0.1", port=redis.port) as probe:
+                        with trio.fail_after(30):
+                            while len(await probe.keys(wire.claims_key("*"))) < slots:  # noqa: ASYNC110 -- other processes
+                                await trio.sleep(0.1)
+                    os.kill(doomed.pid, signal.SIGKILL)
+                    killed_at = trio.current_time()
+                    clients.cancel_scope.cancel()
+                async with running_server(config) as (url, _):
+                    while True:
+                        try:
+                            after = await client.stream_pcm(signed(url), SECOND)
+                            break
+                        except client.ServerError as exc:  # 503 while the slots are held
+                            if exc.code != 503:
+                                raise
+                    claimed_after = trio.current_time() - killed_at
+    assert ["w0 w1 w2 w3 w4 w5 w6 w7 w8 w9"] == [r.text for r in after if r.status == "final"]
+    # The bound: gateway_ttl + one check interval + a claim; the audio timeout would be 40 s.
+    assert claimed_after < 10, claimed_after
+    report(
+        f"gateway killed: its {slots} sessions freed on the worker, a new session served "
+        f"{claimed_after:.1f} s after the kill (gateway_ttl 1.5 s, heartbeat 0.5 s; audio_timeout 40 s)",
         capsys,
     )
 
