@@ -70,6 +70,11 @@ class ServerConfig:
     handshakes_per_minute: int = 0
     # On SIGTERM: stop accepting, let sessions finish for this long, then end the rest with 503.
     drain_timeout: float = attrs.field(default=30.0, validator=_positive)
+    # New WebSocket sessions are refused (HTTP 503, Retry-After: overload_retry_after seconds) while this
+    # process's event loop runs this many seconds late: it cannot keep up with the sessions it has, and
+    # taking more would make all of them late (or, on the Redis bus, lose them). 0: never refuse.
+    max_loop_lag: float = attrs.field(default=0.5, validator=_non_negative)
+    overload_retry_after: int = attrs.field(default=5, validator=_positive)
     # Apps added with `python -m asr_actors apps add` (embedded mode); it holds secrets: git ignores it.
     apps_file: str = "apps.local.toml"
     # Listen with SO_REUSEPORT, so that several gateway processes share the port (`serve --workers`).
@@ -301,7 +306,14 @@ class BusConfig:
     # ended, their engine slots freed) this often.
     heartbeat_interval: float = attrs.field(default=1.0, validator=_positive)
     worker_ttl: float = attrs.field(default=3.0, validator=_positive)
-    gateway_ttl: float = attrs.field(default=3.0, validator=_positive)
+    gateway_ttl: float = attrs.field(default=10.0, validator=_positive)
+    # A worker claims no session while its event loop runs this many seconds late (it cannot keep up with
+    # the sessions it has); the queued requests wait for another worker or their claim_timeout.
+    worker_max_loop_lag: float = attrs.field(default=0.25, validator=_positive)
+    # A gateway takes no new session while its records take this many seconds to reach Redis (its
+    # publishing cannot keep up with the audio of the sessions it has): 503 before the upgrade, with
+    # [server] overload_retry_after, and at a session's placement.
+    max_publish_lag: float = attrs.field(default=1.0, validator=_positive)
     # How often each process sends a canary round its pub/sub connection (a connection that delivers
     # nothing within this is replaced, its streams ended), and how long a new session waits for that
     # connection while it is being made (at start-up, after a Redis restart).

@@ -6,6 +6,7 @@ import functools
 import gc
 import ipaddress
 import logging
+import math
 import secrets
 import signal
 import time
@@ -26,6 +27,7 @@ from asr_actors.errors import DependencyUnavailable
 from asr_actors.limits import HandshakeRate, Limits, memory_limits
 from asr_actors.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from asr_actors.metrics import Metrics
+from asr_actors.overload import LoopLag
 from asr_actors.protocol import ErrorCode, ProtocolError
 from asr_actors.records import RecordStore
 from asr_actors.session import Shared
@@ -107,6 +109,13 @@ class Gateway:
         self._all_ended.set()
         self.metrics = Metrics()
         self._handshakes = HandshakeRate(config.server.handshakes_per_minute)
+        # Run by the serving loop (`_serve_gateway`); a gateway driven directly by tests is never overloaded.
+        self.loop_lag = LoopLag(config.server.max_loop_lag or math.inf)
+        self.metrics.watch(
+            "asr_event_loop_lag_seconds",
+            "How late this process's event loop runs (the largest of its last samples)",
+            lambda: self.loop_lag.lag,
+        )
         self.metrics.watch(
             "asr_engines_unavailable", "Engines that failed to prepare", lambda: len(self.unavailable)
         )
@@ -212,6 +221,13 @@ class Gateway:
                 log.info("refused a handshake from %s: over the rate limit", _address(stream))
                 self._refuse("rate")
                 response = http.text_response(429, "Too many connections from this address; slow down")
+            elif dialect is not None and (self.loop_lag.overloaded or self.bus.overload() is not None):
+                self._refuse("overload")
+                response = http.Response(
+                    503,
+                    b"Overloaded: this gateway cannot take more sessions now; retry later\n",
+                    extra_headers=((b"retry-after", str(server.overload_retry_after).encode()),),
+                )
             elif dialect is not None:
                 await self._websocket(stream, head, reader.rest(), deadline, dialect)
                 return
@@ -522,6 +538,7 @@ async def _serve_gateway(
                 config.server.reuse_port,
             )
             listening = Listening(url=f"http://{address}/")
+            listeners.start_soon(gateway.loop_lag.run)
             if bailian_port is not None:
                 bailian_address = await _listen(
                     listeners, gateway.handle_bailian_connection, LOOPBACK, bailian_port, connections

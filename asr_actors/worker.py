@@ -35,6 +35,7 @@ from asr_actors.engines.base import (
     UnsupportedStream,
 )
 from asr_actors.groups import first_leaf
+from asr_actors.overload import LoopLag
 
 log = logging.getLogger(__name__)
 
@@ -90,6 +91,8 @@ class Worker:
         self._stop_claiming = trio.CancelScope()
         # The gateways holding this worker's sessions (made with the Redis connection, in `run`).
         self._gateways: LivenessWatch
+        # No claims while the loop runs late: sessions already held keep their share of the process.
+        self._loop_lag = LoopLag(config.bus.worker_max_loop_lag)
 
     def drain(self) -> None:
         """Stop claiming; sessions already running go on to their end."""
@@ -114,6 +117,7 @@ class Worker:
             beating = trio.CancelScope()
             nursery.start_soon(_within, beating, heartbeat.run)
             nursery.start_soon(self._gateways.run)
+            nursery.start_soon(self._loop_lag.run)
             log.info("worker %s serving engine %s", self.id, self.engine.name)
             task_status.started(self.id)
             async with trio.open_nursery() as sessions:
@@ -133,6 +137,14 @@ class Worker:
         queue = wire.queue_key(self.engine.name)
         while True:
             await redis.wait_delivering()  # a session claimed now could not be served
+            if self._loop_lag.overloaded:
+                log.warning(
+                    "not claiming: the event loop runs %.2f s late (limit %g s)",
+                    self._loop_lag.lag,
+                    self.config.bus.worker_max_loop_lag,
+                )
+                await self._loop_lag.wait_calm()
+                log.info("claiming again")
             await self._slots.acquire()
             try:
                 popped = await redis.client.brpop([queue], timeout=CLAIM_POLL_SECONDS)
@@ -151,7 +163,7 @@ class Worker:
             self._start(redis, sessions, popped[1])
             # A burst of sessions (a gateway restarting, its clients reconnecting) is taken in bulk: one
             # round trip for as many queued requests as there are free slots, not one BRPOP each.
-            while self._slots.value:
+            while self._slots.value and not self._loop_lag.overloaded:
                 try:
                     queued = await redis.client.rpop(queue, count=min(self._slots.value, CLAIM_BATCH))
                 except RedisError as exc:

@@ -15,8 +15,9 @@ The first input byte picks the entry point; the rest is its input:
     6  iFlytek rtasr's service messages (iflytek_wire, and the engine's reading of them)
 
 The only exceptions allowed are the documented protocol errors (ProtocolError with its code,
-BusProtocolError, BadRequest, the services' WireError and the engines' EngineError); anything else is a crash, and libFuzzer stops with the input that caused
-it. libFuzzer prints the executions run ("Done N runs in S second(s)").
+BusProtocolError, BadRequest, the services' WireError and the engines' EngineError); anything else is
+a crash, and libFuzzer stops with the input that caused it. libFuzzer prints the executions run ("Done N
+runs in S second(s)").
 """
 
 from __future__ import annotations

@@ -69,7 +69,7 @@ def test_secret_env(monkeypatch: pytest.MonkeyPatch) -> None:
     assert "xyz" == config.apps["a"].resolve_secret("a")
 
 
-DURATION_SUFFIXES = ("_timeout", "_interval", "_ttl", "_linger", "_duration", "_time", "_skew")
+DURATION_SUFFIXES = ("_timeout", "_interval", "_ttl", "_linger", "_duration", "_time", "_skew", "_lag")
 
 
 def _durations(obj: object, prefix: str = "") -> dict[str, float]:

@@ -40,6 +40,10 @@ class Bus(Protocol):
 
     def statistics(self) -> BusStatistics: ...
 
+    def overload(self) -> str | None:
+        """Why the bus takes no new session now (it cannot keep up with those it has), or None."""
+        ...
+
     async def engine_problem(self, engine: str) -> str | None:
         """Why `engine` cannot take sessions now, or None if it can (for /readyz)."""
         ...

@@ -54,6 +54,9 @@ class MemoryBus:
     async def engine_problem(self, engine: str) -> str | None:
         return None if engine in self._engines else "not configured in this gateway"
 
+    def overload(self) -> str | None:
+        return None  # in-process: the gateway's own loop lag is the measure (`server.Gateway`)
+
     def statistics(self) -> BusStatistics:
         return BusStatistics(streams_open=sum(self._streams_by_engine.values()))
 

@@ -123,6 +123,12 @@ class RedisBus:
             ):
                 await self._heartbeat.goodbye()
 
+    def overload(self) -> str | None:
+        lag = self._redis.publish_lag
+        if lag > self._config.max_publish_lag:
+            return f"the bus is overloaded (records take {lag:.1f} s to reach Redis)"
+        return None
+
     def statistics(self) -> BusStatistics:
         return BusStatistics(
             streams_open=self._streams_open, failovers=self._failovers, malformed_results=self._malformed
@@ -176,6 +182,12 @@ class RedisBus:
             attempt=stream.attempt,
         ).encode()
         queue = wire.queue_key(stream.engine)
+        overload = self.overload()
+        if overload is not None:
+            # Taking another session now would make every session's audio later still: refused at its
+            # start, before it has sent audio it would lose.
+            log.info("refused a session: %s", overload)
+            raise EngineUnavailable("The gateway cannot take more sessions now (the bus is overloaded)")
         try:
             # A worker that claims the session finds this gateway's key alive (or ends the session).
             if not self._heartbeat.fresh:
