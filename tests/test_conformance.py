@@ -81,7 +81,7 @@ async def test_iflytek_worker_passes_on_the_fake(
 ) -> None:
     """`worker --engine iflytek` against the protocol-accurate fake iFlytek service passes every case."""
     from asr_actors.backend import build_engines
-    from tests.fake_iflytek.server import FakeIflytek
+    from asr_actors.testing.fake_iflytek import FakeIflytek
 
     monkeypatch.setenv("ASR_TEST_IFLYTEK_KEY", "test-key")
     with trio.fail_after(GUARD):

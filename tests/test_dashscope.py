@@ -1,8 +1,8 @@
 """The DashScope engine: the real `dashscope` SDK, through the whole gateway, against a fake server.
 
-The fake (tests/fake_dashscope) speaks the service's WebSocket protocol on loopback; nothing is mocked
-between the gateway and that socket. The SDK uses threads and real sockets, so these tests run on the
-real clock, each under an absolute `fail_after`.
+The fake (asr_actors/testing/fake_dashscope.py) speaks the service's WebSocket protocol on loopback;
+nothing is mocked between the gateway and that socket. The SDK uses threads and real sockets, so these
+tests run on the real clock, each under an absolute `fail_after`.
 """
 
 from __future__ import annotations
@@ -16,9 +16,9 @@ import trio
 
 from asr_actors.backend import build_engines
 from asr_actors.server import Gateway
-from tests.fake_dashscope.server import FakeDashScope, Switches
-from tests.fake_dashscope.server import text as fake_text
-from tests.fake_service import unreachable_url
+from asr_actors.testing.fake_dashscope import FakeDashScope, Switches
+from asr_actors.testing.fake_dashscope import text as fake_text
+from asr_actors.testing.fake_service import unreachable_url
 from tests.support import (
     APPKEY,
     SECRET,

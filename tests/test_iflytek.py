@@ -1,8 +1,8 @@
 """The iFlytek engine (rtasr), through the whole gateway, against a protocol-accurate fake on loopback.
 
-The fake (tests/fake_iflytek) checks the signature and speaks the service's WebSocket protocol; nothing is
-mocked between the gateway and that socket. Sockets are real, so these run on the real clock, each under an
-absolute `fail_after`.
+The fake (asr_actors/testing/fake_iflytek.py) checks the signature and speaks the service's WebSocket
+protocol; nothing is mocked between the gateway and that socket. Sockets are real, so these run on the
+real clock, each under an absolute `fail_after`.
 """
 
 from __future__ import annotations
@@ -16,10 +16,10 @@ from asr_actors.backend import build_engines
 from asr_actors.engines import iflytek_wire as wire
 from asr_actors.engines.base import Final, Partial, Word
 from asr_actors.server import Gateway
-from tests.fake_iflytek.server import FakeIflytek, Switches
-from tests.fake_iflytek.server import signature as fake_signature
-from tests.fake_iflytek.server import text as fake_text
-from tests.fake_service import unreachable_url
+from asr_actors.testing.fake_iflytek import FakeIflytek, Switches
+from asr_actors.testing.fake_iflytek import signature as fake_signature
+from asr_actors.testing.fake_iflytek import text as fake_text
+from asr_actors.testing.fake_service import unreachable_url
 from tests.support import (
     APPKEY,
     SECRET,

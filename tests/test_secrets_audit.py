@@ -18,9 +18,9 @@ from asr_actors.bus.redis import RedisBus
 from asr_actors.bus.redis_stores import RedisDirectory
 from asr_actors.engines.fake import FakeEngine
 from asr_actors.server import Gateway
+from asr_actors.testing.fake_dashscope import FakeDashScope, Switches
 from asr_actors.testing.redis_server import redis_server
 from asr_actors.worker import Worker
-from tests.fake_dashscope.server import FakeDashScope, Switches
 from tests.support import (
     APPKEY,
     SECRET,

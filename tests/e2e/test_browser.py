@@ -19,11 +19,11 @@ import pytest
 import trio
 from playwright.sync_api import Page
 
+from asr_actors.testing.fake_dashscope import FakeDashScope, Switches
+from asr_actors.testing.fake_dashscope import text as fake_text
 from asr_actors.testing.subprocess_server import running_server
 from asr_actors.testing.textnorm import normalize
 from tests.e2e.browser import buttons, lines, open_page, speech_file, wait_until_idle
-from tests.fake_dashscope.server import FakeDashScope, Switches
-from tests.fake_dashscope.server import text as fake_text
 
 DATA = Path(__file__).resolve().parent.parent / "data" / "librivox"
 ARTIFACTS = Path(__file__).resolve().parent.parent / "artifacts"

@@ -9,9 +9,9 @@ import pytest
 import trio
 
 from asr_actors import client
+from asr_actors.testing.fake_iflytek import FakeIflytek, Switches
+from asr_actors.testing.fake_iflytek import text as fake_text
 from asr_actors.testing.subprocess_server import running_server
-from tests.fake_iflytek.server import FakeIflytek, Switches
-from tests.fake_iflytek.server import text as fake_text
 
 APPKEY, SECRET = "e2e", "e2e-secret"
 KEY_ENV = "ASR_E2E_IFLYTEK_KEY"

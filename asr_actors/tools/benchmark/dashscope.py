@@ -1,19 +1,17 @@
 """`bench --dashscope`: the dashscope engine's transports side by side, against a fake DashScope upstream.
 
-For each transport and stream count: the fake upstream (`tests/fake_dashscope/server.py`, a partial every
-5 frames, a sentence every 10 characters) and a `serve` routing Chinese to it start as processes; N
+For each transport and stream count: the fake upstream (`asr_actors.testing.fake_dashscope`, a partial
+every 5 frames, a sentence every 10 characters) and a `serve` routing Chinese to it start as processes; N
 clients (in this process) each stream 100 ms binary frames at real time over protocol v1 for the
 duration, then end. Measured: each partial's latency from the frame that completed it (the fake hears one
 character per 5 frames, so a result's text says which frame that was), the time from the client's end to
-`end`, and the gateway's CPU, threads and RSS from outside (psutil). Runs from a source checkout (the
-fake lives with the tests).
+`end`, and the gateway's CPU, threads and RSS from outside (psutil).
 """
 
 from __future__ import annotations
 
 import json
 import math
-import os
 import re
 import sys
 import tempfile
@@ -30,7 +28,8 @@ import trio_websocket
 from asr_actors import client
 from asr_actors.tools.benchmark.run import FRAME_MS, child_process, cpu_seconds, rss_bytes
 
-FAKE_DASHSCOPE = Path(__file__).resolve().parents[3] / "tests" / "fake_dashscope" / "server.py"
+# The fake upstream runs as a module of the installed package (`asr_actors.testing`).
+FAKE_DASHSCOPE = "asr_actors.testing.fake_dashscope"
 KEY_ENV = "ASR_BENCH_DASHSCOPE_KEY"
 KEY = "bench-key"
 APPKEY, SECRET = "bench", "bench-secret"
@@ -149,13 +148,11 @@ async def measure_dashscope(
     with tempfile.TemporaryDirectory(prefix="asr-bench-dashscope-") as scratch:
         folder = Path(scratch)
         log = folder / "processes.log"
-        fake_arguments = [sys.executable, str(FAKE_DASHSCOPE), "--api-key", KEY]
+        fake_arguments = [sys.executable, "-m", FAKE_DASHSCOPE, "--api-key", KEY]
         fake_arguments += ["--chars-every-bytes", str(FRAME_BYTES * FRAMES_PER_CHAR)]
         if upstream_pings:
             fake_arguments += ["--ping-every", str(UPSTREAM_PING_EVERY_S), "--ping-while-closing"]
-        # The fake imports the other test helpers (`tests.fake_service`): the repository is on its path.
-        path = os.pathsep.join(filter(None, [str(FAKE_DASHSCOPE.parents[2]), os.environ.get("PYTHONPATH")]))
-        async with child_process(fake_arguments, log, {"PYTHONPATH": path}, re.compile(r"(ws://\S+)")) as (
+        async with child_process(fake_arguments, log, {}, re.compile(r"(ws://\S+)")) as (
             fake,
             found,
         ):

@@ -1,8 +1,8 @@
 """The benchmark orchestrator: starts the system under test, drives it with load processes, measures.
 
 Systems: asr-actors (`serve` with the synthetic engine; on the Redis bus also a redis-server on a free port
-and synthetic engine workers) and the reference relay (`bench/reference_relay.py`). Server-side processes
-are measured from outside with psutil: CPU time over the streaming phase, RSS before any connection,
+and synthetic engine workers) and the reference relay (`tools/benchmark/reference_relay.py`). Server-side
+processes are measured from outside with psutil: CPU time over the streaming phase, RSS before any connection,
 with every connection open and idle, and at its peak while streaming.
 """
 
@@ -30,7 +30,8 @@ from asr_actors.testing.redis_server import redis_server
 from asr_actors.testing.subprocess_server import running_server
 from asr_actors.tools.benchmark.load import SECRET_ENV
 
-REFERENCE_RELAY = Path(__file__).resolve().parents[3] / "bench" / "reference_relay.py"
+# The baseline runs as a module of the installed package.
+REFERENCE_RELAY = "asr_actors.tools.benchmark.reference_relay"
 STARTUP_TIMEOUT = 120
 # Memory settles (allocator arenas, connection buffers) before the idle connections are weighed.
 SETTLE_S = 2.0
@@ -168,7 +169,8 @@ async def _running(
                 child_process(
                     [
                         python,
-                        str(REFERENCE_RELAY),
+                        "-m",
+                        REFERENCE_RELAY,
                         "--partial-frames",
                         str(workload.partial_frames),
                         "--final-frames",

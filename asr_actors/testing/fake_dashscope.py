@@ -21,7 +21,7 @@ import attrs
 import trio
 import trio_websocket
 
-from tests.fake_service import ping_until_closed, serve_on_loopback
+from asr_actors.testing.fake_service import ping_until_closed, serve_on_loopback
 
 TEXT = "今天天气很好我们一起去公园散步吧"
 

@@ -25,7 +25,7 @@ import attrs
 import trio
 import trio_websocket
 
-from tests.fake_service import ping_until_closed, serve_on_loopback
+from asr_actors.testing.fake_service import ping_until_closed, serve_on_loopback
 
 TEXT = "科大讯飞实时语音转写服务测试文本"
 END_OF_AUDIO = b'{"end": true}'

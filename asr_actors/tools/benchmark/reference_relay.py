@@ -1,6 +1,6 @@
 """A minimal reference relay on asyncio `websockets`, the library vosk-server, sherpa-onnx and FunASR use.
 
-    python bench/reference_relay.py --port 0     (prints "listening on PORT")
+    python asr_actors/tools/benchmark/reference_relay.py --port 0     (prints "listening on PORT")
 
 It speaks the part of protocol v1 the benchmark uses (binary PCM frames, `ping`, `{"status": "end"}`,
 the same result envelope) and runs the same synthetic engine core as asr-actors
