@@ -12,16 +12,18 @@ import re
 import secrets
 import sys
 import time
+import traceback
 from collections.abc import Callable
 
 import attrs
 import trio
 
-from asr_actors import __version__, client, logs, transcripts
+from asr_actors import __version__, client, logs, transcripts, usage_errors
 from asr_actors.config import ConfigError, load_config
 from asr_actors.records import SessionRecord, TrafficRow
 
 SECRET_ENV = "ASR_ACTORS_SECRET"
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 LANGUAGE_CODE = re.compile(r"^[a-z]{2,3}(-[A-Za-z0-9]{2,8})?$")
 
 
@@ -63,7 +65,9 @@ def _add_bench(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         "(default: one frame period)",
     )
     bench.add_argument(
-        "--baseline", action="store_true", help="also run the workload against bench/reference_relay.py"
+        "--baseline",
+        action="store_true",
+        help="also run the workload against the reference relay (asyncio websockets)",
     )
     bench.add_argument(
         "--sweep", help="comma-separated stream counts to run one after another (instead of --streams)"
@@ -117,7 +121,7 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument(
         "--reuse-port", action="store_true", help="share the port with other processes (set by --workers)"
     )
-    serve.add_argument("--log-level", default="INFO")
+    serve.add_argument("--log-level", default="INFO", type=str.upper, choices=LOG_LEVELS)
 
     worker = commands.add_parser("worker", help="run engine sessions for gateways, through Redis ([bus] url)")
     worker.add_argument(
@@ -127,7 +131,7 @@ def _parser() -> argparse.ArgumentParser:
         "--config", help="TOML config file (default: $ASR_ACTORS_CONFIG, else built-in defaults)"
     )
     worker.add_argument("--concurrency", type=int, default=4, help="sessions run at once")
-    worker.add_argument("--log-level", default="INFO")
+    worker.add_argument("--log-level", default="INFO", type=str.upper, choices=LOG_LEVELS)
 
     records = commands.add_parser("records", help="print traffic per app and day, or session transcripts")
     records.add_argument("kind", choices=["traffic", "transcripts"])
@@ -215,14 +219,19 @@ def main(argv: list[str] | None = None) -> int:
     }
     try:
         return commands_by_name[args.command](args)
-    except ConfigError as exc:
-        print(f"config error: {exc}", file=sys.stderr)
-        return 2
     except client.ServerError as exc:
         print(f"\nserver error {exc.code}: {exc.message}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         return 130
+    except BaseException as exc:
+        problem = usage_errors.explain(exc, args.command)
+        if problem is None:
+            raise  # a bug: its traceback is what a report needs
+        if getattr(args, "log_level", "").upper() == "DEBUG":
+            traceback.print_exception(exc)
+        print(f"asr-actors {args.command}: {problem.message}", file=sys.stderr)
+        return problem.exit_code
 
 
 def _serve(args: argparse.Namespace) -> int:

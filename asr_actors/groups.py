@@ -13,3 +13,10 @@ def first_leaf(group: BaseExceptionGroup[E]) -> E:
     while isinstance(exc, BaseExceptionGroup):
         exc = exc.exceptions[0]
     return exc
+
+
+def leaves(exc: BaseException) -> list[BaseException]:
+    """Every exception in `exc` that is not a group, in order (`exc` itself if it is not a group)."""
+    if not isinstance(exc, BaseExceptionGroup):
+        return [exc]
+    return [leaf for inner in exc.exceptions for leaf in leaves(inner)]

@@ -23,7 +23,7 @@ from asr_actors.bus import wire
 from asr_actors.bus.liveness import Heartbeat, LivenessWatch
 from asr_actors.bus.memory import run_engine
 from asr_actors.bus.redis_connection import RedisConnection, RedisError, new_process_id
-from asr_actors.config import Config
+from asr_actors.config import Config, ConfigError
 from asr_actors.engines.base import (
     Engine,
     EngineEvent,
@@ -372,7 +372,9 @@ def build_engine(config: Config, name: str) -> Engine:
 
     engines = build_engines(config, {name})
     if name not in engines:
-        raise ValueError(f"unknown engine {name!r}")
+        raise ConfigError(
+            f"--engine {name!r} is not an engine (one of: dashscope, fake, iflytek, local, synthetic)"
+        )
     return engines[name]
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import signal
+import socket
 import subprocess
 import sys
 import wave
@@ -236,3 +237,84 @@ async def test_transcripts_with_word_times_as_json_srt_and_from_the_records(tmp_
     assert "young man" in as_srt.lower()
     assert as_vtt.startswith("WEBVTT\n\n00:00:0")
     assert "young man" in as_vtt.lower()
+
+
+FAKE_ONLY = '[engines]\ndefault = "fake"\n[languages.en]\nengine = "fake"\n[records]\nenabled = false\n'
+
+
+def _closed_port() -> int:
+    with socket.socket() as placeholder:
+        placeholder.bind(("127.0.0.1", 0))
+        port: int = placeholder.getsockname()[1]
+    return port
+
+
+@pytest.mark.parametrize(
+    ("case", "exit_code", "line"),
+    [
+        ("secret unset", 2, "asr-actors serve: config error: apps.x.secret_env: environment variable"),
+        ("port taken", 1, "asr-actors serve: cannot listen: the address is already in use"),
+        ("no server", 1, "asr-actors transcribe: cannot connect: all attempts to connect to 127.0.0.1:"),
+        ("unknown engine", 2, "asr-actors worker: config error: --engine 'nosuch' is not an engine"),
+        ("bad log level", 2, "asr-actors serve: error: argument --log-level: invalid choice: 'FOO'"),
+        ("redis down", 1, "asr-actors apps: cannot reach Redis: "),
+    ],
+)
+def test_user_errors_are_one_line_and_an_exit_code(
+    tmp_path: Path, case: str, exit_code: int, line: str
+) -> None:
+    """Each mistake a user makes at the command line, run as the real command: the last line of stderr says
+    what is wrong (and what to do), the exit code is 2 for usage and config, 1 at run time, and no
+    traceback is printed."""
+    config = tmp_path / "config.toml"
+    config.write_text(FAKE_ONLY)
+    command = ["serve", "--config", str(config), "--port", "0"]
+    holder = socket.socket()
+    if case == "secret unset":
+        config.write_text(f'[apps.x]\nsecret_env = "ASR_TEST_NO_SUCH_SECRET"\n{FAKE_ONLY}')
+    elif case == "port taken":
+        holder.bind(("127.0.0.1", 0))
+        holder.listen()
+        command = ["serve", "--config", str(config), "--port", str(holder.getsockname()[1])]
+    elif case == "no server":
+        audio = tmp_path / "a.wav"
+        with wave.open(str(audio), "wb") as wav:
+            wav.setnchannels(1)
+            wav.setsampwidth(2)
+            wav.setframerate(16000)
+            wav.writeframes(b"\x00\x00" * 1600)
+        command = ["transcribe", "--url", f"ws://127.0.0.1:{_closed_port()}/v1/asr", str(audio)]
+    elif case == "unknown engine":
+        command = ["worker", "--engine", "nosuch", "--config", str(config)]
+    elif case == "bad log level":
+        command = ["serve", "--log-level", "foo", "--config", str(config)]
+    elif case == "redis down":
+        config.write_text(f'[bus]\nkind = "redis"\nurl = "redis://127.0.0.1:{_closed_port()}/0"\n')
+        command = ["apps", "list", "--config", str(config)]
+    with holder:
+        result = subprocess.run(
+            [sys.executable, "-m", "asr_actors", *command],
+            capture_output=True,
+            text=True,
+            check=False,
+            timeout=GUARD,
+        )
+    assert exit_code == result.returncode, result.stderr
+    assert result.stderr.strip().splitlines()[-1].startswith(line), result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_the_traceback_is_shown_at_debug_level(tmp_path: Path) -> None:
+    """`--log-level debug` shows the traceback behind a user error, then the same one line."""
+    config = tmp_path / "config.toml"
+    config.write_text(f'[apps.x]\nsecret_env = "ASR_TEST_NO_SUCH_SECRET"\n{FAKE_ONLY}')
+    result = subprocess.run(
+        [sys.executable, "-m", "asr_actors", "serve", "--config", str(config), "--log-level", "debug"],
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=GUARD,
+    )
+    assert 2 == result.returncode
+    assert "Traceback" in result.stderr
+    assert result.stderr.strip().splitlines()[-1].startswith("asr-actors serve: config error: ")
