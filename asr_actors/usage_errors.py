@@ -19,6 +19,8 @@ from asr_actors.groups import leaves
 
 USAGE = 2
 RUNTIME = 1
+# What `bench` needs beyond the server: the `bench` extra.
+BENCH_EXTRA = frozenset({"psutil", "websockets", "matplotlib"})
 
 
 @attrs.frozen
@@ -39,6 +41,8 @@ def explain(exc: BaseException, command: str) -> UsageError | None:
 def _explain_one(exc: BaseException, command: str) -> UsageError | None:  # noqa: PLR0911 -- a return per kind
     if isinstance(exc, ConfigError):
         return UsageError(f"config error: {exc}", USAGE)
+    if isinstance(exc, ModuleNotFoundError) and command == "bench" and exc.name in BENCH_EXTRA:
+        return UsageError(f"needs {exc.name}: pip install 'asr-actors[bench]'", USAGE)
     if isinstance(exc, EngineUnavailable):
         return UsageError(f"the engine cannot run: {exc}", RUNTIME)
     if isinstance(exc, DependencyUnavailable):

@@ -318,3 +318,21 @@ def test_the_traceback_is_shown_at_debug_level(tmp_path: Path) -> None:
     assert 2 == result.returncode
     assert "Traceback" in result.stderr
     assert result.stderr.strip().splitlines()[-1].startswith("asr-actors serve: config error: ")
+
+
+def test_bench_without_its_extra_names_the_install() -> None:
+    """Without the `bench` extra (psutil made unimportable here), `bench` says what to install."""
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "import sys; sys.modules['psutil'] = None; from asr_actors.__main__ import main; "
+            "sys.exit(main(['bench', '--streams', '1', '--duration', '1']))",
+        ],
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=GUARD,
+    )
+    assert 2 == result.returncode
+    assert "asr-actors bench: needs psutil: pip install 'asr-actors[bench]'" == result.stderr.strip()

@@ -1,5 +1,6 @@
-"""The wheel a user installs: one top-level package, the page inside it, an `asr-actors` command that
-serves the page from an empty folder.
+"""The wheel a user installs: one top-level package, the page inside it, its licence, and every command of
+`asr-actors` working from it outside any checkout: `serve` answers the page from an empty folder, `bench`
+measures, `conformance` checks a worker started from the wheel.
 
 The wheel is built from this checkout (`pip wheel`, no build isolation: nothing is downloaded) and
 installed with `--target` into a scratch folder put first on PYTHONPATH, so that the installed copy,
@@ -15,9 +16,12 @@ import sys
 import zipfile
 from pathlib import Path
 
+import coredis
 import trio
 
 from asr_actors import __version__
+from asr_actors.bus import wire
+from asr_actors.testing.redis_server import redis_server
 from tests.test_http import http_get
 
 ROOT = Path(__file__).resolve().parent.parent.parent
@@ -67,6 +71,18 @@ async def test_the_wheel_serves_the_page_from_an_empty_folder(tmp_path: Path) ->
         zipfile.ZipFile(wheel).read(f"asr_actors-{__version__}.dist-info/entry_points.txt").decode()
     )
     assert "asr-actors = asr_actors.__main__:main" in entry_points
+    for tool in (
+        "asr_actors/tools/__init__.py",
+        "asr_actors/tools/conformance.py",
+        "asr_actors/tools/benchmark/reference_relay.py",
+        "asr_actors/testing/__init__.py",
+        "asr_actors/testing/fake_dashscope.py",
+        f"asr_actors-{__version__}.dist-info/licenses/LICENSE",
+        f"asr_actors-{__version__}.dist-info/licenses/THIRD-PARTY-NOTICES.md",
+    ):
+        assert tool in names
+    metadata = zipfile.ZipFile(wheel).read(f"asr_actors-{__version__}.dist-info/METADATA").decode()
+    assert "License-Expression: Apache-2.0" in metadata.splitlines()
 
     empty = tmp_path / "empty"
     empty.mkdir()
@@ -113,3 +129,57 @@ async def test_the_wheel_serves_the_page_from_an_empty_folder(tmp_path: Path) ->
             await process.wait()
             await process.stdout.aclose()  # type: ignore[union-attr]
     assert [] == list(empty.iterdir()), "serving wrote nothing into the folder it was started from"
+
+
+COMMANDS = ("serve", "worker", "sign", "records", "conformance", "apps", "routes", "transcribe", "bench")
+
+
+async def test_every_command_runs_from_the_installed_wheel(tmp_path: Path) -> None:
+    """From an empty folder, with only the installed wheel importable as asr_actors: every command's
+    `--help`; a real `bench` (in-process bus, 2 streams, with the reference relay beside it); a worker
+    started from the wheel passes a real `conformance` run from the wheel on a real redis-server."""
+    _wheel, target = build_and_install(tmp_path)
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    env = {**os.environ, "PYTHONPATH": str(target)}
+    command = str(target / "bin" / "asr-actors")
+    with trio.fail_after(GUARD * 2):
+        for name in COMMANDS:
+            shown = await trio.run_process([command, name, "--help"], cwd=empty, env=env, capture_stdout=True)
+            assert shown.stdout.decode().startswith(f"usage: asr-actors {name}")
+        bench = await trio.run_process(
+            [command, "bench", "--streams", "2", "--duration", "1", "--baseline"],
+            cwd=empty,
+            env=env,
+            capture_stdout=True,
+            capture_stderr=True,
+        )
+        table = bench.stdout.decode()
+        assert "| sessions ok / started | 2 / 2 | 2 / 2 |" in table, table
+        async with redis_server(tmp_path) as redis:
+            config = tmp_path / "worker.toml"
+            config.write_text(f'[bus]\nkind = "redis"\nurl = "{redis.url}"\n')
+            worker = await trio.lowlevel.open_process(
+                [command, "worker", "--engine", "fake", "--config", str(config)],
+                cwd=empty,
+                env=env,
+                stderr=subprocess.DEVNULL,
+            )
+            try:
+                async with coredis.Redis(host="127.0.0.1", port=redis.port) as probe:
+                    while not await probe.keys(wire.worker_key("*")):  # noqa: ASYNC110 -- another process
+                        await trio.sleep(0.1)
+                checked = await trio.run_process(
+                    [command, "conformance", "--engine", "fake", "--redis", redis.url],
+                    cwd=empty,
+                    env=env,
+                    capture_stdout=True,
+                    check=False,
+                )
+            finally:
+                worker.terminate()
+                await worker.wait()
+    report = checked.stdout.decode()
+    assert 0 == checked.returncode, report
+    assert "FAIL" not in report
+    assert [] == list(empty.iterdir()), "no command wrote into the folder it was started from"
