@@ -170,9 +170,15 @@ class AppConfig:
 
 @attrs.frozen
 class DemoConfig:
-    # "auto": /v1/sign is served only when the server is bound to a loopback address.
+    # "auto": /v1/sign is served only when the server is bound to a loopback address, and only to direct
+    # local requests (a loopback peer, no Forwarded / X-Forwarded-* header); "on": to anyone; "off": never.
     enabled: str = attrs.field(default="auto", validator=attrs.validators.in_(["auto", "on", "off"]))
     appkey: str = "demo"
+    # The demo app's limits, unless [apps.<appkey>] sets its own: concurrent sessions, audio minutes per
+    # UTC day, and the engines it may use (offline ones by default; a paid service only when named).
+    max_sessions: int = attrs.field(default=4, validator=_non_negative)
+    audio_minutes_per_day: float = attrs.field(default=60.0, validator=_non_negative)
+    engines: tuple[str, ...] = ("local", "fake", "synthetic")
 
 
 @attrs.frozen

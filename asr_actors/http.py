@@ -54,6 +54,13 @@ class RequestHead:
     # A body follows the head (Content-Length above 0, or a transfer coding): nothing here reads bodies,
     # so such a request is answered and its connection closed.
     has_body: bool = False
+    # The client's IP address ("" for a stream without a socket).
+    peer: str = ""
+
+    @property
+    def proxied(self) -> bool:
+        """A proxy says it forwarded the request (RFC 7239 `Forwarded`, or the X-Forwarded-* family)."""
+        return any(name == "forwarded" or name.startswith("x-forwarded-") for name in self.headers)
 
     @property
     def path(self) -> str:

@@ -138,6 +138,13 @@ def app_limits(
     per_app_minutes = {
         appkey: app.audio_minutes_per_day for appkey, app in config.apps.items() if app.audio_minutes_per_day
     }
+    demo = config.demo
+    if demo.appkey not in config.apps:
+        # The app whose links the page hands out: small by default ([demo]).
+        if demo.max_sessions:
+            per_app_sessions[demo.appkey] = demo.max_sessions
+        if demo.audio_minutes_per_day:
+            per_app_minutes[demo.appkey] = demo.audio_minutes_per_day
     return Limits(
         slots_for(config.auth.sessions_per_app, per_app_sessions),
         DailyAudioLimits(quota, config.auth.audio_minutes_per_day, per_app_minutes),

@@ -49,13 +49,21 @@ def _address(stream: trio.abc.Stream) -> str:
     return str(peer[0]) if isinstance(peer, tuple) else str(peer)
 
 
+def _local_peer(peer: str) -> bool:
+    """A request from this host ("" is an in-memory stream: a test in this process)."""
+    return not peer or is_loopback(peer)
+
+
 def is_loopback(host: str) -> bool:
     if host == "localhost":
         return True
     try:
-        return ipaddress.ip_address(host).is_loopback
+        address = ipaddress.ip_address(host)
     except ValueError:
         return False
+    # A dual-stack socket reports an IPv4 client as ::ffff:a.b.c.d.
+    mapped = address.ipv4_mapped if isinstance(address, ipaddress.IPv6Address) else None
+    return (mapped or address).is_loopback
 
 
 # Answers a request that is not a WebSocket session: an HTTP response.
@@ -210,6 +218,7 @@ class Gateway:
             head = await _next_head(stream, reader, deadline, self._refuse if first else _not_counted)
             if head is None:
                 return
+            head = attrs.evolve(head, peer=_address(stream))
             first = False
             dialect = upgrade(head) if head.is_websocket else None
             origin = head.headers.get("origin")
@@ -302,6 +311,12 @@ class Gateway:
     async def _sign(self, head: http.RequestHead) -> http.Response:
         if not self.demo_enabled:
             return http.text_response(404, "Signing is disabled on this server")
+        if self.config.demo.enabled == "auto" and (head.proxied or not _local_peer(head.peer)):
+            # Behind a proxy on this host every request comes from loopback: the headers tell them apart.
+            log.info("refused a demo link to %s (proxied: %s)", head.peer or "-", head.proxied)
+            return http.text_response(
+                403, 'Demo links are given only to requests made on this host ([demo] enabled = "on")'
+            )
         demo = self.config.demo.appkey
         return http.signed_url_response(head, self.secrets[demo], demo, self.wall_clock())
 

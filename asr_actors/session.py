@@ -213,6 +213,11 @@ async def _run_admitted(
         engine = await shared.directory.engine_for(opened.language)
         if engine is None:
             raise ProtocolError(ErrorCode.BAD_INPUT, f"Language {opened.language!r} is not supported")
+        demo = config.demo
+        if admitted.appkey == demo.appkey and demo.appkey not in config.apps and engine not in demo.engines:
+            raise ProtocolError(
+                ErrorCode.BAD_INPUT, f"The demo app may not use the {engine} engine ([demo] engines)"
+            )
         spec = StreamSpec(session_id=task_id, language=opened.language, sample_rate=opened.sample_rate)
         facts.language, facts.engine, facts.sample_rate = spec.language, engine, spec.sample_rate
         log.info("stream opened: lang=%s rate=%d engine=%s", spec.language, spec.sample_rate, engine)

@@ -10,7 +10,7 @@ import pytest
 import trio
 
 from asr_actors import client, http
-from asr_actors.limits import HandshakeRate
+from asr_actors.limits import HandshakeRate, memory_limits
 from asr_actors.server import Gateway, serve
 from tests.support import fake_config
 
@@ -116,6 +116,50 @@ def test_signing_is_off_when_not_on_loopback() -> None:
     assert Gateway(attrs.evolve(public, server=attrs.evolve(public.server, host="::1")), {}, {}).demo_enabled
     forced = fake_config(server={"host": "0.0.0.0"}, demo={"enabled": "on"})
     assert Gateway(forced, {}, {}).demo_enabled
+
+
+@pytest.mark.parametrize(
+    "proxy_header",
+    ["X-Forwarded-For: 203.0.113.9", "Forwarded: for=203.0.113.9;proto=https", "X-Forwarded-Host: a.example"],
+)
+async def test_no_demo_link_through_a_proxy_unless_turned_on(
+    nursery: trio.Nursery, proxy_header: str
+) -> None:
+    """A gateway on loopback behind a proxy on the same host sees every request come from 127.0.0.1: with
+    [demo] enabled = "auto" a request that a proxy forwarded gets 403 and no link; with "on" (the operator
+    asked for it by name) it gets one."""
+    listening = await nursery.start(serve, fake_config(server={"port": 0}))
+    host = listening.url.removeprefix("http://").rstrip("/")
+    request = f"GET /v1/sign HTTP/1.1\r\nHost: {host}\r\n{proxy_header}\r\nConnection: close\r\n\r\n"
+    [(status, _, body)] = await exchange(listening.url, request.encode())
+    assert (403, False) == (status, b"ws://" in body)
+    opened = await nursery.start(serve, fake_config(server={"port": 0}, demo={"enabled": "on"}))
+    host = opened.url.removeprefix("http://").rstrip("/")
+    request = f"GET /v1/sign HTTP/1.1\r\nHost: {host}\r\n{proxy_header}\r\nConnection: close\r\n\r\n"
+    [(status, _, body)] = await exchange(opened.url, request.encode())
+    assert 200 == status
+    assert json.loads(body)["url"].startswith("ws://")
+
+
+def test_the_demo_app_is_small_by_default() -> None:
+    """The demo app's default limits: 4 sessions, 60 audio minutes a day; an [apps.demo] of the operator's
+    own replaces them."""
+    limits = memory_limits(fake_config())
+    assert (4, 60.0) == (limits.slots.limit_for("demo"), limits.audio.minutes_for("demo"))
+    own = memory_limits(fake_config(apps={"demo": {"secret": "s" * 16, "max_sessions": 9}}))
+    assert 9 == own.slots.limit_for("demo")
+
+
+async def test_the_demo_app_uses_only_the_engines_it_is_allowed(nursery: trio.Nursery) -> None:
+    """A demo link's session on an engine outside [demo] engines: 403 with the reason, no stream."""
+    listening = await nursery.start(serve, fake_config(server={"port": 0}, demo={"engines": ["local"]}))
+    _, _, body = await http_get(listening.url, "/v1/sign")
+    with trio.fail_after(GUARD), pytest.raises(client.ServerError) as refused:
+        await client.stream_pcm(json.loads(body)["url"], b"\x01\x00" * 1600)
+    assert (403, "The demo app may not use the fake engine ([demo] engines)") == (
+        refused.value.code,
+        refused.value.message,
+    )
 
 
 async def test_v1_refuses_foreign_browser_origins(base_url: str) -> None:

@@ -268,8 +268,11 @@ async def test_chinese_through_the_page_and_the_dashscope_sdk(tmp_path: Path) ->
     async with trio.open_nursery() as nursery:
         fake = FakeDashScope(Switches(api_key="page-test-key"))
         url = await nursery.start(fake.serve)
+        # The demo app uses the paid service only when the operator names it ([demo] engines).
         config = write_config(
-            tmp_path, f'[engines.dashscope]\nurl = "{url}"\napi_key_env = "ASR_PAGE_TEST_KEY"\n'
+            tmp_path,
+            f'[demo]\nengines = ["local", "dashscope"]\n'
+            f'[engines.dashscope]\nurl = "{url}"\napi_key_env = "ASR_PAGE_TEST_KEY"\n',
         )
 
         def drive(page_url: str) -> None:
