@@ -88,6 +88,13 @@ def _add_bench(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     bench.add_argument("--plot", metavar="FILE", help="write a PNG of p99 latency and CPU against streams")
 
 
+def _add_logging(command: argparse.ArgumentParser) -> None:
+    command.add_argument("--log-level", default="INFO", type=str.upper, choices=LOG_LEVELS)
+    command.add_argument(
+        "--log-format", default="text", choices=logs.FORMATS, help="json: one JSON object per line"
+    )
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="asr-actors", description=__doc__)
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
@@ -121,7 +128,7 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument(
         "--reuse-port", action="store_true", help="share the port with other processes (set by --workers)"
     )
-    serve.add_argument("--log-level", default="INFO", type=str.upper, choices=LOG_LEVELS)
+    _add_logging(serve)
 
     worker = commands.add_parser("worker", help="run engine sessions for gateways, through Redis ([bus] url)")
     worker.add_argument(
@@ -131,7 +138,7 @@ def _parser() -> argparse.ArgumentParser:
         "--config", help="TOML config file (default: $ASR_ACTORS_CONFIG, else built-in defaults)"
     )
     worker.add_argument("--concurrency", type=int, default=4, help="sessions run at once")
-    worker.add_argument("--log-level", default="INFO", type=str.upper, choices=LOG_LEVELS)
+    _add_logging(worker)
 
     records = commands.add_parser("records", help="print traffic per app and day, or session transcripts")
     records.add_argument("kind", choices=["traffic", "transcripts"])
@@ -235,7 +242,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _serve(args: argparse.Namespace) -> int:
-    logs.configure(args.log_level)
+    logs.configure(args.log_level, args.log_format)
     config = load_config(args.config)
     server = config.server
     server = attrs.evolve(
@@ -253,7 +260,7 @@ def _serve(args: argparse.Namespace) -> int:
             raise ConfigError("--compat-bailian serves from one process: leave out --workers")
         from asr_actors.prefork import serve_processes
 
-        child_arguments = ["--log-level", args.log_level]
+        child_arguments = ["--log-level", args.log_level, "--log-format", args.log_format]
         if args.config:
             child_arguments += ["--config", args.config]
         return trio.run(serve_processes, config, args.workers, child_arguments)
@@ -276,7 +283,7 @@ def _serve(args: argparse.Namespace) -> int:
 def _worker(args: argparse.Namespace) -> int:
     from asr_actors.worker import serve_worker
 
-    logs.configure(args.log_level)
+    logs.configure(args.log_level, args.log_format)
     config = load_config(args.config)
     trio.run(serve_worker, config, args.engine, args.concurrency)
     return 0

@@ -15,6 +15,8 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Proc
 from prometheus_client.core import CounterMetricFamily
 from prometheus_client.registry import Collector
 
+from asr_actors import __version__
+
 CONTENT_TYPE = prometheus_client.CONTENT_TYPE_LATEST
 # Latency buckets (seconds) for results: a partial should follow its audio within a fraction of a second,
 # a final within a second or two of its sentence's end.
@@ -38,11 +40,22 @@ class Metrics:
         self.registry = CollectorRegistry()
         ProcessCollector(registry=self.registry)
         self.sessions_active = Gauge("asr_sessions_active", "Sessions running now", registry=self.registry)
+        Gauge("asr_build_info", "The running release (always 1)", ["version"], registry=self.registry).labels(
+            version=__version__
+        ).set(1)
+        # `engine` and `language` are the session's route ("none" before one was chosen): values from the
+        # configuration, never from what a client sends, so the label sets stay bounded.
         self.sessions = Counter(
-            "asr_sessions", "Sessions ended, by outcome", ["outcome"], registry=self.registry
+            "asr_sessions",
+            "Sessions ended, by outcome, engine and language",
+            ["outcome", "engine", "language"],
+            registry=self.registry,
         )
         self.errors = Counter(
-            "asr_session_errors", "Sessions ended with an error, by code", ["code"], registry=self.registry
+            "asr_session_errors",
+            "Sessions ended with an error, by code, engine and language",
+            ["code", "engine", "language"],
+            registry=self.registry,
         )
         self.audio_seconds = Counter("asr_audio_seconds", "Seconds of audio received", registry=self.registry)
         self.duration = Histogram(
@@ -54,12 +67,14 @@ class Metrics:
         self.first_partial = Histogram(
             "asr_first_partial_seconds",
             "From a session's first audio frame to its first partial result",
+            ["engine", "language"],
             buckets=RESULT_BUCKETS,
             registry=self.registry,
         )
         self.final_latency = Histogram(
             "asr_final_latency_seconds",
             "From the arrival of the audio that ends a sentence to that sentence's final result",
+            ["engine", "language"],
             buckets=RESULT_BUCKETS,
             registry=self.registry,
         )

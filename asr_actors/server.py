@@ -378,17 +378,19 @@ class Gateway:
         metrics = self.metrics
         metrics.duration.observe(seconds)
         metrics.audio_seconds.inc(outcome.audio_seconds)
+        route = {"engine": outcome.engine or "none", "language": outcome.language or "none"}
         if outcome.first_partial_s is not None:
-            metrics.first_partial.observe(outcome.first_partial_s)
+            metrics.first_partial.labels(**route).observe(outcome.first_partial_s)
         for latency in outcome.final_latencies:
-            metrics.final_latency.observe(latency)
+            metrics.final_latency.labels(**route).observe(latency)
         if outcome.fault:
             metrics.faults.labels(stage="session").inc()
         if outcome.error is not None:
-            metrics.sessions.labels(outcome="error").inc()
-            metrics.errors.labels(code=str(int(outcome.error.code))).inc()
+            metrics.sessions.labels(outcome="error", **route).inc()
+            metrics.errors.labels(code=str(int(outcome.error.code)), **route).inc()
         else:
-            metrics.sessions.labels(outcome="client_gone" if outcome.client_gone else "ok").inc()
+            outcome_name = "client_gone" if outcome.client_gone else "ok"
+            metrics.sessions.labels(outcome=outcome_name, **route).inc()
 
     async def drain(self, grace_s: float) -> None:
         """Let running sessions finish for up to `grace_s`, then end the rest with 503 (the caller has

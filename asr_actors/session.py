@@ -52,6 +52,9 @@ class Outcome:
     # Seconds from the first audio to the first partial, and from each sentence's last audio to its final.
     first_partial_s: float | None = None
     final_latencies: tuple[float, ...] = ()
+    # The route it took ("" if it ended before one was chosen).
+    engine: str = ""
+    language: str = ""
 
 
 @attrs.define(eq=False)  # identity, so that the gateway can keep them in a set
@@ -153,6 +156,8 @@ async def run(
         fault=ending.fault,
         first_partial_s=facts.ledger.first_partial_s,
         final_latencies=tuple(facts.ledger.final_latencies),
+        engine=facts.engine,
+        language=facts.language if facts.engine else "",
     )
 
 

@@ -228,7 +228,10 @@ async def test_records_that_cannot_be_kept_do_not_touch_the_session(
         while gateway.active_sessions:  # noqa: ASYNC110 -- the gateway's own count, no event for it
             await trio.sleep(0.01)
     assert ["could not keep the session record"] == [r.getMessage() for r in caplog.records]
-    assert 'asr_sessions_total{outcome="ok"} 1.0' in gateway.metrics.exposition().decode()
+    assert (
+        'asr_sessions_total{engine="fake",language="en",outcome="ok"} 1.0'
+        in gateway.metrics.exposition().decode()
+    )
 
 
 def test_session_judges_groups_as_it_judges_single_exceptions() -> None:

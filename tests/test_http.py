@@ -9,7 +9,7 @@ import h11
 import pytest
 import trio
 
-from asr_actors import client, http
+from asr_actors import __version__, client, http
 from asr_actors.limits import HandshakeRate, memory_limits
 from asr_actors.server import Gateway, serve
 from tests.support import fake_config
@@ -188,14 +188,16 @@ async def test_readyz_and_metrics(base_url: str) -> None:
     status, headers, text = await http_get(base_url, "/metrics")
     assert 200 == status
     assert headers["content-type"].startswith("text/plain")
-    assert 'asr_sessions_total{outcome="ok"} 1.0' in text.decode()
+    # Per route: engine and language as labels; the release as asr_build_info.
+    assert 'asr_sessions_total{engine="fake",language="en",outcome="ok"} 1.0' in text.decode()
+    assert f'asr_build_info{{version="{__version__}"}} 1.0' in text.decode()
     assert "asr_sessions_active 0.0" in text.decode()
     assert "asr_audio_seconds_total 0.2" in text.decode()
     assert "asr_bus_failovers_total 0.0" in text.decode()
     # The conventions: the process collector, and result latencies as histograms.
     assert "process_cpu_seconds_total" in text.decode()
-    assert "asr_first_partial_seconds_count 1.0" in text.decode()
-    assert "asr_final_latency_seconds_count 1.0" in text.decode()
+    assert 'asr_first_partial_seconds_count{engine="fake",language="en"} 1.0' in text.decode()
+    assert 'asr_final_latency_seconds_count{engine="fake",language="en"} 1.0' in text.decode()
 
 
 def test_handshake_rate_is_a_token_bucket() -> None:

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 import trio
 
-from asr_actors import protocol, signing
+from asr_actors import client, protocol, signing
 from asr_actors.testing.subprocess_server import running_server
 
 GUARD = 120
@@ -336,3 +336,21 @@ def test_bench_without_its_extra_names_the_install() -> None:
     )
     assert 2 == result.returncode
     assert "asr-actors bench: needs psutil: pip install 'asr-actors[bench]'" == result.stderr.strip()
+
+
+async def test_json_logs_carry_the_session_and_app(tmp_path: Path) -> None:
+    """`serve --log-format json`: every line of the log is one JSON object, and a session's lines carry
+    its id and app."""
+    config = tmp_path / "config.toml"
+    config.write_text(f'[apps.cli]\nsecret = "cli-secret-0123456"\n{FAKE_ONLY}')
+    log = tmp_path / "serve.log"
+    with trio.fail_after(GUARD):
+        async with running_server(config, arguments=["--log-format", "json"], log=log) as (url, _):
+            ws_url = url.replace("http://", "ws://") + "v1/asr"
+            await client.stream_pcm(client.sign_url(ws_url, "cli", "cli-secret-0123456"), b"\x01\x00" * 16000)
+    entries = [json.loads(line) for line in log.read_text().splitlines()]
+    assert entries, "the gateway logged"
+    assert {"time", "level", "logger", "session", "app", "message"} <= set(entries[0])
+    session_lines = [entry for entry in entries if entry["session"] != "-"]
+    assert session_lines, entries
+    assert {"cli"} == {entry["app"] for entry in session_lines if entry["app"] != "-"}
