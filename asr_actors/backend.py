@@ -9,13 +9,12 @@ from __future__ import annotations
 import os
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
-from pathlib import Path
 
 import attrs
 
 from asr_actors.bus.base import Bus
 from asr_actors.bus.memory import MemoryBus
-from asr_actors.config import Config
+from asr_actors.config import Config, state_path
 from asr_actors.directory import Directory, DirectoryAdmin, FileAdmin, StaticDirectory, read_apps_file
 from asr_actors.engines.base import Engine
 from asr_actors.limits import Limits, app_limits
@@ -73,7 +72,7 @@ def resolve_secrets(config: Config) -> dict[str, str]:
     configured = {appkey: app.resolve_secret(appkey) for appkey, app in config.apps.items()}
     shared_demo = os.environ.get(DEMO_SECRET_ENV)
     demo = {config.demo.appkey: shared_demo} if shared_demo else {}
-    return {**demo, **read_apps_file(Path(config.server.apps_file)), **configured}
+    return {**demo, **read_apps_file(state_path(config, config.server.apps_file)), **configured}
 
 
 @attrs.frozen
@@ -101,7 +100,11 @@ async def backend(config: Config) -> AsyncIterator[Backend]:
     if config.bus.kind == "memory":
         engines = build_engines(config)
         memory = MemoryBus(engines, events_capacity=channels.engine_events)
-        records = SqliteRecordStore(keep.path, keep.retention_days) if keep.enabled else None
+        records = (
+            SqliteRecordStore(str(state_path(config, keep.path)), keep.retention_days)
+            if keep.enabled
+            else None
+        )
         yield Backend(memory, engines, MemoryReplayGuard(), records, admin=FileAdmin(config))
         return
     from asr_actors.bus.redis import RedisBus

@@ -18,6 +18,8 @@ import cattrs
 import cattrs.v
 
 CONFIG_ENV = "ASR_ACTORS_CONFIG"
+# The state directory when [server] state_dir is empty (before $XDG_STATE_HOME).
+STATE_DIR_ENV = "ASR_ACTORS_STATE_DIR"
 KNOWN_ENGINES = frozenset({"local", "fake", "dashscope", "iflytek", "synthetic"})
 # On the Redis bus engines are separate workers, in any language: any name of this shape may be routed.
 ENGINE_NAME = re.compile(r"^[a-z][a-z0-9_-]{0,31}$")
@@ -75,7 +77,12 @@ class ServerConfig:
     # taking more would make all of them late (or, on the Redis bus, lose them). 0: never refuse.
     max_loop_lag: float = attrs.field(default=0.5, validator=_non_negative)
     overload_retry_after: int = attrs.field(default=5, validator=_positive)
-    # Apps added with `python -m asr_actors apps add` (embedded mode); it holds secrets: git ignores it.
+    # Where the files this server writes go when their paths are relative ([records] path, apps_file):
+    # "" is $ASR_ACTORS_STATE_DIR, else $XDG_STATE_HOME/asr-actors, else ~/.local/state/asr-actors; never
+    # the working directory.
+    state_dir: str = ""
+    # Apps added with `python -m asr_actors apps add` (embedded mode); it holds secrets (mode 600), in
+    # state_dir unless absolute.
     apps_file: str = "apps.local.toml"
     # Listen with SO_REUSEPORT, so that several gateway processes share the port (`serve --workers`).
     reuse_port: bool = False
@@ -340,7 +347,7 @@ class BusConfig:
 class RecordsConfig:
     # One record per session: app, language, engine, times, audio, error, every final sentence.
     enabled: bool = True
-    # The embedded gateway's SQLite file (relative to the working directory); on the Redis bus the records
+    # The embedded gateway's SQLite file ([server] state_dir unless absolute); on the Redis bus the records
     # live in Redis, shared by all gateways.
     path: str = "asr-records.sqlite3"
     retention_days: float = attrs.field(default=30.0, validator=_positive)
@@ -470,6 +477,24 @@ HOST_ENV = "ASR_ACTORS_HOST"
 PORT_ENV = "ASR_ACTORS_PORT"
 # Set: the bus is Redis at this URL ([bus] kind = "redis", url = it).
 BUS_URL_ENV = "ASR_ACTORS_BUS_URL"
+
+
+def state_path(config: Config, name: str) -> Path:
+    """Where a file this server writes lives: `name` if absolute, else in the state directory, which is
+    made (mode 700) if missing."""
+    path = Path(name).expanduser()
+    if path.is_absolute():
+        return path
+    folder = Path(config.server.state_dir).expanduser() if config.server.state_dir else _default_state_dir()
+    folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+    return folder / path
+
+
+def _default_state_dir() -> Path:
+    if os.environ.get(STATE_DIR_ENV):
+        return Path(os.environ[STATE_DIR_ENV]).expanduser()
+    xdg = os.environ.get("XDG_STATE_HOME")
+    return (Path(xdg) if xdg else Path.home() / ".local" / "state") / "asr-actors"
 
 
 def load_config(path: str | os.PathLike[str] | None = None) -> Config:

@@ -13,7 +13,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Protocol
 
-from asr_actors.config import Config
+from asr_actors.config import Config, state_path
 
 APPKEY_PATTERN = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
 
@@ -97,7 +97,7 @@ class FileAdmin:
 
     def __init__(self, config: Config) -> None:
         self._config = config
-        self._path = Path(config.server.apps_file)
+        self._path = state_path(config, config.server.apps_file)
 
     async def list_apps(self) -> list[str]:
         return sorted({*read_apps_file(self._path), *self._config.apps})

@@ -8,7 +8,7 @@ from pathlib import Path
 import attrs
 import pytest
 
-from asr_actors.config import Config, ConfigError, config_from_dict, load_config
+from asr_actors.config import Config, ConfigError, config_from_dict, load_config, state_path
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -123,3 +123,22 @@ def test_bus_urls_the_redis_client_takes(url: str) -> None:
 def test_a_renamed_key_names_its_new_name() -> None:
     with pytest.raises(ConfigError, match=r"\[bus\] subscription_queue was replaced: use route_queue"):
         config_from_dict({"bus": {"subscription_queue": 1024}})
+
+
+def test_files_the_server_writes_go_to_a_state_directory(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Records and the local app store are never written to the working directory: relative paths live in
+    $XDG_STATE_HOME/asr-actors (made, mode 700), $ASR_ACTORS_STATE_DIR over it, [server] state_dir over
+    both; an absolute path is kept."""
+    monkeypatch.delenv("ASR_ACTORS_STATE_DIR", raising=False)
+    monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path / "xdg"))
+    config = Config()
+    records = state_path(config, config.records.path)
+    assert tmp_path / "xdg" / "asr-actors" / "asr-records.sqlite3" == records
+    assert 0o700 == records.parent.stat().st_mode & 0o777
+    monkeypatch.setenv("ASR_ACTORS_STATE_DIR", str(tmp_path / "env"))
+    assert tmp_path / "env" / "apps.local.toml" == state_path(config, config.server.apps_file)
+    configured = config_from_dict({"server": {"state_dir": str(tmp_path / "configured")}})
+    assert tmp_path / "configured" / "apps.local.toml" == state_path(configured, "apps.local.toml")
+    assert tmp_path / "elsewhere.db" == state_path(configured, str(tmp_path / "elsewhere.db"))
