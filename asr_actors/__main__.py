@@ -88,6 +88,21 @@ def _add_bench(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     bench.add_argument("--plot", metavar="FILE", help="write a PNG of p99 latency and CPU against streams")
 
 
+def _add_worker(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    worker = commands.add_parser("worker", help="run engine sessions for gateways, through Redis ([bus] url)")
+    worker.add_argument(
+        "--engine", required=True, help="the engine this worker runs, e.g. local or dashscope"
+    )
+    worker.add_argument(
+        "--config", help="TOML config file (default: $ASR_ACTORS_CONFIG, else built-in defaults)"
+    )
+    worker.add_argument("--concurrency", type=int, default=4, help="sessions run at once")
+    worker.add_argument(
+        "--metrics-port", type=int, help="serve /metrics, /healthz and /readyz here ([worker] metrics_port)"
+    )
+    _add_logging(worker)
+
+
 def _add_logging(command: argparse.ArgumentParser) -> None:
     command.add_argument("--log-level", default="INFO", type=str.upper, choices=LOG_LEVELS)
     command.add_argument(
@@ -130,15 +145,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     _add_logging(serve)
 
-    worker = commands.add_parser("worker", help="run engine sessions for gateways, through Redis ([bus] url)")
-    worker.add_argument(
-        "--engine", required=True, help="the engine this worker runs, e.g. local or dashscope"
-    )
-    worker.add_argument(
-        "--config", help="TOML config file (default: $ASR_ACTORS_CONFIG, else built-in defaults)"
-    )
-    worker.add_argument("--concurrency", type=int, default=4, help="sessions run at once")
-    _add_logging(worker)
+    _add_worker(commands)
 
     records = commands.add_parser("records", help="print traffic per app and day, or session transcripts")
     records.add_argument("kind", choices=["traffic", "transcripts"])
@@ -285,6 +292,8 @@ def _worker(args: argparse.Namespace) -> int:
 
     logs.configure(args.log_level, args.log_format)
     config = load_config(args.config)
+    if args.metrics_port is not None:
+        config = attrs.evolve(config, worker=attrs.evolve(config.worker, metrics_port=args.metrics_port))
     trio.run(serve_worker, config, args.engine, args.concurrency)
     return 0
 

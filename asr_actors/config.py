@@ -344,6 +344,16 @@ class BusConfig:
 
 
 @attrs.frozen
+class WorkerConfig:
+    # An engine worker (`asr-actors worker`) on SIGTERM stops claiming and lets its sessions run for this
+    # long; those still running then end (their gateways place them on another worker) and it exits.
+    drain_timeout: float = attrs.field(default=30.0, validator=_positive)
+    # /metrics, /healthz and /readyz of the worker on this port (0: none), on metrics_host.
+    metrics_port: int = attrs.field(default=0, validator=_non_negative)
+    metrics_host: str = "127.0.0.1"
+
+
+@attrs.frozen
 class RecordsConfig:
     # One record per session: app, language, engine, times, audio, error, every final sentence.
     enabled: bool = True
@@ -374,6 +384,7 @@ class Config:
     demo: DemoConfig = DemoConfig()
     engines: EnginesConfig = EnginesConfig()
     bus: BusConfig = BusConfig()
+    worker: WorkerConfig = WorkerConfig()
     records: RecordsConfig = RecordsConfig()
     apps: dict[str, AppConfig] = attrs.field(factory=dict)
     languages: dict[str, LanguageRoute] = attrs.field(factory=_default_languages)

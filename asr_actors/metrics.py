@@ -8,14 +8,18 @@ also serves /metrics on metrics_port + i, so that each is scraped on its own (do
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator, Mapping
+from typing import TYPE_CHECKING
 
 import prometheus_client
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, ProcessCollector
 from prometheus_client.core import CounterMetricFamily
 from prometheus_client.registry import Collector
 
-from asr_actors import __version__
+from asr_actors import __version__, http
+
+if TYPE_CHECKING:
+    from asr_actors.worker import Worker
 
 CONTENT_TYPE = prometheus_client.CONTENT_TYPE_LATEST
 # Latency buckets (seconds) for results: a partial should follow its audio within a fraction of a second,
@@ -105,3 +109,54 @@ class Metrics:
 
     def exposition(self) -> bytes:
         return prometheus_client.generate_latest(self.registry)
+
+
+class WorkerMetrics:
+    """An engine worker's registry, served on its operator port ([worker] metrics_port) with its health."""
+
+    def __init__(self, worker: Worker) -> None:
+        self._worker = worker
+        self.registry = CollectorRegistry()
+        ProcessCollector(registry=self.registry)
+        Gauge("asr_build_info", "The running release (always 1)", ["version"], registry=self.registry).labels(
+            version=__version__
+        ).set(1)
+        engine = worker.engine.name
+        Gauge(
+            "asr_worker_sessions_active", "Sessions running now", ["engine"], registry=self.registry
+        ).labels(engine=engine).set_function(lambda: worker.sessions_active)
+        self.sessions = Counter(
+            "asr_worker_sessions", "Sessions claimed", ["engine"], registry=self.registry
+        ).labels(engine=engine)
+        self.gateway_gone = Counter(
+            "asr_worker_sessions_gateway_gone",
+            "Sessions ended because their gateway's liveness key expired (the gateway died)",
+            ["engine"],
+            registry=self.registry,
+        ).labels(engine=engine)
+        Gauge(
+            "asr_worker_ready", "1 while the worker claims sessions (/readyz)", registry=self.registry
+        ).set_function(lambda: float(self.ready()))
+        Gauge(
+            "asr_event_loop_lag_seconds",
+            "How late this process's event loop runs (the largest of its last samples)",
+            registry=self.registry,
+        ).set_function(lambda: worker.loop_lag)
+
+    def ready(self) -> bool:
+        return all(state == "ok" for state in self._worker.readiness().values())
+
+    def routes(self) -> Mapping[str, Callable[[], Awaitable[http.Response]]]:
+        async def metrics() -> http.Response:
+            return http.Response(200, prometheus_client.generate_latest(self.registry), CONTENT_TYPE)
+
+        async def healthz() -> http.Response:
+            return http.json_response(200, {"status": "ok", "engine": self._worker.engine.name})
+
+        async def readyz() -> http.Response:
+            ready = self.ready()
+            return http.json_response(
+                200 if ready else 503, {"ready": ready, "checks": self._worker.readiness()}
+            )
+
+        return {"/metrics": metrics, "/healthz": healthz, "/readyz": readyz}

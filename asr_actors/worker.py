@@ -18,7 +18,7 @@ from collections.abc import Awaitable, Callable
 import attrs
 import trio
 
-from asr_actors import logs
+from asr_actors import logs, operator_http
 from asr_actors.bus import wire
 from asr_actors.bus.liveness import Heartbeat, LivenessWatch
 from asr_actors.bus.memory import run_engine
@@ -35,6 +35,7 @@ from asr_actors.engines.base import (
     UnsupportedStream,
 )
 from asr_actors.groups import first_leaf
+from asr_actors.metrics import WorkerMetrics
 from asr_actors.overload import LoopLag
 
 log = logging.getLogger(__name__)
@@ -93,10 +94,34 @@ class Worker:
         self._gateways: LivenessWatch
         # No claims while the loop runs late: sessions already held keep their share of the process.
         self._loop_lag = LoopLag(config.bus.worker_max_loop_lag)
+        self._redis: RedisConnection | None = None
+        self._draining = False
+        self.metrics = WorkerMetrics(self)
 
     def drain(self) -> None:
         """Stop claiming; sessions already running go on to their end."""
+        self._draining = True
         self._stop_claiming.cancel()
+
+    @property
+    def loop_lag(self) -> float:
+        return self._loop_lag.lag
+
+    @property
+    def sessions_active(self) -> int:
+        return self._concurrency - self._slots.value
+
+    def readiness(self) -> dict[str, str]:
+        """What /readyz reports: each check "ok" or why not."""
+        redis = self._redis
+        delivering = redis is not None and redis.delivering
+        return {
+            "redis": "ok" if delivering else "the pub/sub connection to Redis is not delivering",
+            "draining": "draining: claims no new session" if self._draining else "ok",
+            "claiming": f"paused: the loop runs {self._loop_lag.lag:.2f} s late"
+            if self._loop_lag.overloaded
+            else "ok",
+        }
 
     async def run(self, *, task_status: trio.TaskStatus[str] = trio.TASK_STATUS_IGNORED) -> None:
         bus = self.config.bus
@@ -112,6 +137,7 @@ class Worker:
             redis, wire.worker_key(self.id), self.engine.name, bus.heartbeat_interval, bus.worker_ttl
         )
         self._gateways = LivenessWatch(redis, bus.heartbeat_interval, wire.gateway_key)
+        self._redis = redis
         async with redis.open(), trio.open_nursery() as nursery:
             await _first_heartbeat(redis, heartbeat)
             beating = trio.CancelScope()
@@ -120,17 +146,23 @@ class Worker:
             nursery.start_soon(self._loop_lag.run)
             log.info("worker %s serving engine %s", self.id, self.engine.name)
             task_status.started(self.id)
-            async with trio.open_nursery() as sessions:
-                with self._stop_claiming:
-                    await self._claim(redis, sessions)
-                log.info(
-                    "worker %s stopped claiming; %d session(s) to finish",
-                    self.id,
-                    self._concurrency - self._slots.value,
-                )
-            beating.cancel()
-            with trio.move_on_after(GOODBYE_TIMEOUT), trio.CancelScope(shield=True):
-                await heartbeat.goodbye()
+            try:
+                async with trio.open_nursery() as sessions:
+                    with self._stop_claiming:
+                        await self._claim(redis, sessions)
+                    log.info(
+                        "worker %s stopped claiming; %d session(s) to finish", self.id, self.sessions_active
+                    )
+            finally:
+                # Also when the drain's bound ends the sessions: the gateways then move them at once
+                # rather than after worker_ttl.
+                beating.cancel()
+                with (
+                    trio.move_on_after(GOODBYE_TIMEOUT),
+                    trio.CancelScope(shield=True),
+                    contextlib.suppress(*RedisError),
+                ):
+                    await heartbeat.goodbye()
             nursery.cancel_scope.cancel()
 
     async def _claim(self, redis: RedisConnection, sessions: trio.Nursery) -> None:
@@ -191,6 +223,7 @@ class Worker:
 
     async def _session(self, redis: RedisConnection, request: wire.Request) -> None:
         logs.current_session.set(request.session)
+        self.metrics.sessions.inc()
         results = _Results(redis, request)
         crashed = False
         try:
@@ -249,6 +282,7 @@ class Worker:
                                     await send(event)
                         watch.cancel_scope.cancel()
                 if gateway_gone.is_set():
+                    self.metrics.gateway_gone.inc()
                     # Nobody is left to tell: the engine slot is what matters (a paid stream, maybe).
                     log.warning(
                         "session %s ended: its gateway %s is gone (its liveness key expired)",
@@ -378,12 +412,39 @@ def build_engine(config: Config, name: str) -> Engine:
     return engines[name]
 
 
-async def serve_worker(config: Config, engine_name: str, concurrency: int) -> None:
+async def serve_worker(
+    config: Config,
+    engine_name: str,
+    concurrency: int,
+    *,
+    task_status: trio.TaskStatus[int | None] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Run a worker until SIGTERM or SIGINT, then drain for at most [worker] drain_timeout. Reports the
+    operator port ([worker] metrics_port; None without one) once the worker has announced itself."""
     worker = Worker(config, build_engine(config, engine_name), concurrency)
+    settings = config.worker
     async with trio.open_nursery() as nursery:
-        await nursery.start(worker.run)
-        with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
-            async for _ in signals:
-                log.info("draining: no new sessions, finishing the running ones")
-                worker.drain()
-                break
+        port: int | None = None
+        if settings.metrics_port:
+            port = await nursery.start(
+                operator_http.serve, settings.metrics_host, settings.metrics_port, worker.metrics.routes()
+            )
+            log.info("worker metrics on http://%s:%d/metrics", settings.metrics_host, port)
+        async with trio.open_nursery() as running:
+            await running.start(worker.run)
+            task_status.started(port)
+            with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+                async for _ in signals:
+                    log.info(
+                        "draining: no new sessions; the %d running may take up to %g s",
+                        worker.sessions_active,
+                        settings.drain_timeout,
+                    )
+                    worker.drain()
+                    break
+            running.cancel_scope.deadline = trio.current_time() + settings.drain_timeout
+        if running.cancel_scope.cancelled_caught:
+            log.warning(
+                "drain_timeout (%g s) passed: the sessions still running were ended", settings.drain_timeout
+            )
+        nursery.cancel_scope.cancel()

@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import functools
 import itertools
+import json
 import os
 import signal
+import socket
 import statistics
 import subprocess
 import sys
@@ -25,6 +27,7 @@ from asr_actors import client
 from asr_actors.bus import wire
 from asr_actors.testing.redis_server import RedisServer, free_port, redis_server
 from asr_actors.testing.subprocess_server import running_server, stop
+from tests.test_http import http_get
 
 GUARD = 120
 # The fault tests run this many sessions at once (the hardening issue's figure).
@@ -407,3 +410,65 @@ async def test_a_redis_outage_is_an_answer_not_a_crash(
             await stop(worker)
             await redis.stop()
     report("; ".join(seen), capsys)
+
+
+def _free_port() -> int:
+    with socket.socket() as placeholder:
+        placeholder.bind(("127.0.0.1", 0))
+        port: int = placeholder.getsockname()[1]
+    return port
+
+
+async def test_a_worker_serves_metrics_health_and_a_bounded_drain(tmp_path: Path) -> None:
+    """A worker with --metrics-port answers /healthz, /readyz (its checks) and /metrics (build info, the
+    sessions it claimed, per engine); on SIGTERM with a session that would run 30 s more, it exits 0 after
+    [worker] drain_timeout (1 s here), not after the session."""
+    port = _free_port()
+    base = f"http://127.0.0.1:{port}/"
+    with trio.fail_after(GUARD):
+        async with redis_server(tmp_path) as redis:
+            config = write_config(tmp_path, redis.url)
+            config.write_text(config.read_text() + "[worker]\ndrain_timeout = 1.0\n")
+            worker = await trio.lowlevel.open_process(
+                [
+                    sys.executable,
+                    "-m",
+                    "asr_actors",
+                    "worker",
+                    "--engine",
+                    "fake",
+                    "--config",
+                    str(config),
+                    "--metrics-port",
+                    str(port),
+                ],
+                stderr=subprocess.DEVNULL,
+            )
+            try:
+                async with coredis.Redis(host="127.0.0.1", port=redis.port) as probe:
+                    while not await probe.keys(wire.worker_key("*")):  # noqa: ASYNC110 -- another process
+                        await trio.sleep(0.1)
+                status, _, body = await http_get(base, "/healthz")
+                assert (200, "fake") == (status, json.loads(body)["engine"])
+                status, _, body = await http_get(base, "/readyz")
+                assert (200, {"redis": "ok", "draining": "ok", "claiming": "ok"}) == (
+                    status,
+                    json.loads(body)["checks"],
+                )
+                async with running_server(config) as (url, _), trio.open_nursery() as clients:
+                    await client.stream_pcm(signed(url), SECOND)
+                    text = (await http_get(base, "/metrics"))[2].decode()
+                    assert 'asr_worker_sessions_total{engine="fake"} 1.0' in text
+                    assert "asr_build_info{" in text
+                    clients.start_soon(
+                        functools.partial(client.stream_pcm, signed(url), SECOND * 30, realtime=True)
+                    )
+                    await trio.sleep(1.0)
+                    worker.terminate()
+                    started = trio.current_time()
+                    assert 0 == await worker.wait()
+                    drained_in = trio.current_time() - started
+                    clients.cancel_scope.cancel()
+            finally:
+                await stop(worker)
+    assert drained_in < 10, drained_in  # the 1 s bound and the goodbye, not the session's 30 s
