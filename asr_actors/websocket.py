@@ -120,8 +120,9 @@ class WebSocket:
             await websocket._read()
 
     async def get_message(self) -> str | bytes:
+        # What was parsed already comes first: bytes that arrived with the handshake (a server's first
+        # message in the same segment as its 101) are in wsproto's buffer, not in the socket.
         while not self._messages:
-            await self._read()
             try:
                 self._take_events()
             except _TooBig:
@@ -129,6 +130,8 @@ class WebSocket:
             if self._violation is not None:
                 await self._fail(self._violation.code, self._violation.reason or "protocol error")
             await self._flush_replies()
+            if not self._messages:
+                await self._read()
         return self._messages.popleft()
 
     async def send_message(self, message: str | bytes) -> None:

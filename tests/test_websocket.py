@@ -127,3 +127,66 @@ async def test_a_frame_that_breaks_the_protocol_is_closed_with_its_code() -> Non
     [close] = await client.receive()
     assert isinstance(close, CloseConnection)
     assert 1002 == close.code
+
+
+class Server:
+    """A wsproto server side, for the client role of WebSocket (the native engines' upstream)."""
+
+    def __init__(self, stream: trio.abc.Stream) -> None:
+        self.stream = stream
+        self.protocol = WSConnection(ConnectionType.SERVER)
+
+    async def accept_and_send(self, *first_messages: str) -> None:
+        """Read the upgrade, then answer 101 and the first messages in one write (one TCP segment)."""
+        while not any(isinstance(event, Request) for event in self.protocol.events()):
+            self.protocol.receive_data(await self.stream.receive_some())
+        data = self.protocol.send(AcceptConnection())
+        for message in first_messages:
+            data += self.protocol.send(TextMessage(data=message))
+        await self.stream.send_all(data)
+
+    async def receive(self) -> list[Event]:
+        self.protocol.receive_data(await self.stream.receive_some())
+        return list(self.protocol.events())
+
+
+async def test_a_message_that_arrives_with_the_101_is_read() -> None:
+    """A service that sends its first message in the same segment as its 101 (iFlytek's `started`): the
+    client reads it from what the handshake left over, rather than waiting on the socket for more."""
+    client_stream, server_stream = trio.testing.memory_stream_pair()
+    server = Server(server_stream)
+    with trio.fail_after(5):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(server.accept_and_send, '{"action": "started"}', "second")
+            websocket = await WebSocket.connect(client_stream, "service.test", "/v1/ws", LIMIT)
+            assert ['{"action": "started"}', "second"] == [
+                await websocket.get_message(),
+                await websocket.get_message(),
+            ]
+
+
+async def test_a_ping_after_our_close_is_not_answered() -> None:
+    """The client closes; the server pings before it has read the close (the race trio-websocket failed
+    sessions on): the client sends no pong after its close frame, takes the server's close, and ends clean."""
+    client_stream, server_stream = trio.testing.memory_stream_pair()
+    server = Server(server_stream)
+    with trio.fail_after(5):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(server.accept_and_send)
+            websocket = await WebSocket.connect(client_stream, "service.test", "/v1/ws", LIMIT)
+
+            # The ping leaves the server before it has read the client's close: made while still open.
+            late = server.protocol.send(Ping(payload=b"late"))
+
+            async def serve_the_close() -> None:
+                events = await server.receive()
+                assert [CloseConnection] == [type(event) for event in events]
+                await server.stream.send_all(late + server.protocol.send(events[0].response()))
+                after_close = b""
+                while chunk := await server.stream.receive_some():
+                    after_close += chunk
+                assert b"" == after_close, "nothing (no pong) after the client's close frame"
+
+            nursery.start_soon(serve_the_close)
+            await websocket.aclose()
+    assert 1000 == websocket.peer_close_code

@@ -13,6 +13,7 @@ import os
 import re
 import subprocess
 import sys
+import tarfile
 import zipfile
 from pathlib import Path
 
@@ -183,3 +184,27 @@ async def test_every_command_runs_from_the_installed_wheel(tmp_path: Path) -> No
     assert 0 == checked.returncode, report
     assert "FAIL" not in report
     assert [] == list(empty.iterdir()), "no command wrote into the folder it was started from"
+
+
+def test_the_sdist_carries_the_licence_the_config_and_the_docs(tmp_path: Path) -> None:
+    """The source distribution a packager starts from: LICENSE, the notices, README, config.toml, docs."""
+    from setuptools import build_meta
+
+    previous = Path.cwd()
+    os.chdir(ROOT)  # setuptools builds the project in the working directory
+    try:
+        name = build_meta.build_sdist(str(tmp_path))
+    finally:
+        os.chdir(previous)
+    with tarfile.open(tmp_path / name) as sdist:
+        members = {member.split("/", 1)[1] for member in sdist.getnames() if "/" in member}
+    for expected in (
+        "LICENSE",
+        "THIRD-PARTY-NOTICES.md",
+        "README.md",
+        "config.toml",
+        "docs/deploy.md",
+        "container/install.sh",
+        "Containerfile",
+    ):
+        assert expected in members
