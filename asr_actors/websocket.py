@@ -26,6 +26,7 @@ from wsproto.events import (
     CloseConnection,
     Event,
     Ping,
+    Pong,
     RejectConnection,
     Request,
     TextMessage,
@@ -218,7 +219,12 @@ class WebSocket:
 
     async def _flush_replies(self) -> None:
         while self._pending_replies:
-            await self._send(self._pending_replies.popleft())
+            reply = self._pending_replies.popleft()
+            if isinstance(reply, Pong) and self._protocol.state is not ConnectionState.OPEN:
+                # The ping came in the same read as the peer's close: a pong is owed only while open, and
+                # sending it would fail the read that also holds the peer's last messages.
+                continue
+            await self._send(reply)
 
     async def _fail(self, code: int, reason: str) -> None:
         self._closed = f"refused: {reason}"

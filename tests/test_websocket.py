@@ -190,3 +190,20 @@ async def test_a_ping_after_our_close_is_not_answered() -> None:
             nursery.start_soon(serve_the_close)
             await websocket.aclose()
     assert 1000 == websocket.peer_close_code
+
+
+async def test_a_ping_with_the_peers_last_message_and_close_loses_nothing() -> None:
+    """A ping, the service's last message and its close in one segment (iFlytek's tail, under a pinging
+    service): the message is read, no pong follows the close, then the clean close (code 1000)."""
+    client_stream, server_stream = trio.testing.memory_stream_pair()
+    server = Server(server_stream)
+    with trio.fail_after(5):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(server.accept_and_send)
+            websocket = await WebSocket.connect(client_stream, "service.test", "/v1/ws", LIMIT)
+            last = server.protocol.send(Ping(payload=b"p")) + server.protocol.send(TextMessage(data="last"))
+            await server.stream.send_all(last + server.protocol.send(CloseConnection(code=1000)))
+            assert "last" == await websocket.get_message()
+            with pytest.raises(ClientGone):
+                await websocket.get_message()
+    assert 1000 == websocket.peer_close_code
