@@ -16,6 +16,7 @@ import pytest
 import trio
 
 from asr_actors import client, protocol, signing
+from asr_actors.testing.redis_server import free_port
 from asr_actors.testing.subprocess_server import running_server
 
 GUARD = 120
@@ -242,13 +243,6 @@ async def test_transcripts_with_word_times_as_json_srt_and_from_the_records(tmp_
 FAKE_ONLY = '[engines]\ndefault = "fake"\n[languages.en]\nengine = "fake"\n[records]\nenabled = false\n'
 
 
-def _closed_port() -> int:
-    with socket.socket() as placeholder:
-        placeholder.bind(("127.0.0.1", 0))
-        port: int = placeholder.getsockname()[1]
-    return port
-
-
 @pytest.mark.parametrize(
     ("case", "exit_code", "line"),
     [
@@ -283,13 +277,13 @@ def test_user_errors_are_one_line_and_an_exit_code(
             wav.setsampwidth(2)
             wav.setframerate(16000)
             wav.writeframes(b"\x00\x00" * 1600)
-        command = ["transcribe", "--url", f"ws://127.0.0.1:{_closed_port()}/v1/asr", str(audio)]
+        command = ["transcribe", "--url", f"ws://127.0.0.1:{free_port()}/v1/asr", str(audio)]
     elif case == "unknown engine":
         command = ["worker", "--engine", "nosuch", "--config", str(config)]
     elif case == "bad log level":
         command = ["serve", "--log-level", "foo", "--config", str(config)]
     elif case == "redis down":
-        config.write_text(f'[bus]\nkind = "redis"\nurl = "redis://127.0.0.1:{_closed_port()}/0"\n')
+        config.write_text(f'[bus]\nkind = "redis"\nurl = "redis://127.0.0.1:{free_port()}/0"\n')
         command = ["apps", "list", "--config", str(config)]
     with holder:
         result = subprocess.run(

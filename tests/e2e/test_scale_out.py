@@ -11,7 +11,6 @@ import itertools
 import json
 import os
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -70,14 +69,19 @@ async def workers(
         for _ in range(count)
     ]
     try:
-        async with coredis.Redis(host="127.0.0.1", port=redis.port) as probe:
-            with trio.fail_after(60):
-                while len(await probe.keys(wire.worker_key("*"))) < count:  # noqa: ASYNC110 -- other processes
-                    await trio.sleep(0.1)
+        await workers_announced(redis, count)
         yield processes
     finally:
         for process in processes:
             await stop(process)
+
+
+async def workers_announced(redis: RedisServer, count: int) -> None:
+    """Until `count` workers have set their liveness keys (started processes announce themselves)."""
+    async with coredis.Redis(host="127.0.0.1", port=redis.port) as probe:
+        with trio.fail_after(60):
+            while len(await probe.keys(wire.worker_key("*"))) < count:  # noqa: ASYNC110 -- other processes
+                await trio.sleep(0.1)
 
 
 async def session_channels(redis: RedisServer) -> list[bytes]:
@@ -412,18 +416,11 @@ async def test_a_redis_outage_is_an_answer_not_a_crash(
     report("; ".join(seen), capsys)
 
 
-def _free_port() -> int:
-    with socket.socket() as placeholder:
-        placeholder.bind(("127.0.0.1", 0))
-        port: int = placeholder.getsockname()[1]
-    return port
-
-
 async def test_a_worker_serves_metrics_health_and_a_bounded_drain(tmp_path: Path) -> None:
     """A worker with --metrics-port answers /healthz, /readyz (its checks) and /metrics (build info, the
     sessions it claimed, per engine); on SIGTERM with a session that would run 30 s more, it exits 0 after
     [worker] drain_timeout (1 s here), not after the session."""
-    port = _free_port()
+    port = free_port()
     base = f"http://127.0.0.1:{port}/"
     with trio.fail_after(GUARD):
         async with redis_server(tmp_path) as redis:
@@ -445,9 +442,7 @@ async def test_a_worker_serves_metrics_health_and_a_bounded_drain(tmp_path: Path
                 stderr=subprocess.DEVNULL,
             )
             try:
-                async with coredis.Redis(host="127.0.0.1", port=redis.port) as probe:
-                    while not await probe.keys(wire.worker_key("*")):  # noqa: ASYNC110 -- another process
-                        await trio.sleep(0.1)
+                await workers_announced(redis, 1)
                 status, _, body = await http_get(base, "/healthz")
                 assert (200, "fake") == (status, json.loads(body)["engine"])
                 status, _, body = await http_get(base, "/readyz")

@@ -17,12 +17,11 @@ import tarfile
 import zipfile
 from pathlib import Path
 
-import coredis
 import trio
 
 from asr_actors import __version__
-from asr_actors.bus import wire
 from asr_actors.testing.redis_server import redis_server
+from tests.e2e.test_scale_out import workers_announced
 from tests.test_http import http_get
 
 ROOT = Path(__file__).resolve().parent.parent.parent
@@ -167,9 +166,7 @@ async def test_every_command_runs_from_the_installed_wheel(tmp_path: Path) -> No
                 stderr=subprocess.DEVNULL,
             )
             try:
-                async with coredis.Redis(host="127.0.0.1", port=redis.port) as probe:
-                    while not await probe.keys(wire.worker_key("*")):  # noqa: ASYNC110 -- another process
-                        await trio.sleep(0.1)
+                await workers_announced(redis, 1)
                 checked = await trio.run_process(
                     [command, "conformance", "--engine", "fake", "--redis", redis.url],
                     cwd=empty,
