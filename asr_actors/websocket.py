@@ -93,6 +93,8 @@ class WebSocket:
                 await websocket._send(exc.event_hint)
             raise ClientGone(f"refused the upgrade: {exc}") from None
         await websocket._send(AcceptConnection())
+        # Frames sent right behind the request (in the same read) are in wsproto's buffer, not the socket.
+        await websocket._parse()
         return websocket
 
     @classmethod
@@ -111,6 +113,9 @@ class WebSocket:
             try:
                 for event in websocket._protocol.events():
                     if isinstance(event, AcceptConnection):
+                        # A first message in the same read as the 101 (iFlytek's `started`) is in
+                        # wsproto's buffer, not the socket: parsed once here, not before every read.
+                        await websocket._parse()
                         return websocket
                     if isinstance(event, RejectConnection):
                         await trio.aclose_forcefully(stream)
@@ -121,19 +126,20 @@ class WebSocket:
             await websocket._read()
 
     async def get_message(self) -> str | bytes:
-        # What was parsed already comes first: bytes that arrived with the handshake (a server's first
-        # message in the same segment as its 101) are in wsproto's buffer, not in the socket.
         while not self._messages:
-            try:
-                self._take_events()
-            except _TooBig:
-                await self._fail(MESSAGE_TOO_BIG, f"Message exceeds {self._max_message_bytes} bytes")
-            if self._violation is not None:
-                await self._fail(self._violation.code, self._violation.reason or "protocol error")
-            await self._flush_replies()
-            if not self._messages:
-                await self._read()
+            await self._read()
+            await self._parse()
         return self._messages.popleft()
+
+    async def _parse(self) -> None:
+        """What has arrived: messages queued, replies sent, a broken frame or an oversized message fatal."""
+        try:
+            self._take_events()
+        except _TooBig:
+            await self._fail(MESSAGE_TOO_BIG, f"Message exceeds {self._max_message_bytes} bytes")
+        if self._violation is not None:
+            await self._fail(self._violation.code, self._violation.reason or "protocol error")
+        await self._flush_replies()
 
     async def send_message(self, message: str | bytes) -> None:
         event = TextMessage(data=message) if isinstance(message, str) else BytesMessage(data=message)
