@@ -107,9 +107,9 @@ async def backend(config: Config) -> AsyncIterator[Backend]:
         )
         yield Backend(memory, engines, MemoryReplayGuard(), records, admin=FileAdmin(config))
         return
-    from asr_actors.bus.redis import RedisBus
-    from asr_actors.bus.redis_connection import RedisConnection, new_process_id
-    from asr_actors.bus.redis_stores import (
+    from asr_actors.engine_protocol.connection import RedisConnection, new_process_id
+    from asr_actors.engine_protocol.gateway import RedisBus
+    from asr_actors.stores.redis import (
         RedisAudioQuota,
         RedisDirectory,
         RedisRecordStore,
@@ -129,17 +129,18 @@ async def backend(config: Config) -> AsyncIterator[Backend]:
         connection.open() as redis,
         RedisBus(redis, config.bus, events_capacity=channels.engine_events).open() as bus,
     ):
-        shared = RedisRecordStore(redis, keep.retention_days) if keep.enabled else None
+        client = redis.client
+        shared = RedisRecordStore(client, keep.retention_days) if keep.enabled else None
         yield Backend(
             bus,
             {},
-            RedisReplayGuard(redis),
+            RedisReplayGuard(client),
             shared,
-            shared_directory=lambda fallback: RedisDirectory(redis, fallback),
-            admin=RedisDirectory(redis, StaticDirectory(config, {})),
+            shared_directory=lambda fallback: RedisDirectory(client, fallback),
+            admin=RedisDirectory(client, StaticDirectory(config, {})),
             limits=app_limits(
                 config,
-                lambda limit, per_app: RedisSessionSlots(redis, limit, per_app, config.auth.shared_slot_ttl),
-                RedisAudioQuota(redis),
+                lambda limit, per_app: RedisSessionSlots(client, limit, per_app, config.auth.shared_slot_ttl),
+                RedisAudioQuota(client),
             ),
         )

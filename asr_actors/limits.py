@@ -1,5 +1,6 @@
 """Per-app limits (429 beyond): concurrent sessions and audio minutes per UTC day, per process here,
-shared by every gateway through Redis (`bus/redis.py`); and the per-address handshake rate."""
+shared by every gateway through Redis (`stores/redis.py`); and the per-address handshake rate. A reached
+limit is a `LimitReached`, which the session turns into its protocol's 429."""
 
 from __future__ import annotations
 
@@ -12,7 +13,6 @@ from typing import Protocol
 import attrs
 
 from asr_actors.config import Config
-from asr_actors.protocol import ErrorCode, ProtocolError
 
 DAY_SECONDS = 86400
 
@@ -24,12 +24,17 @@ def utc_day(now: float) -> int:
 
 class SessionSlots(Protocol):
     def hold(self, app: str) -> AbstractAsyncContextManager[None]:
-        """Hold one of `app`'s session slots for the duration; ProtocolError 429 if none is free."""
+        """Hold one of `app`'s session slots for the duration; LimitReached if none is free."""
         ...
 
 
-def too_many(app: str, limit: int) -> ProtocolError:
-    return ProtocolError(ErrorCode.TOO_MANY, f"Too many sessions for app {app!r} (limit {limit})")
+class LimitReached(Exception):
+    """An app's limit is reached: the session is refused (or ended, for the daily audio); the message says
+    which limit. The session turns it into its protocol's code (429)."""
+
+
+def too_many(app: str, limit: int) -> LimitReached:
+    return LimitReached(f"Too many sessions for app {app!r} (limit {limit})")
 
 
 @attrs.frozen
@@ -37,7 +42,7 @@ class AudioAllowance:
     """What one session may still send today; `exceeded` is its error once it has sent more."""
 
     seconds: float
-    exceeded: ProtocolError
+    exceeded: LimitReached
 
 
 class AudioQuota(Protocol):
@@ -65,9 +70,7 @@ class DailyAudioLimits:
         minutes = self.minutes_for(app)
         if not minutes:
             return None
-        exceeded = ProtocolError(
-            ErrorCode.TOO_MANY, f"Daily audio limit reached for app {app!r} ({minutes:g} minutes)"
-        )
+        exceeded = LimitReached(f"Daily audio limit reached for app {app!r} ({minutes:g} minutes)")
         left = minutes * 60 - await self.quota.used_today(app, self.wall_clock())
         if left <= 0:
             raise exceeded

@@ -31,7 +31,7 @@ from asr_actors.directory import Directory
 from asr_actors.engines.base import StreamSpec
 from asr_actors.errors import DependencyUnavailable
 from asr_actors.groups import first_leaf
-from asr_actors.limits import AudioAllowance, Limits
+from asr_actors.limits import AudioAllowance, LimitReached, Limits
 from asr_actors.protocol import ErrorCode, ProtocolError, ServerEvent
 from asr_actors.records import RecordStore, SessionLedger, SessionRecord
 from asr_actors.transport import ClientGone, Transport
@@ -250,12 +250,15 @@ class _Ending:
 
 def _judge(exc: Exception) -> _Ending:
     """What to tell the client about what ended the session (one exception, or an actors' group): the
-    protocol error if any part raised one; 503 when a dependency is down; else 500 for a fault, logged
-    once with its traceback. A client that went away is told nothing."""
+    protocol error if any part raised one; 429 for an app's limit; 503 when a dependency is down; else 500
+    for a fault, logged once with its traceback. A client that went away is told nothing."""
     group = exc if isinstance(exc, ExceptionGroup) else ExceptionGroup("session", [exc])
     protocol_errors, _ = group.split(ProtocolError)
     if protocol_errors is not None:
         return _Ending(first_leaf(protocol_errors))
+    limits, _ = group.split(LimitReached)
+    if limits is not None:
+        return _Ending(ProtocolError(ErrorCode.TOO_MANY, str(first_leaf(limits))))
     down, _ = group.split(DependencyUnavailable)
     if down is not None:
         return _Ending(ProtocolError(ErrorCode.UNAVAILABLE, str(first_leaf(down))))

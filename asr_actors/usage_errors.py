@@ -45,10 +45,10 @@ def _explain_one(exc: BaseException, command: str) -> UsageError | None:  # noqa
         return UsageError(f"needs {exc.name}: pip install 'asr-actors[bench]'", USAGE)
     if isinstance(exc, EngineUnavailable):
         return UsageError(f"the engine cannot run: {exc}", RUNTIME)
-    if isinstance(exc, DependencyUnavailable):
-        return UsageError(f"{exc} (is redis-server running at [bus] url?)", RUNTIME)
     if _is_redis_error(exc):
         return UsageError(f"cannot reach Redis: {exc} (is redis-server running at [bus] url?)", RUNTIME)
+    if isinstance(exc, DependencyUnavailable):
+        return UsageError(f"{exc} (is redis-server running at [bus] url?)", RUNTIME)
     if isinstance(exc, OSError):
         if exc.errno == errno.EADDRINUSE:
             return UsageError(
@@ -62,5 +62,5 @@ def _explain_one(exc: BaseException, command: str) -> UsageError | None:  # noqa
 
 
 def _is_redis_error(exc: BaseException) -> bool:
-    # coredis is imported only where Redis is used; its errors are recognised by their module.
-    return type(exc).__module__.startswith("coredis.")
+    # Recognised by its module, so that a command that never needed Redis does not import its client.
+    return type(exc).__module__ == "asr_actors.redis_client"

@@ -5,7 +5,7 @@
 Many workers on many hosts share an engine's queue; each session is claimed by exactly one of them.
 A worker refreshes its liveness key while it runs; on SIGTERM it stops claiming, finishes the sessions it
 has, and exits. Its sessions' audio arrives in its inbox, their results go to their gateways' inboxes, in
-batches (engine protocol v2: docs/engine-protocol.md; message formats: `asr_actors/bus/wire.py`).
+batches (engine protocol v2: docs/engine-protocol.md; message formats: `asr_actors/engine_protocol/wire.py`).
 """
 
 from __future__ import annotations
@@ -15,33 +15,21 @@ import logging
 import signal
 from collections.abc import Awaitable, Callable
 
-import attrs
 import trio
 
 from asr_actors import logs, operator_http
-from asr_actors.bus import wire
-from asr_actors.bus.liveness import Heartbeat, LivenessWatch
-from asr_actors.bus.memory import run_engine
-from asr_actors.bus.redis_connection import RedisConnection, RedisError, new_process_id
 from asr_actors.config import Config, ConfigError
-from asr_actors.engines.base import (
-    Engine,
-    EngineEvent,
-    EngineFailed,
-    EngineUnavailable,
-    Final,
-    Partial,
-    StreamSpec,
-    UnsupportedStream,
-)
+from asr_actors.engine_protocol import claims, wire
+from asr_actors.engine_protocol.connection import RedisConnection, new_process_id
+from asr_actors.engine_protocol.liveness import Heartbeat, LivenessWatch
+from asr_actors.engines.base import Engine, EngineFailed
 from asr_actors.groups import first_leaf
 from asr_actors.metrics import WorkerMetrics
 from asr_actors.overload import LoopLag
+from asr_actors.redis_client import RedisUnavailable
 
 log = logging.getLogger(__name__)
 
-# BRPOP's own timeout: how often the claim loop looks up from an empty queue.
-CLAIM_POLL_SECONDS = 1
 # Queued requests taken in one round trip at most when sessions arrive in a burst: enough to make a
 # burst cost few round trips, few enough that the workers waiting on the queue share it (with 1,024, one
 # worker took 45 of a 50-session burst; placement time of a 2,000 burst measured the same at 64 and 1,024).
@@ -51,32 +39,6 @@ RETRY_INTERVAL = 1.0
 # Best-effort messages on the way out (a crashed session's notice to its gateway, the worker's liveness
 # key deleted at exit), bounded so that a Redis that went away never holds the worker.
 GOODBYE_TIMEOUT = 5.0
-# How long the per-session claim counter lives (conformance and failover tests read it; an hour covers any
-# session's placement history).
-CLAIMS_KEY_TTL_S = 3600
-
-
-@attrs.define
-class _Results:
-    """One session's results, to its gateway's inbox: numbers each record (before the send: a send
-    cancelled midway may still have reached Redis), so that every path, a crash included, keeps the
-    sequence."""
-
-    redis: RedisConnection
-    request: wire.Request
-    seq: int = 0
-
-    async def send(self, result: wire.Result) -> None:
-        record = wire.result_record(self.request.session, self.request.attempt, self.seq, result)
-        self.seq += 1
-        if isinstance(result, wire.Claimed):
-            await self.redis.claim(self.request.reply_to, record, CLAIMS_KEY_TTL_S)
-        elif isinstance(result, Partial | Final):
-            # Not waited for: a lost batch shows as a sequence gap at the gateway (the `end` that follows
-            # the last of them is waited for).
-            await self.redis.post(self.request.reply_to, record)
-        else:
-            await self.redis.send(self.request.reply_to, record)
 
 
 class Worker:
@@ -160,13 +122,12 @@ class Worker:
                 with (
                     trio.move_on_after(GOODBYE_TIMEOUT),
                     trio.CancelScope(shield=True),
-                    contextlib.suppress(*RedisError),
+                    contextlib.suppress(RedisUnavailable),
                 ):
                     await heartbeat.goodbye()
             nursery.cancel_scope.cancel()
 
     async def _claim(self, redis: RedisConnection, sessions: trio.Nursery) -> None:
-        queue = wire.queue_key(self.engine.name)
         while True:
             await redis.wait_delivering()  # a session claimed now could not be served
             if self._loop_lag.overloaded:
@@ -179,8 +140,8 @@ class Worker:
                 log.info("claiming again")
             await self._slots.acquire()
             try:
-                popped = await redis.client.brpop([queue], timeout=CLAIM_POLL_SECONDS)
-            except RedisError as exc:
+                raw = await claims.next_request(redis, self.engine.name)
+            except RedisUnavailable as exc:
                 self._slots.release()
                 log.warning("claiming failed: %s", exc)
                 redis.suspect()
@@ -189,16 +150,18 @@ class Worker:
             except BaseException:
                 self._slots.release()
                 raise
-            if popped is None:
+            if raw is None:
                 self._slots.release()
                 continue
-            self._start(redis, sessions, popped[1])
+            self._start(redis, sessions, raw)
             # A burst of sessions (a gateway restarting, its clients reconnecting) is taken in bulk: one
             # round trip for as many queued requests as there are free slots, not one BRPOP each.
             while self._slots.value and not self._loop_lag.overloaded:
                 try:
-                    queued = await redis.client.rpop(queue, count=min(self._slots.value, CLAIM_BATCH))
-                except RedisError as exc:
+                    queued = await claims.queued_requests(
+                        redis, self.engine.name, min(self._slots.value, CLAIM_BATCH)
+                    )
+                except RedisUnavailable as exc:
                     log.warning("claiming failed: %s", exc)
                     break
                 if not queued:
@@ -209,26 +172,30 @@ class Worker:
 
     def _start(self, redis: RedisConnection, sessions: trio.Nursery, raw: bytes) -> None:
         """Start a claimed request's session in the slot already taken for it."""
-        try:
-            request = wire.Request.decode(raw)
-        except wire.BusProtocolError as exc:
+        request = claims.parse_request(raw)
+        if request is None:
             self._slots.release()
-            log.warning("dropped a malformed request: %s", exc)
-            return
-        if not request.reply_to:
-            self._slots.release()
-            log.warning("dropped a request without reply_to (version %d)", request.version)
             return
         sessions.start_soon(self._session, redis, request)
 
     async def _session(self, redis: RedisConnection, request: wire.Request) -> None:
         logs.current_session.set(request.session)
         self.metrics.sessions.inc()
-        results = _Results(redis, request)
+        results = claims.Results(redis, request)
+        serving = claims.Serving(
+            redis,
+            self.id,
+            self.engine,
+            self._gateways,
+            audio_capacity=self.config.bus.route_queue,
+            audio_timeout=self.config.bus.audio_timeout,
+            events_capacity=self.config.channels.engine_events,
+        )
         crashed = False
         try:
-            await self._serve(redis, request, results.send)
-        except* RedisError as group:
+            if not await claims.serve(serving, request, results.send):
+                self.metrics.gateway_gone.inc()
+        except* RedisUnavailable as group:
             log.warning("session lost its bus: %s", first_leaf(group))
         except* Exception:
             # A bug in one session must not take the worker's other sessions down, nor leave its gateway
@@ -238,65 +205,8 @@ class Worker:
         finally:
             self._slots.release()
         if crashed:
-            with trio.move_on_after(GOODBYE_TIMEOUT), contextlib.suppress(*RedisError):
+            with trio.move_on_after(GOODBYE_TIMEOUT), contextlib.suppress(RedisUnavailable):
                 await results.send(EngineFailed("Engine worker failure"))
-
-    async def _serve(
-        self, redis: RedisConnection, request: wire.Request, send: Callable[[wire.Result], Awaitable[None]]
-    ) -> None:
-        session = request.session
-
-        spec = StreamSpec(session_id=session, language=request.language, sample_rate=request.sample_rate)
-        if request.version != wire.PROTOCOL_VERSION:
-            await send(
-                wire.Refused(
-                    f"engine protocol version {request.version} is not {wire.PROTOCOL_VERSION}", True
-                )
-            )
-            return
-        # Routed before the claim is announced, so that no audio record arrives unheard.
-        route = (session, request.attempt)
-        audio_tx, audio_rx = trio.open_memory_channel[bytes](self.config.bus.route_queue)
-        feed = AudioFeed(audio_tx, self.config.bus.audio_timeout)
-        await redis.attach(route, feed)
-        try:
-            try:
-                self.engine.check(spec)
-            except UnsupportedStream as exc:
-                await send(wire.Refused(str(exc)))
-                return
-            except EngineUnavailable as exc:
-                await send(wire.Refused(str(exc), unavailable=True))
-                return
-            await send(wire.Claimed(self.id))
-            events_tx, events_rx = trio.open_memory_channel[EngineEvent](self.config.channels.engine_events)
-            try:
-                with self._gateways.watching(request.reply_to) as gateway_gone:
-                    async with trio.open_nursery() as watch:
-                        watch.start_soon(_end_when_gone, gateway_gone, watch.cancel_scope)
-                        async with trio.open_nursery() as nursery:
-                            nursery.start_soon(run_engine, self.engine, spec, audio_rx, events_tx)
-                            nursery.start_soon(feed.watch)
-                            async with events_rx:
-                                async for event in events_rx:
-                                    await send(event)
-                        watch.cancel_scope.cancel()
-                if gateway_gone.is_set():
-                    self.metrics.gateway_gone.inc()
-                    # Nobody is left to tell: the engine slot is what matters (a paid stream, maybe).
-                    log.warning(
-                        "session %s ended: its gateway %s is gone (its liveness key expired)",
-                        session,
-                        request.reply_to,
-                    )
-                    return
-                await send(wire.StreamEnded())
-            except* _StreamBroken as group:
-                broken = first_leaf(group)
-                log.warning("stream broken: %s", broken)
-                await send(EngineFailed(f"The audio stream broke: {broken}"))
-        finally:
-            redis.close_route(route)
 
 
 async def _first_heartbeat(redis: RedisConnection, heartbeat: Heartbeat) -> None:
@@ -307,7 +217,7 @@ async def _first_heartbeat(redis: RedisConnection, heartbeat: Heartbeat) -> None
     while True:
         try:
             await heartbeat.beat()
-        except RedisError as exc:
+        except RedisUnavailable as exc:
             if not waiting:
                 log.warning("waiting for Redis: %s", exc)
                 waiting = True
@@ -319,86 +229,6 @@ async def _first_heartbeat(redis: RedisConnection, heartbeat: Heartbeat) -> None
 async def _within(scope: trio.CancelScope, run: Callable[[], Awaitable[None]]) -> None:
     with scope:
         await run()
-
-
-async def _end_when_gone(gone: trio.Event, scope: trio.CancelScope) -> None:
-    await gone.wait()
-    scope.cancel()
-
-
-@attrs.define(eq=False)
-class AudioFeed:
-    """One placement's audio records, checked and handed to the engine as the inbox decodes them (a
-    connection `Sink`: no task and no channel between the inbox and the engine's audio channel)."""
-
-    audio: trio.MemorySendChannel[bytes]
-    # [bus] audio_timeout: the gateway's silence, timed from the last record (the engine's pace does not
-    # count: records are handed over without waiting for it).
-    idle_for: float
-    expected: int = 0
-    # Why the stream broke, if it did.
-    broken: str | None = None
-    over: trio.Event = attrs.field(factory=trio.Event)
-    idle: trio.CancelScope = attrs.field(init=False)
-
-    def __attrs_post_init__(self) -> None:
-        self.idle = trio.CancelScope(deadline=trio.current_time() + self.idle_for)
-
-    def deliver(self, record: wire.Record) -> bool:
-        if record.kind in (wire.AUDIO, wire.END) and record.seq < self.expected:
-            return True  # a repeat
-        problem = self._problem(record)
-        if problem is not None:
-            return self._break(problem)
-        self.expected += 1
-        self.idle.deadline = trio.current_time() + self.idle_for
-        if record.kind == wire.END:
-            return self._end()
-        try:
-            self.audio.send_nowait(record.payload)
-        except trio.WouldBlock:
-            return self._break("the engine fell behind its audio")
-        except (trio.BrokenResourceError, trio.ClosedResourceError):
-            return self._end()  # the engine stopped (a failure): its events say why
-        return True
-
-    def _problem(self, record: wire.Record) -> str | None:
-        if record.kind == wire.CANCEL:
-            return "cancelled by the gateway"
-        if record.kind not in (wire.AUDIO, wire.END):
-            return f"record of kind {record.kind!r} in the audio"
-        if record.seq > self.expected:
-            return f"audio lost on the bus (sequence gap at {self.expected})"
-        if len(record.payload) % 2:
-            return "audio record with an odd number of bytes (not 16-bit PCM)"
-        return None
-
-    def close(self) -> None:
-        if not self.over.is_set():
-            self._break("audio was lost on the bus (it fell behind or the inbox broke)")
-
-    async def watch(self) -> None:
-        """Until the audio has ended; raises _StreamBroken if it broke or the gateway went quiet."""
-        with self.idle:
-            await self.over.wait()
-        if self.idle.cancelled_caught:
-            self.audio.close()
-            raise _StreamBroken("no audio from the gateway")
-        if self.broken is not None:
-            raise _StreamBroken(self.broken)
-
-    def _end(self) -> bool:
-        self.audio.close()
-        self.over.set()
-        return False
-
-    def _break(self, reason: str) -> bool:
-        self.broken = reason
-        return self._end()
-
-
-class _StreamBroken(Exception):
-    pass
 
 
 def build_engine(config: Config, name: str) -> Engine:

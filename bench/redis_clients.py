@@ -3,7 +3,7 @@
     .venv/bin/python bench/redis_clients.py [--records-per-s 10000] [--seconds 10] [--tick-ms 5]
 
 One process publishes audio-sized records (3,200 bytes, a 100 ms frame at 16 kHz) at a steady rate in
-batches, one PUBLISH per tick as the publisher in `asr_actors/bus/redis_connection.py` does, to a channel
+batches, one PUBLISH per tick as the publisher in `asr_actors/engine_protocol/publisher.py` does, to a channel
 that the same process subscribes to; it decodes each batch as an inbox would. Both ends of the plane's hot
 path run in one process, so its CPU time per record is the client's cost on both sides. Clients:
 
@@ -31,7 +31,7 @@ from pathlib import Path
 import psutil
 import trio
 
-from asr_actors.bus import wire
+from asr_actors.engine_protocol import wire
 from asr_actors.testing.redis_server import redis_server
 
 CHANNEL = "asr:v2:inbox:bench"

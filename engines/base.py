@@ -8,10 +8,16 @@ sentence's. The engine closes `events` when it returns.
 
 from __future__ import annotations
 
+import contextlib
+import logging
 from typing import Protocol
 
 import attrs
 import trio
+
+from asr_actors.groups import first_leaf
+
+log = logging.getLogger(__name__)
 
 
 @attrs.frozen
@@ -93,3 +99,34 @@ class Engine(Protocol):
         events: trio.MemorySendChannel[EngineEvent],
     ) -> None:
         """Recognise `audio` until it ends, emit events, close `events`; raise EngineError on failure."""
+
+
+async def run_engine(
+    engine: Engine,
+    spec: StreamSpec,
+    audio: trio.MemoryReceiveChannel[bytes],
+    events: trio.MemorySendChannel[EngineEvent],
+) -> None:
+    """Run one engine stream; its failure becomes an EngineFailed event (in-process bus and workers alike)."""
+    # The engine gets a clone of `events`, so that a failure can still be reported after it closed its own.
+    async with events, audio:
+        failure: EngineFailed | None = None
+        # Engines run tasks of their own, so their errors may arrive grouped.
+        try:
+            await engine.run_stream(spec, audio, events.clone())
+        except* EngineError as group:
+            first = first_leaf(group)
+            log.warning("engine %s failed: %s", engine.name, first)
+            failure = EngineFailed(str(first))
+        except* Exception:
+            # A bug in an engine must end its own session only, with a coded error, not the gateway.
+            log.exception("engine %s crashed", engine.name)
+            failure = failure or EngineFailed("Engine failure")
+        if failure is not None:
+            await _report(events, failure)
+
+
+async def _report(events: trio.MemorySendChannel[EngineEvent], failure: EngineFailed) -> None:
+    # BrokenResourceError: the relay is gone already, nobody is left to tell.
+    with contextlib.suppress(trio.BrokenResourceError):
+        await events.send(failure)

@@ -29,7 +29,7 @@ import atheris
 
 with atheris.instrument_imports():
     from asr_actors import bailian, http, protocol
-    from asr_actors.bus import wire
+    from asr_actors.engine_protocol import wire
     from asr_actors.engines import dashscope_wire, iflytek_wire
     from asr_actors.engines.base import EngineError
     from asr_actors.engines.dashscope_native import DashScopeTask

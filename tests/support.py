@@ -11,9 +11,9 @@ import trio.testing
 import trio_websocket
 
 from asr_actors import client
-from asr_actors.bus.redis import RedisBus
-from asr_actors.bus.redis_connection import RedisConnection, new_process_id
 from asr_actors.config import Config, config_from_dict
+from asr_actors.engine_protocol.connection import RedisConnection, new_process_id
+from asr_actors.engine_protocol.gateway import RedisBus
 from asr_actors.engines.base import Engine
 from asr_actors.engines.fake import FakeEngine
 from asr_actors.server import Gateway

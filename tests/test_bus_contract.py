@@ -16,14 +16,14 @@ import pytest
 import trio
 from coredis.response.types import PubSubMessage
 
-from asr_actors.bus import wire
 from asr_actors.bus.base import Bus
 from asr_actors.bus.memory import MemoryBus
-from asr_actors.bus.redis import RedisBus
-from asr_actors.bus.redis_stores import RedisReplayGuard
+from asr_actors.engine_protocol import wire
+from asr_actors.engine_protocol.gateway import RedisBus
 from asr_actors.engines.base import EngineEvent, EngineFailed, Final, Partial, StreamSpec, UnsupportedStream
 from asr_actors.engines.fake import FakeEngine
 from asr_actors.signing import LinkRefused
+from asr_actors.stores.redis import RedisReplayGuard
 from asr_actors.testing.redis_server import redis_server
 from asr_actors.worker import Worker
 from tests.support import fake_config, redis_connection
@@ -148,11 +148,11 @@ async def test_links_are_single_use_across_gateways(tmp_path: Path) -> None:
             redis_connection(server.url).open() as second,
         ):
             now = 1_000_000.0
-            await RedisReplayGuard(first).claim("sig+1", expires_at=now + 0.3, now=now)
+            await RedisReplayGuard(first.client).claim("sig+1", expires_at=now + 0.3, now=now)
             with pytest.raises(LinkRefused, match="already used"):
-                await RedisReplayGuard(second).claim("sig 1", expires_at=now + 0.3, now=now)
+                await RedisReplayGuard(second.client).claim("sig 1", expires_at=now + 0.3, now=now)
             await trio.sleep(0.5)  # Redis forgets the signature with its link's lifetime
-            await RedisReplayGuard(second).claim("sig+1", expires_at=now + 0.3, now=now)
+            await RedisReplayGuard(second.client).claim("sig+1", expires_at=now + 0.3, now=now)
 
 
 async def test_a_malformed_result_ends_only_its_session_and_is_counted(tmp_path: Path) -> None:
@@ -168,9 +168,9 @@ async def test_a_malformed_result_ends_only_its_session_and_is_counted(tmp_path:
             ):
 
                 async def bad_worker() -> None:
-                    popped = await redis.client.brpop([wire.queue_key("broken")], timeout=10)
+                    popped = await redis.client.brpop(wire.queue_key("broken"), block_s=10)
                     assert popped is not None
-                    request = wire.Request.decode(popped[1])
+                    request = wire.Request.decode(popped)
                     inbox = wire.inbox_channel(request.reply_to)
                     claim = wire.result_record(request.session, 0, 0, wire.Claimed("bad-worker"))
                     partial = wire.Record(wire.RESULT, request.session, 0, 1, b'{"type": "partial"}')

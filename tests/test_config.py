@@ -112,7 +112,7 @@ def test_environment_overrides_the_file(tmp_path: Path, monkeypatch: pytest.Monk
 @pytest.mark.parametrize("url", ["redis://h:1/0", "rediss://user:pw@h:6380/1", "unix:///run/redis.sock?db=2"])
 def test_bus_urls_the_redis_client_takes(url: str) -> None:
     """TLS, ACL user names and unix sockets are the Redis client's to parse; other schemes are refused."""
-    from asr_actors.bus.redis_connection import RedisConnection
+    from asr_actors.engine_protocol.connection import RedisConnection
 
     assert url == config_from_dict({"bus": {"url": url}}).bus.url
     RedisConnection(url, "test")  # parses without connecting

@@ -10,11 +10,11 @@ from pathlib import Path
 import trio
 
 from asr_actors.backend import resolve_secrets
-from asr_actors.bus.redis import RedisBus
-from asr_actors.bus.redis_stores import RedisDirectory
 from asr_actors.directory import StaticDirectory
+from asr_actors.engine_protocol.gateway import RedisBus
 from asr_actors.engines.fake import FakeEngine
 from asr_actors.server import Gateway
+from asr_actors.stores.redis import RedisDirectory
 from asr_actors.testing.redis_server import redis_server
 from asr_actors.worker import Worker
 from tests.support import (
@@ -86,9 +86,9 @@ async def test_live_edits_in_redis_reach_running_gateways(tmp_path: Path) -> Non
             )
             bus = await nursery.start(running_bus, RedisBus(redis, config.bus, events_capacity=8))
             gateway = Gateway(
-                config, {}, {}, bus=bus, shared_directory=lambda own: RedisDirectory(redis, own)
+                config, {}, {}, bus=bus, shared_directory=lambda own: RedisDirectory(redis.client, own)
             )
-            admin = RedisDirectory(redis, StaticDirectory(config, {}))
+            admin = RedisDirectory(redis.client, StaticDirectory(config, {}))
 
             assert ["401"] == await session_statuses(nursery, gateway, "live", "first-secret-0123456789")
             await admin.add_app("live", "first-secret-0123456789")

@@ -13,12 +13,18 @@ import pytest
 import trio
 import trio_websocket
 
-from asr_actors.bus.redis import RedisBus
-from asr_actors.bus.redis_stores import RedisAudioQuota, RedisSessionSlots
+from asr_actors.engine_protocol.gateway import RedisBus
 from asr_actors.engines.fake import FakeEngine
-from asr_actors.limits import DAY_SECONDS, DailyAudioLimits, MemoryAudioQuota, app_limits, memory_limits
-from asr_actors.protocol import ProtocolError
+from asr_actors.limits import (
+    DAY_SECONDS,
+    DailyAudioLimits,
+    LimitReached,
+    MemoryAudioQuota,
+    app_limits,
+    memory_limits,
+)
 from asr_actors.server import Gateway
+from asr_actors.stores.redis import RedisAudioQuota, RedisSessionSlots
 from asr_actors.testing.redis_server import redis_server
 from asr_actors.worker import Worker
 from tests.support import (
@@ -96,8 +102,8 @@ async def two_gateways(folder: Path, **auth: Any) -> AsyncIterator[tuple[Gateway
             for redis in (first, second):
                 limits = app_limits(
                     config,
-                    lambda limit, per_app, redis=redis: RedisSessionSlots(redis, limit, per_app, 3.0),
-                    RedisAudioQuota(redis),
+                    lambda limit, per_app, redis=redis: RedisSessionSlots(redis.client, limit, per_app, 3.0),
+                    RedisAudioQuota(redis.client),
                 )
                 bus = await nursery.start(running_bus, RedisBus(redis, config.bus, events_capacity=64))
                 gateways.append(Gateway(config, {}, {APPKEY: SECRET}, bus=bus, limits=limits))
@@ -139,10 +145,10 @@ async def test_a_dead_gateways_slots_expire(tmp_path: Path) -> None:
     """A hold that is never given back (its gateway died) stops counting after shared_slot_ttl."""
     with trio.fail_after(GUARD):
         async with redis_server(tmp_path) as server, redis_connection(server.url).open() as redis:
-            slots = RedisSessionSlots(redis, 1, {}, ttl=1.0)
+            slots = RedisSessionSlots(redis.client, 1, {}, ttl=1.0)
             # What a dead gateway leaves behind: a hold whose renewals stopped.
             await redis.client.zadd(f"asr:slots:{APPKEY}", {"dead-gateway-session": time.time() + 1.0})
-            with pytest.raises(ProtocolError, match="Too many sessions"):
+            with pytest.raises(LimitReached, match="Too many sessions"):
                 async with slots.hold(APPKEY):
                     pass
             await trio.sleep(1.2)

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import trio
 
-from asr_actors.bus import wire
-from asr_actors.bus.redis_connection import MAX_UNSENT_BYTES
+from asr_actors.engine_protocol import wire
+from asr_actors.engine_protocol.publisher import MAX_UNSENT_BYTES
 from asr_actors.overload import LoopLag
 from asr_actors.server import serve
 from asr_actors.testing.redis_server import redis_server

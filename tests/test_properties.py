@@ -14,7 +14,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from asr_actors import bailian, protocol
-from asr_actors.bus import wire
+from asr_actors.engine_protocol import wire
 from asr_actors.engines import dashscope_wire, iflytek_wire
 from asr_actors.engines.base import EngineError
 from asr_actors.engines.dashscope_native import DashScopeTask

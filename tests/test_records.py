@@ -12,10 +12,10 @@ from pathlib import Path
 import pytest
 import trio
 
-from asr_actors.bus.redis_stores import RedisRecordStore
 from asr_actors.engines.fake import FakeEngine
 from asr_actors.records import DAY, FinalRecord, RecordStore, SessionRecord, SqliteRecordStore, TrafficRow
 from asr_actors.server import Gateway
+from asr_actors.stores.redis import RedisRecordStore
 from asr_actors.testing.redis_server import redis_server
 from tests.support import APPKEY, SECRET, fake_config, open_connection, read_until_close, redis_connection
 
@@ -50,7 +50,7 @@ def store(request: pytest.FixtureRequest, tmp_path: Path) -> StoreFactory:
     @asynccontextmanager
     async def redis(retention_days: float) -> AsyncIterator[RecordStore]:
         async with redis_server(tmp_path) as server, redis_connection(server.url).open() as connection:
-            yield RedisRecordStore(connection, retention_days)
+            yield RedisRecordStore(connection.client, retention_days)
 
     return sqlite if request.param == "sqlite" else redis
 

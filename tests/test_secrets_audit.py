@@ -14,10 +14,10 @@ from urllib.parse import parse_qs, quote, urlsplit
 import pytest
 import trio
 
-from asr_actors.bus.redis import RedisBus
-from asr_actors.bus.redis_stores import RedisDirectory
+from asr_actors.engine_protocol.gateway import RedisBus
 from asr_actors.engines.fake import FakeEngine
 from asr_actors.server import Gateway
+from asr_actors.stores.redis import RedisDirectory
 from asr_actors.testing.fake_dashscope import FakeDashScope, Switches
 from asr_actors.testing.redis_server import redis_server
 from asr_actors.worker import Worker
@@ -98,14 +98,14 @@ async def test_redis_admin_and_sessions_log_no_secret(
         ):
             config = fake_config(bus={"kind": "redis", "url": server.url})
             await nursery.start(Worker(config, FakeEngine(), concurrency=2).run)
-            directory = RedisDirectory(redis, make_gateway().directory)
+            directory = RedisDirectory(redis.client, make_gateway().directory)
             await directory.add_app("kept", secret)
             gateway = Gateway(
                 config,
                 {},
                 {},
                 bus=await nursery.start(running_bus, RedisBus(redis, config.bus, events_capacity=8)),
-                shared_directory=lambda own: RedisDirectory(redis, own),
+                shared_directory=lambda own: RedisDirectory(redis.client, own),
             )
             target, signature = signed(secret, "kept")
             assert "200" in await session(nursery, gateway, target)

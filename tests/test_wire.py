@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from asr_actors.bus import wire
+from asr_actors.engine_protocol import wire
 from asr_actors.engines.base import EngineFailed, Final, Partial
 
 records = st.builds(

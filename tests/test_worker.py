@@ -6,8 +6,8 @@ import pytest
 import trio
 import trio.testing
 
-from asr_actors.bus import wire
-from asr_actors.worker import AudioFeed, _StreamBroken
+from asr_actors.engine_protocol import wire
+from asr_actors.engine_protocol.claims import AudioFeed, StreamBroken
 
 GUARD = 100  # virtual seconds
 
@@ -25,7 +25,7 @@ async def test_a_gateway_that_goes_quiet_ends_the_stream_after_the_audio_timeout
         await trio.sleep(30)
         assert audio.deliver(wire.audio("s", 0, 0, b"\x00\x00"))  # the clock starts again here
         start = trio.current_time()
-        with pytest.raises(_StreamBroken, match="no audio from the gateway"):
+        with pytest.raises(StreamBroken, match="no audio from the gateway"):
             await audio.watch()
     assert 40.0 == pytest.approx(trio.current_time() - start)
     assert [b"\x00\x00"] == [chunk async for chunk in audio_rx]  # the engine's audio ended
@@ -69,7 +69,7 @@ async def test_records_that_break_the_stream(
 ) -> None:
     audio, _audio_rx = feed()
     assert not audio.deliver(record)
-    with trio.fail_after(GUARD), pytest.raises(_StreamBroken, match=reason):
+    with trio.fail_after(GUARD), pytest.raises(StreamBroken, match=reason):
         await audio.watch()
 
 
@@ -80,20 +80,20 @@ async def test_an_engine_that_falls_behind_its_audio_breaks_the_stream(
     assert audio.deliver(wire.audio("s", 0, 0, b"\x00\x00"))
     assert audio.deliver(wire.audio("s", 0, 1, b"\x00\x00"))
     assert not audio.deliver(wire.audio("s", 0, 2, b"\x00\x00"))
-    with trio.fail_after(GUARD), pytest.raises(_StreamBroken, match="fell behind its audio"):
+    with trio.fail_after(GUARD), pytest.raises(StreamBroken, match="fell behind its audio"):
         await audio.watch()
 
 
 async def test_an_inbox_that_breaks_breaks_the_stream(autojump_clock: trio.testing.MockClock) -> None:
     audio, _audio_rx = feed()
     audio.close()
-    with trio.fail_after(GUARD), pytest.raises(_StreamBroken, match="inbox broke"):
+    with trio.fail_after(GUARD), pytest.raises(StreamBroken, match="inbox broke"):
         await audio.watch()
 
 
 async def test_a_sink_that_raises_ends_its_own_placement_only() -> None:
     """The inbox routes records synchronously from the pub/sub reader: a sink's bug must not reach it."""
-    from asr_actors.bus.redis_connection import RedisConnection
+    from asr_actors.engine_protocol.connection import RedisConnection
 
     class Broken:
         closed = False
@@ -104,12 +104,12 @@ async def test_a_sink_that_raises_ends_its_own_placement_only() -> None:
         def close(self) -> None:
             self.closed = True
 
-    connection = RedisConnection("redis://127.0.0.1:1/0", "test")
+    inbox = RedisConnection("redis://127.0.0.1:1/0", "test").inbox
     broken, healthy_feed = Broken(), feed()[0]
-    connection._routes[("a", 0)] = broken
-    connection._routes[("b", 0)] = healthy_feed
+    inbox._routes[("a", 0)] = broken
+    inbox._routes[("b", 0)] = healthy_feed
     batch = wire.encode_batch([wire.audio("a", 0, 0, b"\x00\x00"), wire.audio("b", 0, 0, b"\x00\x00")])
-    connection._deliver({"type": "message", "pattern": None, "channel": b"x", "data": batch})
+    inbox._deliver(batch)
     assert broken.closed
-    assert [("b", 0)] == list(connection._routes)
+    assert [("b", 0)] == list(inbox._routes)
     assert 1 == healthy_feed.expected

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import collections
-import contextlib
 import logging
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
@@ -14,13 +13,11 @@ from asr_actors.bus.base import BusStatistics
 from asr_actors.engines.base import (
     Engine,
     EngineBusy,
-    EngineError,
     EngineEvent,
-    EngineFailed,
     StreamSpec,
     UnsupportedStream,
+    run_engine,
 )
-from asr_actors.groups import first_leaf
 
 log = logging.getLogger(__name__)
 
@@ -59,34 +56,3 @@ class MemoryBus:
 
     def statistics(self) -> BusStatistics:
         return BusStatistics(streams_open=sum(self._streams_by_engine.values()))
-
-
-async def run_engine(
-    engine: Engine,
-    spec: StreamSpec,
-    audio: trio.MemoryReceiveChannel[bytes],
-    events: trio.MemorySendChannel[EngineEvent],
-) -> None:
-    """Run one engine stream; its failure becomes an EngineFailed event (in-process bus and workers alike)."""
-    # The engine gets a clone of `events`, so that a failure can still be reported after it closed its own.
-    async with events, audio:
-        failure: EngineFailed | None = None
-        # Engines run tasks of their own, so their errors may arrive grouped.
-        try:
-            await engine.run_stream(spec, audio, events.clone())
-        except* EngineError as group:
-            first = first_leaf(group)
-            log.warning("engine %s failed: %s", engine.name, first)
-            failure = EngineFailed(str(first))
-        except* Exception:
-            # A bug in an engine must end its own session only, with a coded error, not the gateway.
-            log.exception("engine %s crashed", engine.name)
-            failure = failure or EngineFailed("Engine failure")
-        if failure is not None:
-            await _report(events, failure)
-
-
-async def _report(events: trio.MemorySendChannel[EngineEvent], failure: EngineFailed) -> None:
-    # BrokenResourceError: the relay is gone already, nobody is left to tell.
-    with contextlib.suppress(trio.BrokenResourceError):
-        await events.send(failure)

@@ -2,8 +2,9 @@
 
     python -m asr_actors conformance --engine NAME --redis redis://127.0.0.1:6379/0 [--audio SPEECH.wav]
 
-It plays the gateway's side with plain Redis commands (docs/engine-protocol.md), so it checks the worker,
-not the gateway's own bus code, and reports each case as pass or fail with the reason.
+It plays the gateway's side with the engine protocol package's own parts (`asr_actors.engine_protocol`:
+the request queue, the inbox, liveness), driving the records itself (one PUBLISH per batch it chooses,
+malformed ones too), and reports each case as pass or fail with the reason.
 """
 
 from __future__ import annotations
@@ -17,9 +18,10 @@ import attrs
 import numpy as np
 import trio
 
-from asr_actors.bus import wire
-from asr_actors.bus.liveness import Heartbeat
-from asr_actors.bus.redis_connection import RedisConnection, new_process_id
+from asr_actors.engine_protocol import wire
+from asr_actors.engine_protocol.connection import RedisConnection, new_process_id
+from asr_actors.engine_protocol.gateway import request_placement, withdraw
+from asr_actors.engine_protocol.liveness import Heartbeat, live_workers
 
 FRAME_SAMPLES = 1600  # 100 ms at 16 kHz
 SAMPLE_RATE = 16000
@@ -97,11 +99,11 @@ async def _run_case(
     session = _Session(redis)
     async with redis.route((session.session, 0)) as results:
         request = wire.Request(session.session, engine, ctx.language, SAMPLE_RATE, reply_to=redis.process_id)
-        await redis.client.lpush(wire.queue_key(engine), [request.encode()])
+        await request_placement(redis, request)
         with trio.move_on_after(ctx.claim_timeout):
             session.results.append(_result(await results.receive()))
         if not session.results:
-            await redis.client.lrem(wire.queue_key(engine), 1, request.encode())
+            await withdraw(redis, request)
             raise CaseFailed(f"no worker claimed the session within {ctx.claim_timeout:g} s")
         if session.results[0].get("type") != "claim":
             raise CaseFailed(f"first message is not a claim: {session.results[0]}")
@@ -187,11 +189,12 @@ def _audio_then_end(pcm: bytes) -> Callable[[_Session], Awaitable[None]]:
 
 
 async def _heartbeat(ctx: _Context) -> str:
-    keys = await ctx.redis.client.keys(wire.worker_key("*"))
-    live = [key for key in keys if (await ctx.redis.client.get(key) or b"").decode() == ctx.engine]
+    live = [
+        worker for worker, engine in (await live_workers(ctx.redis.client)).items() if engine == ctx.engine
+    ]
     if not live:
         raise CaseFailed(f"no {wire.worker_key('*')} key with value {ctx.engine!r}")
-    ttl = await ctx.redis.client.pttl(live[0])
+    ttl = await ctx.redis.client.pttl(wire.worker_key(live[0]))
     if ttl <= 0:
         raise CaseFailed("the liveness key has no expiry")
     return f"{len(live)} live worker(s), key expires in {ttl} ms"

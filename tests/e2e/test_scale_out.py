@@ -23,7 +23,7 @@ import pytest
 import trio
 
 from asr_actors import client
-from asr_actors.bus import wire
+from asr_actors.engine_protocol import wire
 from asr_actors.testing.redis_server import RedisServer, free_port, redis_server
 from asr_actors.testing.subprocess_server import running_server, stop
 from tests.test_http import http_get

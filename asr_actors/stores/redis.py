@@ -1,7 +1,8 @@
 """What gateways keep in Redis besides the bus: usage limits, single-use links, apps and routes, records.
 
-Shared by every gateway of a deployment. Redis's errors become `DependencyUnavailable` here, once, naming
-what could not be done (the session gets 503); administration commands let them through to the CLI.
+Shared by every gateway of a deployment. Redis's errors arrive as `RedisUnavailable`
+(`asr_actors.redis_client`) and leave as `DependencyUnavailable` naming what could not be done (the
+session gets 503); a full app is `LimitReached` (429). Administration commands let them through to the CLI.
 Keys keep the `asr:` prefix of the first release (the engine protocol's keys are versioned apart).
 """
 
@@ -10,26 +11,35 @@ from __future__ import annotations
 import contextlib
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
 
-import coredis
 import trio
 
-from asr_actors.bus.redis_connection import RedisConnection, RedisError, unavailable
 from asr_actors.directory import Directory
+from asr_actors.errors import DependencyUnavailable
 from asr_actors.limits import DAY_SECONDS, too_many, utc_day
 from asr_actors.records import DAY, SessionRecord, TrafficRow, aggregate
+from asr_actors.redis_client import RedisClient, RedisUnavailable
 from asr_actors.signing import LinkRefused
 
 PREFIX = "asr:"
 
 
+@contextlib.contextmanager
+def unavailable(what: str) -> Iterator[None]:
+    """Redis away inside, as `DependencyUnavailable` naming `what` could not be done."""
+    try:
+        yield
+    except RedisUnavailable as exc:
+        raise DependencyUnavailable(f"{what}: {exc}") from exc
+
+
 class RedisAudioQuota:
     """Today's audio seconds per app, shared by every gateway: one counter per app and UTC day."""
 
-    def __init__(self, connection: RedisConnection) -> None:
-        self._redis = connection
+    def __init__(self, redis: RedisClient) -> None:
+        self._redis = redis
 
     @staticmethod
     def _key(app: str, now: float) -> str:
@@ -38,13 +48,13 @@ class RedisAudioQuota:
     async def used_today(self, app: str, now: float) -> float:
         # Without the shared count the limit cannot be kept: refuse rather than admit unmetered.
         with unavailable("Usage limits unavailable"):
-            stored = await self._redis.client.get(self._key(app, now))
+            stored = await self._redis.get(self._key(app, now))
         return float(stored) if stored is not None else 0.0
 
     async def charge(self, app: str, seconds: float, now: float) -> None:
         key = self._key(app, now)
         with unavailable("Usage could not be counted"):
-            async with self._redis.client.pipeline(transaction=False) as pipeline:
+            async with self._redis.pipeline() as pipeline:
                 pipeline.incrbyfloat(key, seconds)
                 pipeline.expire(key, 2 * DAY_SECONDS)
 
@@ -55,8 +65,8 @@ class RedisSessionSlots:
     out again (two racing for the last slot may both be refused, never both admitted). Holds are renewed
     every third of `ttl`, so a gateway that dies frees its slots after `ttl`."""
 
-    def __init__(self, connection: RedisConnection, limit: int, per_app: dict[str, int], ttl: float) -> None:
-        self._redis = connection
+    def __init__(self, redis: RedisClient, limit: int, per_app: dict[str, int], ttl: float) -> None:
+        self._redis = redis
         self._limit = limit
         self._per_app = per_app
         self._ttl = ttl
@@ -81,39 +91,39 @@ class RedisSessionSlots:
             with (
                 trio.CancelScope(shield=True),
                 trio.move_on_after(self._ttl),
-                contextlib.suppress(*RedisError),
+                contextlib.suppress(RedisUnavailable),
             ):
-                await self._redis.client.zrem(key, [member])
+                await self._redis.zrem(key, member)
 
     async def _take(self, key: str, member: str) -> int:
         now = time.time()
-        async with self._redis.client.pipeline(transaction=True) as pipeline:
+        async with self._redis.pipeline(transaction=True) as pipeline:
             pipeline.zremrangebyscore(key, float("-inf"), now)
             pipeline.zadd(key, {member: now + self._ttl})
             held = pipeline.zcard(key)
             pipeline.expire(key, int(self._ttl * 2) + 1)
-        return await held
+        return await held.get()
 
     async def _renew(self, key: str, member: str) -> None:
         while True:
             await trio.sleep(self._ttl / 3)
-            with contextlib.suppress(*RedisError):  # a missed renewal is retried; the hold lasts ttl
-                await self._redis.client.zadd(key, {member: time.time() + self._ttl})
-                await self._redis.client.expire(key, int(self._ttl * 2) + 1)
+            with contextlib.suppress(RedisUnavailable):  # a missed renewal is retried; the hold lasts ttl
+                await self._redis.zadd(key, {member: time.time() + self._ttl})
+                await self._redis.expire(key, int(self._ttl * 2) + 1)
 
 
 class RedisReplayGuard:
     """Single use of signed links across every gateway: SET NX with the link's remaining lifetime."""
 
-    def __init__(self, connection: RedisConnection) -> None:
-        self._redis = connection
+    def __init__(self, redis: RedisClient) -> None:
+        self._redis = redis
 
     async def claim(self, signature: str, expires_at: float, now: float) -> None:
         key = f"{PREFIX}link:{signature.replace(' ', '+')}"
         ttl_ms = max(1, int((expires_at - now) * 1000))
         # Without the shared memory of used links no link can be admitted: the session gets 503.
         with unavailable("The link check is unavailable"):
-            first = await self._redis.client.set(key, b"1", condition=coredis.PureToken.NX, px=ttl_ms)
+            first = await self._redis.set_if_absent(key, b"1", px=ttl_ms)
         if not first:
             raise LinkRefused("link already used")
 
@@ -125,13 +135,13 @@ class RedisDirectory:
     APPS = f"{PREFIX}apps"
     ROUTES = f"{PREFIX}routes"
 
-    def __init__(self, connection: RedisConnection, fallback: Directory) -> None:
-        self._redis = connection
+    def __init__(self, redis: RedisClient, fallback: Directory) -> None:
+        self._redis = redis
         self._fallback = fallback
 
     async def secret(self, appkey: str) -> str | None:
         with unavailable("The app directory is unavailable"):
-            stored = await self._redis.client.hget(self.APPS, appkey)
+            stored = await self._redis.hget(self.APPS, appkey)
         return stored.decode() if stored is not None else await self._fallback.secret(appkey)
 
     async def engine_for(self, language: str) -> str | None:
@@ -139,39 +149,39 @@ class RedisDirectory:
 
     async def routes(self) -> dict[str, str]:
         with unavailable("The language routes are unavailable"):
-            stored = await self._redis.client.hgetall(self.ROUTES)
+            stored = await self._redis.hgetall(self.ROUTES)
         if not stored:
             return await self._fallback.routes()
         return {code.decode(): engine.decode() for code, engine in stored.items()}
 
     # Administration (the `apps` and `routes` commands):
     async def list_apps(self) -> list[str]:
-        return sorted(key.decode() for key in await self._redis.client.hkeys(self.APPS))
+        return sorted(key.decode() for key in await self._redis.hkeys(self.APPS))
 
     async def add_app(self, appkey: str, secret: str) -> None:
-        if not await self._redis.client.hsetnx(self.APPS, appkey, secret):
+        if not await self._redis.hsetnx(self.APPS, appkey, secret):
             raise ValueError(f"app {appkey!r} exists already (use rotate)")
 
     async def rotate_app(self, appkey: str, secret: str) -> None:
-        if not await self._redis.client.hexists(self.APPS, appkey):
+        if not await self._redis.hexists(self.APPS, appkey):
             raise ValueError(f"no app {appkey!r}")
-        await self._redis.client.hset(self.APPS, {appkey: secret})
+        await self._redis.hset(self.APPS, {appkey: secret})
 
     async def remove_app(self, appkey: str) -> None:
-        if not await self._redis.client.hdel(self.APPS, [appkey]):
+        if not await self._redis.hdel(self.APPS, appkey):
             raise ValueError(f"no app {appkey!r}")
 
     async def set_route(self, language: str, engine: str) -> None:
-        if not await self._redis.client.exists([self.ROUTES]):
+        if not await self._redis.exists(self.ROUTES):
             # The first edit starts from the config's routes, so that it does not drop the others.
             seed = await self._fallback.routes()
             if seed:
-                await self._redis.client.hset(self.ROUTES, seed)
-        await self._redis.client.hset(self.ROUTES, {language: engine})
+                await self._redis.hset(self.ROUTES, seed)
+        await self._redis.hset(self.ROUTES, {language: engine})
 
     async def remove_route(self, language: str) -> None:
         await self.set_route(language, "")  # seeds the hash from the config first if need be
-        await self._redis.client.hdel(self.ROUTES, [language])
+        await self._redis.hdel(self.ROUTES, language)
 
 
 class RedisRecordStore:
@@ -180,21 +190,20 @@ class RedisRecordStore:
 
     INDEX = f"{PREFIX}records"
 
-    def __init__(self, connection: RedisConnection, retention_days: float) -> None:
-        self._redis = connection
+    def __init__(self, redis: RedisClient, retention_days: float) -> None:
+        self._redis = redis
         self._retention = retention_days * DAY
 
     async def save(self, record: SessionRecord) -> None:
-        client = self._redis.client
+        client = self._redis
         with unavailable("The session record could not be kept"):
             await client.set(f"{PREFIX}record:{record.session}", record.to_json(), ex=int(self._retention))
             await client.zadd(self.INDEX, {record.session: record.started_at})
             await client.zremrangebyscore(self.INDEX, float("-inf"), record.ended_at - self._retention)
 
     async def transcripts(self, *, app: str | None = None, since: float = 0) -> list[SessionRecord]:
-        client = self._redis.client
-        members = await client.zrange(self.INDEX, since, "+inf", sortby=coredis.PureToken.BYSCORE)
-        sessions = [member.decode() for member in members if isinstance(member, bytes)]
+        client = self._redis
+        sessions = await client.zrange_by_score(self.INDEX, since, "+inf")
         if not sessions:
             return []
         bodies = await client.mget([f"{PREFIX}record:{session}" for session in sessions])

@@ -15,7 +15,9 @@ from collections.abc import Callable, Iterator
 
 import trio
 
-from asr_actors.bus.redis_connection import RedisConnection, RedisError
+from asr_actors.engine_protocol import wire
+from asr_actors.engine_protocol.connection import RedisConnection
+from asr_actors.redis_client import RedisClient, RedisUnavailable
 
 log = logging.getLogger(__name__)
 
@@ -38,7 +40,7 @@ class Heartbeat:
         return trio.current_time() + self._interval < self._alive_until
 
     async def beat(self) -> None:
-        """Refresh the key now; RedisError if Redis did not take it."""
+        """Refresh the key now; RedisUnavailable if Redis did not take it."""
         sent_at = trio.current_time()
         await self._redis.client.set(self._key, self._value, px=int(self._ttl * 1000))
         self._alive_until = sent_at + self._ttl
@@ -52,13 +54,13 @@ class Heartbeat:
                 continue
             try:
                 await self.beat()
-            except RedisError as exc:
+            except RedisUnavailable as exc:
                 log.warning("heartbeat failed: %s", exc)
                 self._redis.suspect()
 
     async def goodbye(self) -> None:
         """Delete the key: the process is leaving (its peers need not wait for it to expire)."""
-        await self._redis.client.delete([self._key])
+        await self._redis.client.delete(self._key)
 
 
 class LivenessWatch:
@@ -94,13 +96,24 @@ class LivenessWatch:
                 continue
             try:
                 async with self._redis.client.pipeline(transaction=False) as pipeline:
-                    replies = [pipeline.exists([self._key(process)]) for process in watched]
-                alive = [await reply for reply in replies]
-            except RedisError as exc:
+                    replies = [pipeline.exists(self._key(process)) for process in watched]
+                alive = [await reply.get() for reply in replies]
+            except RedisUnavailable as exc:
                 # The pub/sub check that follows ends every placement if Redis is really away.
                 log.warning("checking liveness failed: %s", exc)
                 self._redis.suspect()
                 continue
-            for process, count in zip(watched, alive, strict=True):
-                if not count and process in self._gone:
+            for process, exists in zip(watched, alive, strict=True):
+                if not exists and process in self._gone:
                     self._gone[process].set()
+
+
+async def live_workers(client: RedisClient) -> dict[str, str]:
+    """The workers whose liveness key lives now, and the engine each serves (by SCAN, not KEYS: a large
+    keyspace of sessions and records must not block Redis for a health check)."""
+    keys = await client.scan(wire.worker_key("*"))
+    engines = await client.mget(keys) if keys else []
+    prefix = len(wire.worker_key(""))
+    return {
+        key[prefix:]: engine.decode() for key, engine in zip(keys, engines, strict=True) if engine is not None
+    }

@@ -1,4 +1,4 @@
-"""The Redis bus, gateway side: sessions placed on engine workers in other processes and hosts.
+"""Engine protocol v2, the gateway's side: the Redis bus, sessions placed on engine workers elsewhere.
 
 Placement is competing consumers: the gateway LPUSHes a request (naming its own inbox) on the engine's
 queue and exactly one worker BRPOPs it and answers with a `claim` record in the gateway's inbox; then audio
@@ -7,7 +7,7 @@ gateway checks, once per heartbeat interval and in one round trip, the liveness 
 holds one of its sessions; when one has expired, its sessions are placed again and the audio since their
 last final (kept here) is replayed, so that the client loses no final and gets none twice. The gateway
 keeps its own liveness key alive the same way, for the workers to end its sessions if it dies
-(`bus/liveness.py`).
+(`liveness.py`).
 """
 
 from __future__ import annotations
@@ -21,11 +21,12 @@ from contextlib import asynccontextmanager
 import attrs
 import trio
 
-from asr_actors.bus import wire
 from asr_actors.bus.base import BusStatistics
-from asr_actors.bus.liveness import Heartbeat, LivenessWatch
-from asr_actors.bus.redis_connection import CLEANUP_TIMEOUT, RedisConnection, RedisError
 from asr_actors.config import BusConfig
+from asr_actors.engine_protocol import wire
+from asr_actors.engine_protocol.connection import RedisConnection
+from asr_actors.engine_protocol.inbox import CLEANUP_TIMEOUT, RouteTaken
+from asr_actors.engine_protocol.liveness import Heartbeat, LivenessWatch, live_workers
 from asr_actors.engines.base import (
     EngineEvent,
     EngineFailed,
@@ -36,6 +37,7 @@ from asr_actors.engines.base import (
     UnsupportedStream,
 )
 from asr_actors.groups import first_leaf
+from asr_actors.redis_client import RedisUnavailable
 
 log = logging.getLogger(__name__)
 
@@ -119,7 +121,7 @@ class RedisBus:
             with (
                 trio.move_on_after(CLEANUP_TIMEOUT),
                 trio.CancelScope(shield=True),
-                contextlib.suppress(*RedisError),
+                contextlib.suppress(RedisUnavailable),
             ):
                 await self._heartbeat.goodbye()
 
@@ -158,21 +160,22 @@ class RedisBus:
         if not self._redis.delivering:
             return "the bus's pub/sub connection to Redis is not delivering (Redis away, or reconnecting)"
         try:
-            # SCAN, not KEYS: a large keyspace (sessions, records) must not block Redis for a health check.
-            workers = [
-                key async for key in self._redis.client.scan_iter(match=wire.worker_key("*"), count=1000)
-            ]
-            engines = await self._redis.client.mget(workers) if workers else ()
-        except RedisError as exc:
+            workers = await live_workers(self._redis.client)
+        except RedisUnavailable as exc:
             self._redis.suspect()
             return f"the bus is unreachable: {exc}"
-        return None if engine.encode() in engines else "no live worker"
+        return None if engine in workers.values() else "no live worker"
 
     async def _place(self, stream: _Stream) -> None:
         """Queue the session for a worker; return once one has claimed it (its id in `stream.worker`)."""
         spec = stream.spec
         stream.worker = None
-        stream.results = await self._redis.open_route(stream.route)
+        try:
+            stream.results = await self._redis.open_route(stream.route)
+        except RedisUnavailable as exc:
+            raise EngineUnavailable(f"The bus is unreachable: {exc}") from exc
+        except RouteTaken as exc:
+            raise EngineUnavailable(str(exc)) from exc
         request = wire.Request(
             spec.session_id,
             stream.engine,
@@ -180,8 +183,7 @@ class RedisBus:
             spec.sample_rate,
             reply_to=self._redis.process_id,
             attempt=stream.attempt,
-        ).encode()
-        queue = wire.queue_key(stream.engine)
+        )
         overload = self.overload()
         if overload is not None:
             # Taking another session now would make every session's audio later still: refused at its
@@ -192,7 +194,7 @@ class RedisBus:
             # A worker that claims the session finds this gateway's key alive (or ends the session).
             if not self._heartbeat.fresh:
                 await self._heartbeat.beat()
-            await self._redis.push(queue, request)
+            await request_placement(self._redis, request)
             with trio.move_on_after(self._config.claim_timeout):
                 async for record in stream.results:
                     try:
@@ -208,9 +210,8 @@ class RedisBus:
                         refusal = EngineUnavailable if result.unavailable else UnsupportedStream
                         raise refusal(result.message)
                 raise EngineUnavailable("The bus is unreachable: the gateway's inbox broke")
-            # Nobody claimed it in time: take the request back, so that no worker starts it later.
-            await self._redis.client.lrem(queue, 1, request)
-        except RedisError as exc:
+            await withdraw(self._redis, request)
+        except RedisUnavailable as exc:
             self._redis.suspect()
             raise EngineUnavailable(f"The bus is unreachable: {exc}") from exc
         raise EngineUnavailable(
@@ -237,7 +238,7 @@ class RedisBus:
             with (
                 trio.CancelScope(shield=True),
                 trio.move_on_after(CLEANUP_TIMEOUT),
-                contextlib.suppress(*RedisError),
+                contextlib.suppress(RedisUnavailable),
             ):
                 await self._redis.send(worker, wire.cancel(*stream.route))
 
@@ -248,7 +249,7 @@ class RedisBus:
                 bus_failure = None
                 try:
                     lost = await self._serve_placement(stream)
-                except* RedisError as group:
+                except* RedisUnavailable as group:
                     bus_failure = first_leaf(group)
                 if bus_failure is not None:
                     log.warning("bus failure: %s", bus_failure)
@@ -357,6 +358,17 @@ class RedisBus:
                 f"Results were lost on the bus (the stream fell behind or the inbox broke at {expected})"
             )
         )
+
+
+async def request_placement(redis: RedisConnection, request: wire.Request) -> None:
+    """Queue `request` for a worker of its engine (in this process's next batch); its claim, or a refusal,
+    comes to the inbox of `request.reply_to`."""
+    await redis.push(wire.queue_key(request.engine), request.encode())
+
+
+async def withdraw(redis: RedisConnection, request: wire.Request) -> None:
+    """Take back a request nobody claimed in time, so that no worker starts it later."""
+    await redis.client.lrem(wire.queue_key(request.engine), 1, request.encode())
 
 
 async def _cancel_when(event: trio.Event, scope: trio.CancelScope) -> None:

@@ -1,0 +1,1 @@
+"""What gateways keep besides sessions, shared through Redis in scale-out mode: `redis.py`."""
