@@ -17,7 +17,7 @@ from asr_actors.bus.memory import MemoryBus
 from asr_actors.config import Config, state_path
 from asr_actors.directory import Directory, DirectoryAdmin, FileAdmin, StaticDirectory, read_apps_file
 from asr_actors.engines.base import Engine
-from asr_actors.limits import Limits, app_limits
+from asr_actors.limits import Limits, app_limits, memory_limits
 from asr_actors.records import RecordStore, SqliteRecordStore
 from asr_actors.signing import MemoryReplayGuard, ReplayGuard
 
@@ -83,12 +83,24 @@ class Backend:
     engines: dict[str, Engine]
     replay: ReplayGuard
     records: RecordStore | None
+    # Per-app limits, counted in this process (memory) or across gateways (Redis).
+    limits: Limits
     # Wraps the config's directory in the one all gateways share (Redis); None in embedded mode.
     shared_directory: Callable[[Directory], Directory] | None = None
     # What the `apps` and `routes` commands change.
     admin: DirectoryAdmin | None = None
-    # Per-app limits; None: counted in this process.
-    limits: Limits | None = None
+
+
+def in_process(config: Config, engines: dict[str, Engine], records: RecordStore | None = None) -> Backend:
+    """The embedded backend: `engines` run as tasks of this process, links and limits kept in memory."""
+    return Backend(
+        MemoryBus(engines, events_capacity=config.channels.engine_events),
+        engines,
+        MemoryReplayGuard(),
+        records,
+        memory_limits(config),
+        admin=FileAdmin(config),
+    )
 
 
 @asynccontextmanager
@@ -98,14 +110,12 @@ async def backend(config: Config) -> AsyncIterator[Backend]:
     channels = config.channels
     keep = config.records
     if config.bus.kind == "memory":
-        engines = build_engines(config)
-        memory = MemoryBus(engines, events_capacity=channels.engine_events)
         records = (
             SqliteRecordStore(str(state_path(config, keep.path)), keep.retention_days)
             if keep.enabled
             else None
         )
-        yield Backend(memory, engines, MemoryReplayGuard(), records, admin=FileAdmin(config))
+        yield in_process(config, build_engines(config), records)
         return
     from asr_actors.engine_protocol.connection import RedisConnection, new_process_id
     from asr_actors.engine_protocol.gateway import RedisBus
@@ -136,11 +146,11 @@ async def backend(config: Config) -> AsyncIterator[Backend]:
             {},
             RedisReplayGuard(client),
             shared,
-            shared_directory=lambda fallback: RedisDirectory(client, fallback),
-            admin=RedisDirectory(client, StaticDirectory(config, {})),
-            limits=app_limits(
+            app_limits(
                 config,
                 lambda limit, per_app: RedisSessionSlots(client, limit, per_app, config.auth.shared_slot_ttl),
                 RedisAudioQuota(client),
             ),
+            shared_directory=lambda fallback: RedisDirectory(client, fallback),
+            admin=RedisDirectory(client, StaticDirectory(config, {})),
         )

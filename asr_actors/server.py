@@ -1,10 +1,16 @@
-"""The gateway: listeners; per connection, an HTTP answer or a supervised WebSocket session."""
+"""The gateway: its parts put together, its HTTP routes, and its listeners.
+
+A connection goes to the HTTP front (`http_front.py`: keep-alive, handshake checks, the connection's
+boundary), which asks the port's router (`router.py`) what a request is for: an HTTP route of this module
+or a dialect's WebSocket session, run and counted by the session registry (`registry.py`). What the
+sessions share (bus, engines, stores, limits) comes in a `Backend` (`backend.py`); the gateway builds
+none of it.
+"""
 
 from __future__ import annotations
 
 import functools
 import gc
-import ipaddress
 import logging
 import math
 import secrets
@@ -15,38 +21,24 @@ from collections.abc import Awaitable, Callable, Mapping
 import attrs
 import trio
 
-from asr_actors import http, protocol, session
-from asr_actors.backend import backend, resolve_secrets
-from asr_actors.bus.base import Bus
-from asr_actors.bus.memory import MemoryBus
+from asr_actors import http, protocol
+from asr_actors.backend import Backend, backend, resolve_secrets
 from asr_actors.config import Config
-from asr_actors.dialects import V1, Admission, Bailian, Dialect
-from asr_actors.directory import Directory, StaticDirectory
-from asr_actors.engines.base import Engine, EngineUnavailable
+from asr_actors.dialects import V1, Bailian
+from asr_actors.directory import StaticDirectory
+from asr_actors.engines.base import EngineUnavailable
 from asr_actors.errors import DependencyUnavailable
-from asr_actors.limits import HandshakeRate, Limits, memory_limits
+from asr_actors.http_front import HttpFront, is_loopback
 from asr_actors.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from asr_actors.metrics import Metrics
 from asr_actors.overload import LoopLag
-from asr_actors.protocol import ErrorCode, ProtocolError
-from asr_actors.records import RecordStore
+from asr_actors.registry import SessionRegistry
+from asr_actors.router import Router, upgrade_required
 from asr_actors.session import Shared
-from asr_actors.signing import MemoryReplayGuard, ReplayGuard
-from asr_actors.transport import ClientGone
-from asr_actors.websocket import WebSocket
 
 log = logging.getLogger(__name__)
 
 LOOPBACK = "127.0.0.1"
-
-
-def _address(stream: trio.abc.Stream) -> str:
-    """The client's IP address, or "" for streams without a socket (in-memory tests)."""
-    socket = getattr(stream, "socket", None)
-    if socket is None:
-        return ""
-    peer = socket.getpeername()
-    return str(peer[0]) if isinstance(peer, tuple) else str(peer)
 
 
 def _local_peer(peer: str) -> bool:
@@ -54,41 +46,20 @@ def _local_peer(peer: str) -> bool:
     return not peer or is_loopback(peer)
 
 
-def is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        address = ipaddress.ip_address(host)
-    except ValueError:
-        return False
-    # A dual-stack socket reports an IPv4 client as ::ffff:a.b.c.d.
-    mapped = address.ipv4_mapped if isinstance(address, ipaddress.IPv6Address) else None
-    return (mapped or address).is_loopback
-
-
-# Answers a request that is not a WebSocket session: an HTTP response.
-HttpRoute = Callable[[http.RequestHead], Awaitable[http.Response]]
-
-
 class Gateway:
-    """Shared state of one gateway process; the `handle_*` methods are per-connection entry points."""
+    """One gateway process: its routers per port, its routes, its sessions; `handle_*` are the ports'
+    per-connection entry points."""
 
     def __init__(
         self,
         config: Config,
-        engines: Mapping[str, Engine],
+        backend: Backend,
         app_secrets: Mapping[str, str],
         wall_clock: Callable[[], float] = time.time,
-        bus: Bus | None = None,
-        replay: ReplayGuard | None = None,
-        records: RecordStore | None = None,
-        shared_directory: Callable[[Directory], Directory] | None = None,
-        limits: Limits | None = None,
     ) -> None:
-        """`shared_directory` wraps the config's directory in one shared by all gateways (Redis); `limits`
-        count in this process unless given (Redis: across gateways)."""
         self.config = config
-        self.engines = engines
+        self.engines = backend.engines
+        self.bus = backend.bus
         demo = config.demo
         self.demo_enabled = demo.enabled == "on" or (
             demo.enabled == "auto" and is_loopback(config.server.host)
@@ -99,26 +70,36 @@ class Gateway:
             all_secrets[demo.appkey] = secrets.token_urlsafe(32)
         self.secrets = all_secrets
         self.wall_clock = wall_clock
-        self.bus: Bus = bus or MemoryBus(
-            engines,
-            events_capacity=config.channels.engine_events,
-        )
         own = StaticDirectory(config, all_secrets)
-        self.directory = shared_directory(own) if shared_directory else own
-        self.v1 = V1(directory=self.directory, replay=replay or MemoryReplayGuard(), wall_clock=wall_clock)
-        self.bailian = Bailian()
-        self.shared = Shared(
-            config, self.bus, self.directory, limits or memory_limits(config), records, wall_clock
-        )
-        self.active_sessions = 0
-        self.draining = False
-        self._lifetimes: set[session.Lifetime] = set()
-        self._all_ended = trio.Event()
-        self._all_ended.set()
+        self.directory = backend.shared_directory(own) if backend.shared_directory else own
         self.metrics = Metrics()
-        self._handshakes = HandshakeRate(config.server.handshakes_per_minute)
+        shared = Shared(config, self.bus, self.directory, backend.limits, backend.records, wall_clock)
+        self.sessions = SessionRegistry(shared, self.metrics)
         # Run by the serving loop (`_serve_gateway`); a gateway driven directly by tests is never overloaded.
         self.loop_lag = LoopLag(config.server.max_loop_lag or math.inf)
+        self.front = HttpFront(config, self.metrics, self.sessions, self._overloaded)
+        v1 = V1(directory=self.directory, replay=backend.replay, wall_clock=wall_clock)
+        health = {"/healthz": self._health, "/readyz": self._ready, "/metrics": self._metrics}
+        # The main port: the page, health, signing, languages and protocol v1 sessions at /v1/asr.
+        self.main_router = Router(
+            routes={
+                **health,
+                "/v1/sign": self._sign,
+                "/v1/languages": self._languages,
+                protocol.PATH: upgrade_required,
+            },
+            dialects={protocol.PATH: v1},
+            otherwise=self._static_file,
+        )
+        # The metrics port: health and metrics only, no WebSocket.
+        self.operator_router = Router(routes=health)
+        # The Bailian compatibility port: that demo's protocol on any path (allowed origins only).
+        self.bailian_router = Router(any_path=Bailian(), otherwise=upgrade_required)
+        self._watch_metrics()
+        # Engines that failed to prepare, with the reason (their sessions get 503).
+        self.unavailable: dict[str, str] = {}
+
+    def _watch_metrics(self) -> None:
         self.metrics.watch(
             "asr_event_loop_lag_seconds",
             "How late this process's event loop runs (the largest of its last samples)",
@@ -142,8 +123,13 @@ class Gateway:
             "Engine worker results that broke the protocol",
             lambda: self.bus.statistics().malformed_results,
         )
-        # Engines that failed to prepare, with the reason (their sessions get 503).
-        self.unavailable: dict[str, str] = {}
+
+    @property
+    def active_sessions(self) -> int:
+        return self.sessions.active
+
+    def _overloaded(self) -> bool:
+        return self.loop_lag.overloaded or self.bus.overload() is not None
 
     async def prepare(self) -> None:
         for name, engine in self.engines.items():
@@ -155,138 +141,22 @@ class Gateway:
                 self.unavailable[name] = str(exc)
 
     async def handle_connection(self, stream: trio.abc.Stream) -> None:
-        """The main port: the page, /healthz, /v1/sign, and protocol v1 sessions at /v1/asr."""
-        await self._serve(stream, self._v1_upgrade, self._http)
+        await self.front.serve(stream, self.main_router)
 
     async def handle_operator_connection(self, stream: trio.abc.Stream) -> None:
-        """The metrics port: /metrics, /healthz and /readyz only, no WebSocket."""
-        await self._serve(stream, _no_upgrade, self._operator)
-
-    async def _operator(self, head: http.RequestHead) -> http.Response:
-        routes: dict[str, HttpRoute] = {
-            "/healthz": self._health,
-            "/readyz": self._ready,
-            "/metrics": self._metrics,
-        }
-        route = routes.get(head.path)
-        return await route(head) if route else http.text_response(404, "Not found")
+        await self.front.serve(stream, self.operator_router)
 
     async def handle_bailian_connection(self, stream: trio.abc.Stream) -> None:
-        """The Bailian compatibility port: that demo's protocol on any path, for allowed origins only."""
-        await self._serve(stream, self._bailian_upgrade, self._upgrade_required)
+        await self.front.serve(stream, self.bailian_router)
 
-    def _v1_upgrade(self, head: http.RequestHead) -> Dialect | None:
-        return self.v1 if head.path == protocol.PATH else None
+    async def drain(self, grace_s: float) -> None:
+        await self.sessions.drain(grace_s)
 
-    def _bailian_upgrade(self, head: http.RequestHead) -> Dialect | None:
-        return self.bailian
-
-    async def _serve(
-        self,
-        stream: trio.abc.Stream,
-        upgrade: Callable[[http.RequestHead], Dialect | None],
-        answer: HttpRoute,
-    ) -> None:
-        """The connection's boundary: whatever its handling raises ends this connection only, logged with
-        its traceback and counted (`asr_faults_total`), never reaching the listener or another session.
-        Inside, each layer gives the best answer it still can: a route's failure is an HTTP 500 (503 for a
-        dependency that is down), a session's a coded close (`session.run`)."""
-        try:
-            await self._converse(stream, upgrade, answer)
-        except* Exception as group:
-            self.metrics.faults.labels(stage="connection").inc()
-            log.error("connection failed", exc_info=group)
-        finally:
-            with trio.move_on_after(self.config.session.close_timeout, shield=True):
-                await stream.aclose()
-
-    async def _converse(
-        self,
-        stream: trio.abc.Stream,
-        upgrade: Callable[[http.RequestHead], Dialect | None],
-        answer: HttpRoute,
-    ) -> None:
-        """HTTP requests one after another while the client keeps the connection alive, until one of them
-        upgrades to a WebSocket session."""
-        server = self.config.server
-        reader = http.RequestReader(stream, server.max_request_head_bytes)
-        # One deadline for the request head and its answer or, for a WebSocket, the upgrade: a slow or
-        # silent client holds a connection for at most handshake_timeout before it has a session.
-        deadline = trio.current_time() + server.handshake_timeout
-        first = True
-        while True:
-            head = await _next_head(stream, reader, deadline, self._refuse if first else _not_counted)
-            if head is None:
-                return
-            head = attrs.evolve(head, peer=_address(stream))
-            first = False
-            dialect = upgrade(head) if head.is_websocket else None
-            origin = head.headers.get("origin")
-            if dialect is not None and origin is not None and not self._origin_allowed(origin, head.host):
-                log.info("refused %s connection from origin %r", dialect.name, origin)
-                self._refuse("origin")
-                response = http.text_response(403, "Origin not allowed")
-            elif dialect is not None and not self._handshakes.allow(_address(stream), trio.current_time()):
-                log.info("refused a handshake from %s: over the rate limit", _address(stream))
-                self._refuse("rate")
-                response = http.text_response(429, "Too many connections from this address; slow down")
-            elif dialect is not None and (self.loop_lag.overloaded or self.bus.overload() is not None):
-                self._refuse("overload")
-                response = http.Response(
-                    503,
-                    b"Overloaded: this gateway cannot take more sessions now; retry later\n",
-                    extra_headers=((b"retry-after", str(server.overload_retry_after).encode()),),
-                )
-            elif dialect is not None:
-                await self._websocket(stream, head, reader.rest(), deadline, dialect)
-                return
-            else:
-                with trio.move_on_at(deadline):
-                    response = await self._answer(answer, head)
-                if trio.current_time() >= deadline:
-                    return  # the answer took the whole deadline: nothing is sent late
-            data, reusable = http.encode_response(head, response)
-            with trio.move_on_at(deadline):
-                if not await _send_quietly(stream, data):
-                    return
-            if not reusable or trio.current_time() >= deadline:
-                return
-            deadline = trio.current_time() + server.keep_alive_timeout
-
-    def _refuse(self, reason: str) -> None:
-        self.metrics.handshakes_refused.labels(reason=reason).inc()
-
-    async def _answer(self, answer: HttpRoute, head: http.RequestHead) -> http.Response:
-        """The route's answer; a route that fails answers 503 when a dependency is down, else 500."""
-        if head.method not in http.ALLOWED_METHODS:
-            return http.method_not_allowed()
-        try:
-            return await answer(head)
-        except DependencyUnavailable as exc:
-            log.warning("%s %s: %s", head.method, head.path, exc)
-            return http.text_response(503, str(exc))
-        except Exception:
-            self.metrics.faults.labels(stage="http").inc()
-            log.exception("%s %s failed", head.method, head.path)
-            return http.text_response(500, "Internal server error")
-
-    def _origin_allowed(self, origin: str, host: str) -> bool:
-        return http.origin_allowed(origin, host, self.config.server.allowed_origins)
-
-    async def _http(self, head: http.RequestHead) -> http.Response:
-        routes: dict[str, HttpRoute] = {
-            "/healthz": self._health,
-            "/readyz": self._ready,
-            "/metrics": self._metrics,
-            "/v1/sign": self._sign,
-            "/v1/languages": self._languages,
-            protocol.PATH: self._upgrade_required,
-        }
-        route = routes.get(head.path)
-        return await route(head) if route else http.static_file(self.config.server.web_root_path(), head.path)
+    async def _static_file(self, head: http.RequestHead) -> http.Response:
+        return http.static_file(self.config.server.web_root_path(), head.path)
 
     async def _health(self, head: http.RequestHead) -> http.Response:
-        return http.json_response(200, {"status": "ok", "sessions": self.active_sessions})
+        return http.json_response(200, {"status": "ok", "sessions": self.sessions.active})
 
     async def _ready(self, head: http.RequestHead) -> http.Response:
         """Ready to take sessions: not draining, and at least one routed engine can take them (on the Redis
@@ -301,8 +171,9 @@ class Gateway:
         for engine in sorted(routed):
             reason = self.unavailable.get(engine) or await self.bus.engine_problem(engine)
             engines[f"engine:{engine}"] = reason or "ok"
-        checks = {"gateway": "draining" if self.draining else "ok", **engines}
-        ready = not self.draining and "ok" in engines.values()
+        draining = self.sessions.draining
+        checks = {"gateway": "draining" if draining else "ok", **engines}
+        ready = not draining and "ok" in engines.values()
         return http.json_response(200 if ready else 503, {"ready": ready, "checks": checks})
 
     async def _metrics(self, head: http.RequestHead) -> http.Response:
@@ -336,116 +207,6 @@ class Gateway:
                 entry["reason"] = self.unavailable[engine]
             listed.append(entry)
         return listed
-
-    async def _upgrade_required(self, head: http.RequestHead) -> http.Response:
-        return http.text_response(426, "This endpoint speaks WebSocket")
-
-    async def _websocket(
-        self, stream: trio.abc.Stream, head: http.RequestHead, early: bytes, deadline: float, dialect: Dialect
-    ) -> None:
-        """`early`: what the client sent after the head before the upgrade was answered."""
-        connection: WebSocket | None = None
-        with trio.move_on_at(deadline):
-            try:
-                connection = await WebSocket.accept(
-                    stream, head.raw + early, self.config.session.max_message_bytes
-                )
-            except ClientGone:
-                self._refuse("malformed")
-                return
-        if connection is None:
-            self._refuse("timeout")
-            return
-        lifetime = session.Lifetime()
-        self._lifetimes.add(lifetime)
-        self._all_ended = trio.Event()
-        self.active_sessions += 1
-        self.metrics.sessions_active.inc()
-        started = trio.current_time()
-        try:
-            outcome = await session.run(
-                connection, Admission(head.host, head.target), dialect, self.shared, lifetime
-            )
-            self._count(outcome, trio.current_time() - started)
-        finally:
-            self._lifetimes.discard(lifetime)
-            self.active_sessions -= 1
-            self.metrics.sessions_active.dec()
-            if not self._lifetimes:
-                self._all_ended.set()
-
-    def _count(self, outcome: session.Outcome, seconds: float) -> None:
-        metrics = self.metrics
-        metrics.duration.observe(seconds)
-        metrics.audio_seconds.inc(outcome.audio_seconds)
-        route = {"engine": outcome.engine or "none", "language": outcome.language or "none"}
-        if outcome.first_partial_s is not None:
-            metrics.first_partial.labels(**route).observe(outcome.first_partial_s)
-        for latency in outcome.final_latencies:
-            metrics.final_latency.labels(**route).observe(latency)
-        if outcome.fault:
-            metrics.faults.labels(stage="session").inc()
-        if outcome.error is not None:
-            metrics.sessions.labels(outcome="error", **route).inc()
-            metrics.errors.labels(code=str(int(outcome.error.code)), **route).inc()
-        else:
-            outcome_name = "client_gone" if outcome.client_gone else "ok"
-            metrics.sessions.labels(outcome=outcome_name, **route).inc()
-
-    async def drain(self, grace_s: float) -> None:
-        """Let running sessions finish for up to `grace_s`, then end the rest with 503 (the caller has
-        stopped accepting connections)."""
-        self.draining = True
-        self.metrics.draining.set(1)
-        with trio.move_on_after(grace_s):
-            await self._all_ended.wait()
-        shutdown = ProtocolError(ErrorCode.UNAVAILABLE, "Server is shutting down; reconnect")
-        for lifetime in list(self._lifetimes):
-            lifetime.end(shutdown)
-        # Each cancelled session still closes (close_timeout) and keeps its record (record_timeout).
-        session = self.config.session
-        with trio.move_on_after(session.close_timeout + session.record_timeout):
-            await self._all_ended.wait()
-
-
-def _no_upgrade(head: http.RequestHead) -> Dialect | None:
-    return None
-
-
-def _not_counted(reason: str) -> None:
-    """A kept-alive connection's later requests: its idle end is no refusal."""
-
-
-async def _next_head(
-    stream: trio.abc.SendStream,
-    reader: http.RequestReader,
-    deadline: float,
-    refuse: Callable[[str], None],
-) -> http.RequestHead | None:
-    """The connection's next request head; None when there is none to answer: the client closed or went
-    silent past `deadline` (`refuse("timeout")`), or sent a malformed head (answered here, 400 or h11's
-    more precise code; `refuse("malformed")`)."""
-    with trio.move_on_at(deadline) as waiting:
-        try:
-            return await reader.next_head()
-        except http.BadRequest as exc:
-            log.debug("bad request: %s", exc)
-            refuse("malformed")
-            await _send_quietly(stream, http.refusal(exc))
-        except trio.BrokenResourceError:
-            pass
-    if waiting.cancelled_caught:
-        refuse("timeout")
-    return None
-
-
-async def _send_quietly(stream: trio.abc.SendStream, data: bytes) -> bool:
-    """Send `data`; False if the client has gone (nothing else to do for it then)."""
-    try:
-        await stream.send_all(data)
-    except (trio.BrokenResourceError, trio.ClosedResourceError):
-        return False
-    return True
 
 
 @attrs.frozen
@@ -524,16 +285,7 @@ async def serve(
     `bailian_port` (0 for any free port) also serves the Bailian demo's protocol, on loopback only.
     """
     async with backend(config) as chosen:
-        gateway = Gateway(
-            config,
-            chosen.engines,
-            resolve_secrets(config),
-            bus=chosen.bus,
-            replay=chosen.replay,
-            records=chosen.records,
-            shared_directory=chosen.shared_directory,
-            limits=chosen.limits,
-        )
+        gateway = Gateway(config, chosen, resolve_secrets(config))
         await gateway.prepare()
         _settle_garbage_collector()
         await _serve_gateway(gateway, bailian_port, task_status, drain_on_signal)

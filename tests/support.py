@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Mapping
 from typing import Any
 
+import attrs
 import trio
 import trio.testing
 import trio_websocket
 
 from asr_actors import client
+from asr_actors.backend import in_process
 from asr_actors.config import Config, config_from_dict
 from asr_actors.engine_protocol.connection import RedisConnection, new_process_id
 from asr_actors.engine_protocol.gateway import RedisBus
@@ -33,9 +36,17 @@ def fake_config(**sections: dict[str, Any]) -> Config:
     return config_from_dict(data)
 
 
+def wired_gateway(
+    config: Config, engines: dict[str, Engine], app_secrets: Mapping[str, str], **backend: Any
+) -> Gateway:
+    """A gateway wired as `serve` wires it on the in-process backend, with parts of it replaced by `backend`
+    (a Redis bus, shared limits, records)."""
+    return Gateway(config, attrs.evolve(in_process(config, engines), **backend), app_secrets)
+
+
 def make_gateway(engine: Engine | None = None, **sections: dict[str, Any]) -> Gateway:
     config = fake_config(**sections)
-    return Gateway(config, {"fake": engine or FakeEngine()}, {APPKEY: SECRET})
+    return wired_gateway(config, {"fake": engine or FakeEngine()}, {APPKEY: SECRET})
 
 
 def signed_target(

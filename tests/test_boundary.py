@@ -16,6 +16,7 @@ from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Any
 
+import attrs
 import pytest
 import trio
 import trio.testing
@@ -30,7 +31,15 @@ from asr_actors.limits import DailyAudioLimits, MemorySessionSlots
 from asr_actors.records import SessionRecord
 from asr_actors.server import Gateway
 from asr_actors.websocket import WebSocket
-from tests.support import APPKEY, SECRET, fake_config, open_connection, read_until_close, statuses
+from tests.support import (
+    APPKEY,
+    SECRET,
+    fake_config,
+    open_connection,
+    read_until_close,
+    statuses,
+    wired_gateway,
+)
 
 GUARD = 20
 PCM_100MS = b"\x01\x00" * 1600
@@ -138,7 +147,7 @@ async def test_a_fault_at_one_stage_ends_only_its_connection(
     """The faulty client is told what its stage can still say; the healthy one, started before the fault
     and finished after it, gets every final; the gateway answers /healthz; a fault is counted and logged
     once with its traceback, a dependency that is down is a 503 and no fault."""
-    gateway = Gateway(fake_config(), {"fake": FakeEngine(sentence_bytes=3200)}, {APPKEY: SECRET})
+    gateway = wired_gateway(fake_config(), {"fake": FakeEngine(sentence_bytes=3200)}, {APPKEY: SECRET})
     with trio.fail_after(GUARD):
         healthy = await open_connection(nursery, gateway)
         await healthy.send_message(PCM_100MS)
@@ -160,9 +169,13 @@ async def test_a_failing_http_route_is_500_and_the_next_request_is_served(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """A route that raises answers 500 (503 when a dependency is down) on a connection that stays usable."""
-    gateway = Gateway(fake_config(), {"fake": FakeEngine()}, {APPKEY: SECRET})
-    monkeypatch.setattr(gateway, "_health", raising(RuntimeError("injected")))
-    monkeypatch.setattr(gateway, "_languages", raising(DOWN))
+    gateway = wired_gateway(fake_config(), {"fake": FakeEngine()}, {APPKEY: SECRET})
+    routes = {
+        **gateway.main_router.routes,
+        "/healthz": raising(RuntimeError("injected")),
+        "/v1/languages": raising(DOWN),
+    }
+    monkeypatch.setattr(gateway, "main_router", attrs.evolve(gateway.main_router, routes=routes))
     with trio.fail_after(GUARD):
         answer = await http_exchange(
             gateway,
@@ -179,7 +192,7 @@ async def test_a_fault_in_the_upgrade_closes_that_connection_only(
 ) -> None:
     """The WebSocket layer raising during the upgrade: that connection closes with nothing sent (there is
     no WebSocket to send a code on), counted; a session started before goes on."""
-    gateway = Gateway(fake_config(), {"fake": FakeEngine(sentence_bytes=3200)}, {APPKEY: SECRET})
+    gateway = wired_gateway(fake_config(), {"fake": FakeEngine(sentence_bytes=3200)}, {APPKEY: SECRET})
     with trio.fail_after(GUARD):
         healthy = await open_connection(nursery, gateway)
         with monkeypatch.context() as patch:
@@ -196,7 +209,7 @@ async def test_a_fault_while_closing_is_contained(
 ) -> None:
     """The close itself raising (a bug in the WebSocket layer) drops that connection, counted; others go
     on."""
-    gateway = Gateway(fake_config(), {"fake": FakeEngine(sentence_bytes=3200)}, {APPKEY: SECRET})
+    gateway = wired_gateway(fake_config(), {"fake": FakeEngine(sentence_bytes=3200)}, {APPKEY: SECRET})
     with trio.fail_after(GUARD):
         with monkeypatch.context() as patch:
             patch.setattr(WebSocket, "aclose", raising(RuntimeError("injected")))
@@ -217,7 +230,7 @@ async def test_records_that_cannot_be_kept_do_not_touch_the_session(
     nursery: trio.Nursery, caplog: pytest.LogCaptureFixture
 ) -> None:
     """A store that fails on write: the session ends normally, the loss is logged with its reason."""
-    gateway = Gateway(
+    gateway = wired_gateway(
         fake_config(), {"fake": FakeEngine(sentence_bytes=3200)}, {APPKEY: SECRET}, records=FailingRecords()
     )
     with trio.fail_after(GUARD), caplog.at_level(logging.ERROR):

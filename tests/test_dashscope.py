@@ -27,6 +27,7 @@ from tests.support import (
     read_until_close,
     signed_target,
     statuses,
+    wired_gateway,
 )
 
 KEY_ENV = "ASR_TEST_DASHSCOPE_KEY"
@@ -47,7 +48,7 @@ async def dashscope_gateway(transport: str, url: str, **engine: Any) -> Gateway:
         },
         languages={"zh": {"engine": "dashscope"}, "en": {"engine": "fake"}},
     )
-    gateway = Gateway(config, build_engines(config), {APPKEY: SECRET})
+    gateway = wired_gateway(config, build_engines(config), {APPKEY: SECRET})
     await gateway.prepare()
     return gateway
 

@@ -24,6 +24,7 @@ from tests.support import (
     redis_connection,
     running_bus,
     statuses,
+    wired_gateway,
 )
 
 GUARD = 30
@@ -85,7 +86,7 @@ async def test_live_edits_in_redis_reach_running_gateways(tmp_path: Path) -> Non
                 Worker(config, FakeEngine(languages=frozenset({"en", "de"})), concurrency=4).run
             )
             bus = await nursery.start(running_bus, RedisBus(redis, config.bus, events_capacity=8))
-            gateway = Gateway(
+            gateway = wired_gateway(
                 config, {}, {}, bus=bus, shared_directory=lambda own: RedisDirectory(redis.client, own)
             )
             admin = RedisDirectory(redis.client, StaticDirectory(config, {}))

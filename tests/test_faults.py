@@ -25,7 +25,7 @@ from wsproto.events import AcceptConnection, BytesMessage, Request
 from asr_actors import client
 from asr_actors.engines.fake import FakeEngine
 from asr_actors.server import Gateway
-from tests.support import APPKEY, SECRET, fake_config
+from tests.support import APPKEY, SECRET, fake_config, wired_gateway
 
 GUARD = 60
 SESSIONS = 50
@@ -86,7 +86,7 @@ async def gateway_on_loopback(
     config = fake_config(
         languages={"en": {"engine": "fake"}, "zh": {"engine": "fake"}, "de": {"engine": "fake"}}, **sections
     )
-    gateway = Gateway(config, {"fake": engine}, {APPKEY: SECRET})
+    gateway = wired_gateway(config, {"fake": engine}, {APPKEY: SECRET})
     async with trio.open_nursery() as nursery:
         [listener] = await nursery.start(
             functools.partial(trio.serve_tcp, gateway.handle_connection, 0, host="127.0.0.1")

@@ -11,8 +11,8 @@ import trio
 
 from asr_actors import __version__, client, http
 from asr_actors.limits import HandshakeRate, memory_limits
-from asr_actors.server import Gateway, serve
-from tests.support import fake_config
+from asr_actors.server import serve
+from tests.support import fake_config, wired_gateway
 
 GUARD = 30  # seconds: an absolute bound on every I/O test here
 
@@ -112,10 +112,12 @@ async def test_sign_gives_a_working_single_use_link(base_url: str) -> None:
 def test_signing_is_off_when_not_on_loopback() -> None:
     """demo.enabled = "auto" serves /v1/sign only when bound to a loopback address."""
     public = fake_config(server={"host": "0.0.0.0"})
-    assert not Gateway(public, {}, {}).demo_enabled
-    assert Gateway(attrs.evolve(public, server=attrs.evolve(public.server, host="::1")), {}, {}).demo_enabled
+    assert not wired_gateway(public, {}, {}).demo_enabled
+    assert wired_gateway(
+        attrs.evolve(public, server=attrs.evolve(public.server, host="::1")), {}, {}
+    ).demo_enabled
     forced = fake_config(server={"host": "0.0.0.0"}, demo={"enabled": "on"})
-    assert Gateway(forced, {}, {}).demo_enabled
+    assert wired_gateway(forced, {}, {}).demo_enabled
 
 
 @pytest.mark.parametrize(

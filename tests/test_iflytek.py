@@ -28,6 +28,7 @@ from tests.support import (
     read_until_close,
     signed_target,
     statuses,
+    wired_gateway,
 )
 
 KEY_ENV = "ASR_TEST_IFLYTEK_KEY"
@@ -48,7 +49,7 @@ async def iflytek_gateway(url: str, **engine: Any) -> Gateway:
         },
         languages={"zh": {"engine": "iflytek"}, "en": {"engine": "fake"}},
     )
-    gateway = Gateway(config, build_engines(config), {APPKEY: SECRET})
+    gateway = wired_gateway(config, build_engines(config), {APPKEY: SECRET})
     await gateway.prepare()
     return gateway
 

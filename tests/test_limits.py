@@ -37,6 +37,7 @@ from tests.support import (
     redis_connection,
     running_bus,
     statuses,
+    wired_gateway,
 )
 
 GUARD = 30
@@ -106,7 +107,7 @@ async def two_gateways(folder: Path, **auth: Any) -> AsyncIterator[tuple[Gateway
                     RedisAudioQuota(redis.client),
                 )
                 bus = await nursery.start(running_bus, RedisBus(redis, config.bus, events_capacity=64))
-                gateways.append(Gateway(config, {}, {APPKEY: SECRET}, bus=bus, limits=limits))
+                gateways.append(wired_gateway(config, {}, {APPKEY: SECRET}, bus=bus, limits=limits))
             yield gateways[0], gateways[1]
         nursery.cancel_scope.cancel()
 

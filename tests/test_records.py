@@ -14,10 +14,17 @@ import trio
 
 from asr_actors.engines.fake import FakeEngine
 from asr_actors.records import DAY, FinalRecord, RecordStore, SessionRecord, SqliteRecordStore, TrafficRow
-from asr_actors.server import Gateway
 from asr_actors.stores.redis import RedisRecordStore
 from asr_actors.testing.redis_server import redis_server
-from tests.support import APPKEY, SECRET, fake_config, open_connection, read_until_close, redis_connection
+from tests.support import (
+    APPKEY,
+    SECRET,
+    fake_config,
+    open_connection,
+    read_until_close,
+    redis_connection,
+    wired_gateway,
+)
 
 GUARD = 30
 DAY_ONE = 1_700_000_000.0  # 2023-11-14 UTC
@@ -87,7 +94,7 @@ async def test_records_older_than_the_retention_are_dropped(store: StoreFactory)
 async def test_sessions_are_recorded_with_their_finals(nursery: trio.Nursery, tmp_path: Path) -> None:
     """Every session leaves a record: app, language, engine, audio, finals; an error session its code."""
     records = SqliteRecordStore(tmp_path / "records.sqlite3", 30)
-    gateway = Gateway(fake_config(), {"fake": FakeEngine()}, {APPKEY: SECRET}, records=records)
+    gateway = wired_gateway(fake_config(), {"fake": FakeEngine()}, {APPKEY: SECRET}, records=records)
     good = await open_connection(nursery, gateway)
     for _ in range(12):
         await good.send_message(b"\x01\x00" * 1600)

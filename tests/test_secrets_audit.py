@@ -30,6 +30,7 @@ from tests.support import (
     read_until_close,
     redis_connection,
     running_bus,
+    wired_gateway,
 )
 from tests.test_dashscope import KEY_ENV, dashscope_gateway, zh_session
 
@@ -100,7 +101,7 @@ async def test_redis_admin_and_sessions_log_no_secret(
             await nursery.start(Worker(config, FakeEngine(), concurrency=2).run)
             directory = RedisDirectory(redis.client, make_gateway().directory)
             await directory.add_app("kept", secret)
-            gateway = Gateway(
+            gateway = wired_gateway(
                 config,
                 {},
                 {},
