@@ -320,7 +320,7 @@ def test_bench_without_its_extra_names_the_install() -> None:
         [
             sys.executable,
             "-c",
-            "import sys; sys.modules['psutil'] = None; from asr_actors.__main__ import main; "
+            "import sys; sys.modules['psutil'] = None; from asr_actors.cli import main; "
             "sys.exit(main(['bench', '--streams', '1', '--duration', '1']))",
         ],
         capture_output=True,

@@ -70,7 +70,7 @@ async def test_the_wheel_serves_the_page_from_an_empty_folder(tmp_path: Path) ->
     entry_points = (
         zipfile.ZipFile(wheel).read(f"asr_actors-{__version__}.dist-info/entry_points.txt").decode()
     )
-    assert "asr-actors = asr_actors.__main__:main" in entry_points
+    assert "asr-actors = asr_actors.cli:main" in entry_points
     for tool in (
         "asr_actors/tools/__init__.py",
         "asr_actors/tools/conformance.py",
