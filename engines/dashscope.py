@@ -40,6 +40,7 @@ from asr_actors.engines.base import (
     StreamSpec,
     UnsupportedStream,
 )
+from asr_actors.engines.service_wire import WireError
 
 log = logging.getLogger(__name__)
 
@@ -108,7 +109,7 @@ class _Callback:
         try:
             sentence = result.get_sentence()
             event = wire.sentence_event(sentence) if isinstance(sentence, dict) else None
-        except wire.WireError:
+        except WireError:
             log.exception("unreadable DashScope result")
             return
         if event is not None:

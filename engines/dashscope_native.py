@@ -11,7 +11,6 @@ converted here and in `upstream`, once.
 
 from __future__ import annotations
 
-import logging
 import uuid
 from collections.abc import Iterable
 
@@ -21,8 +20,7 @@ from asr_actors.config import DashScopeEngineConfig
 from asr_actors.engines import dashscope_wire as wire
 from asr_actors.engines import upstream
 from asr_actors.engines.base import EngineError, EngineEvent, StreamSpec
-
-log = logging.getLogger(__name__)
+from asr_actors.engines.service_wire import WireError
 
 
 async def run_stream(
@@ -72,16 +70,5 @@ class DashScopeTask:
 
     def parse(self, message: str | bytes) -> upstream.ServiceEvent | None:
         if isinstance(message, bytes):
-            raise EngineError("DashScope sent binary data")
-        try:
-            event = wire.parse_event(message)
-        except wire.WireError as exc:
-            raise EngineError(f"DashScope broke its protocol: {exc}") from exc
-        if isinstance(event, wire.Failed):
-            log.warning("DashScope error %s: %s", event.code, event.message)
-            raise EngineError(event.reason)
-        if isinstance(event, wire.Started):
-            return upstream.Started()
-        if isinstance(event, wire.Finished):
-            return upstream.Finished()
-        return event
+            raise WireError("binary data")
+        return wire.parse_event(message)

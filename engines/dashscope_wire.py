@@ -13,9 +13,8 @@ from __future__ import annotations
 import json
 from typing import Any
 
-import attrs
-
 from asr_actors.engines.base import Final, Partial, Word
+from asr_actors.engines.service_wire import Failed, Finished, Started, WireError
 
 # The public realtime endpoint (the SDK's default for the Chinese mainland region).
 DEFAULT_URL = "wss://dashscope.aliyuncs.com/api-ws/v1/inference"
@@ -50,31 +49,7 @@ def finish_task(task_id: str) -> str:
     )
 
 
-@attrs.frozen
-class Started:
-    pass
-
-
-@attrs.frozen
-class Finished:
-    pass
-
-
-@attrs.frozen
-class Failed:
-    code: str
-    message: str
-
-    @property
-    def reason(self) -> str:
-        return describe_failure(self.code, self.message)
-
-
 ServiceEvent = Started | Finished | Failed | Partial | Final
-
-
-class WireError(Exception):
-    """The service sent something that is not its protocol."""
 
 
 # What reading a malformed message raises: a value of the wrong type or shape anywhere in it. Each becomes
@@ -99,7 +74,8 @@ def _event(message: Any) -> ServiceEvent | None:
     if event == "task-finished":
         return Finished()
     if event == "task-failed":
-        return Failed(str(header.get("error_code") or ""), str(header.get("error_message") or ""))
+        code, detail = str(header.get("error_code") or ""), str(header.get("error_message") or "")
+        return Failed(code, detail, describe_failure(code, detail))
     if event == "result-generated":
         payload = message.get("payload") or {}
         sentence = (payload.get("output") or {}).get("sentence")

@@ -12,7 +12,6 @@ EngineError each (a coded 500 for the client, the service's code in it), convert
 
 from __future__ import annotations
 
-import logging
 import os
 import time
 from collections.abc import Iterable
@@ -23,14 +22,11 @@ from asr_actors.config import IflytekEngineConfig
 from asr_actors.engines import iflytek_wire as wire
 from asr_actors.engines import upstream
 from asr_actors.engines.base import (
-    EngineError,
     EngineEvent,
     EngineUnavailable,
     StreamSpec,
     UnsupportedStream,
 )
-
-log = logging.getLogger(__name__)
 
 SAMPLE_RATE = 16000
 SERVICE = "iFlytek"
@@ -104,16 +100,6 @@ class RtasrSession:
         return (*self._pieces.flush(), wire.END_OF_AUDIO)
 
     def parse(self, message: str | bytes) -> upstream.ServiceEvent | None:
-        """A service error is EngineError here, its code in the reason."""
         if isinstance(message, bytes):
             message = message.decode("utf-8", errors="replace")
-        try:
-            parsed = wire.parse_message(message)
-        except wire.WireError as exc:
-            raise EngineError(f"iFlytek broke its protocol: {exc}") from exc
-        if isinstance(parsed, wire.Failed):
-            log.warning("iFlytek error %s: %s", parsed.code, parsed.description)
-            raise EngineError(parsed.reason)
-        if isinstance(parsed, wire.Started):
-            return upstream.Started()
-        return parsed
+        return wire.parse_message(message)

@@ -17,9 +17,8 @@ import json
 from typing import Any
 from urllib.parse import urlencode
 
-import attrs
-
 from asr_actors.engines.base import Final, Partial, Word
+from asr_actors.engines.service_wire import Failed, Started, WireError
 
 DEFAULT_URL = "wss://rtasr.xfyun.cn/v1/ws"
 # The audio piece the service advises: 40 ms of 16 kHz 16-bit mono.
@@ -37,10 +36,6 @@ _REASONS = {
 }
 
 
-class WireError(Exception):
-    """The service sent something that is not its protocol."""
-
-
 def signature(app_id: str, api_key: str, ts: str) -> str:
     # MD5 and SHA-1: the service's signature scheme, not a choice made here.
     digest = hashlib.md5((app_id + ts).encode()).hexdigest().encode()
@@ -51,21 +46,6 @@ def signed_url(base: str, app_id: str, api_key: str, now: float, extra: dict[str
     ts = str(int(now))
     query = {"appid": app_id, "ts": ts, "signa": signature(app_id, api_key, ts), **(extra or {})}
     return f"{base}?{urlencode(query)}"
-
-
-@attrs.frozen
-class Started:
-    session_id: str
-
-
-@attrs.frozen
-class Failed:
-    code: str
-    description: str
-
-    @property
-    def reason(self) -> str:
-        return _REASONS.get(self.code, f"iFlytek failed ({self.code})")
 
 
 ServiceMessage = Started | Partial | Final | Failed
@@ -84,14 +64,18 @@ def parse_message(text: str) -> ServiceMessage | None:
         if action == "started":
             return Started(str(message.get("sid", "")))
         if action == "error":
-            return Failed(str(message.get("code", "")), str(message.get("desc", "")))
+            return _failed(str(message.get("code", "")), str(message.get("desc", "")))
         if action != "result":
             return None
         if str(message.get("code", "0")) != "0":
-            return Failed(str(message["code"]), str(message.get("desc", "")))
+            return _failed(str(message["code"]), str(message.get("desc", "")))
         return _sentence(json.loads(message["data"])["cn"]["st"])
     except _MALFORMED as exc:
         raise WireError(f"not an rtasr message ({type(exc).__name__}): {text[:80]!r}") from None
+
+
+def _failed(code: str, description: str) -> Failed:
+    return Failed(code, description, _REASONS.get(code, f"iFlytek failed ({code})"))
 
 
 def _sentence(st: dict[str, Any]) -> Partial | Final:

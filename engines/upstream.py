@@ -10,11 +10,13 @@ The WebSocket is `asr_actors.websocket.WebSocket` in its client role, read by th
 reader task, no queue: the service's results wait in the socket while the session is busy, and TCP pushes
 back). A ping from the service that crosses our close frame is dropped there, never answered: with
 trio-websocket such a ping failed sessions that had all their results (its issue #184). Failures of the
-socket and the handshake become `EngineError`s naming the service, here, once.
+socket and the handshake, the service's reported failures and messages outside its protocol, become
+`EngineError`s naming the service, here, once.
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import AsyncIterator, Iterable
 from contextlib import asynccontextmanager
 from typing import Protocol
@@ -24,24 +26,17 @@ import attrs
 import trio
 
 from asr_actors.engines.base import EngineError, EngineEvent, Final, Partial
+from asr_actors.engines.service_wire import Failed, Finished, Started, WireError
 from asr_actors.transport import ClientGone
 from asr_actors.websocket import Refused, WebSocket
+
+log = logging.getLogger(__name__)
 
 # The services' results are small; a larger message is not one of them.
 MAX_MESSAGE_BYTES = 1 << 20
 
 
-@attrs.frozen
-class Started:
-    """The service has started the task: audio may flow."""
-
-
-@attrs.frozen
-class Finished:
-    """The service has sent its last result."""
-
-
-ServiceEvent = Started | Finished | Partial | Final
+ServiceEvent = Started | Finished | Failed | Partial | Final
 
 
 class ServiceProtocol(Protocol):
@@ -65,7 +60,7 @@ class ServiceProtocol(Protocol):
         ...
 
     def parse(self, message: str | bytes) -> ServiceEvent | None:
-        """A message of the service (None: nothing for the session); its failures raise EngineError."""
+        """A message of the service (None: nothing for the session); WireError if it is not one."""
         ...
 
 
@@ -95,7 +90,7 @@ async def run_session(
         with trio.move_on_at(started_by) as starting:
             for message in protocol.opening():
                 await socket.send(message)
-            while not isinstance(protocol.parse(await socket.receive()), Started):
+            while not isinstance(read(protocol, await socket.receive()), Started):
                 pass
         if starting.cancelled_caught:
             raise EngineError(f"{service} did not start within {timeouts.start:g} s")
@@ -146,11 +141,23 @@ async def _relay_results(
             if ended.is_set():
                 raise EngineError(f"{protocol.service} closed the connection before its last result")
             raise EngineError(f"{protocol.service} closed the connection before the end of the audio")
-        event = protocol.parse(message)
+        event = read(protocol, message)
         if isinstance(event, Finished):
             return
         if isinstance(event, Partial | Final):
             await events.send(event)
+
+
+def read(protocol: ServiceProtocol, message: str | bytes) -> ServiceEvent | None:
+    """The service's message, its failure or a message outside its protocol as EngineError."""
+    try:
+        event = protocol.parse(message)
+    except WireError as exc:
+        raise EngineError(f"{protocol.service} broke its protocol: {exc}") from exc
+    if isinstance(event, Failed):
+        log.warning("%s error %s: %s", protocol.service, event.code, event.detail)
+        raise EngineError(event.reason)
+    return event
 
 
 class Upstream:

@@ -30,7 +30,7 @@ import atheris
 with atheris.instrument_imports():
     from asr_actors import bailian, http, protocol
     from asr_actors.engine_protocol import wire
-    from asr_actors.engines import dashscope_wire, iflytek_wire
+    from asr_actors.engines import dashscope_wire, iflytek_wire, service_wire, upstream
     from asr_actors.engines.base import EngineError
     from asr_actors.engines.dashscope_native import DashScopeTask
     from asr_actors.engines.iflytek import RtasrSession
@@ -88,17 +88,17 @@ def _bailian_messages(data: bytes) -> None:
 
 
 def _dashscope_message(data: bytes) -> None:
-    with contextlib.suppress(dashscope_wire.WireError):
+    with contextlib.suppress(service_wire.WireError):
         dashscope_wire.parse_event(data.decode("utf-8", errors="replace"))
     with contextlib.suppress(EngineError):
-        DashScopeTask("task", "model", 16000, ["zh"]).parse(data.decode("utf-8", errors="replace"))
+        upstream.read(DashScopeTask("task", "model", 16000, ["zh"]), data.decode("utf-8", errors="replace"))
 
 
 def _rtasr_message(data: bytes) -> None:
-    with contextlib.suppress(iflytek_wire.WireError):
+    with contextlib.suppress(service_wire.WireError):
         iflytek_wire.parse_message(data.decode("utf-8", errors="replace"))
     with contextlib.suppress(EngineError):
-        RtasrSession().parse(data)
+        upstream.read(RtasrSession(), data)
 
 
 ENTRY_POINTS = (

@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 
 from asr_actors import bailian, protocol
 from asr_actors.engine_protocol import wire
-from asr_actors.engines import dashscope_wire, iflytek_wire
+from asr_actors.engines import dashscope_wire, iflytek_wire, service_wire, upstream
 from asr_actors.engines.base import EngineError
 from asr_actors.engines.dashscope_native import DashScopeTask
 from asr_actors.engines.iflytek import RtasrSession
@@ -214,7 +214,7 @@ rtasr_messages = shaped(
 @given(dashscope_events.map(json.dumps) | st.text(max_size=300))
 def test_dashscope_events_parse_or_raise_wire_error(text: str) -> None:
     """Whatever DashScope sends: an event, None, or WireError (the native engine's "broke its protocol")."""
-    with contextlib.suppress(dashscope_wire.WireError):
+    with contextlib.suppress(service_wire.WireError):
         dashscope_wire.parse_event(text)
 
 
@@ -222,14 +222,15 @@ def test_dashscope_events_parse_or_raise_wire_error(text: str) -> None:
 @given(rtasr_messages.map(json.dumps) | st.text(max_size=300))
 def test_rtasr_messages_parse_or_raise_wire_error(text: str) -> None:
     """Whatever iFlytek sends: a message, None, or WireError (the engine's "broke its protocol")."""
-    with contextlib.suppress(iflytek_wire.WireError):
+    with contextlib.suppress(service_wire.WireError):
         iflytek_wire.parse_message(text)
 
 
 @settings(max_examples=300, deadline=None)
 @given(st.binary(max_size=300) | dashscope_events.map(json.dumps) | rtasr_messages.map(json.dumps))
 def test_service_messages_end_a_session_only_with_engine_error(message: str | bytes) -> None:
-    """The native engines' protocol adapters: any message is an event, nothing, or EngineError."""
+    """The native engines' protocol adapters, as the session reads them: any message is an event, nothing,
+    or EngineError."""
     for protocol_session in (DashScopeTask("task", "model", 16000, ["zh"]), RtasrSession()):
         with contextlib.suppress(EngineError):
-            protocol_session.parse(message)
+            upstream.read(protocol_session, message)
