@@ -42,7 +42,7 @@ class Dialect(Protocol):
         """Authenticate the connection and make its decoder; raise ProtocolError to refuse it."""
         ...
 
-    def encoder(self, task_id: str) -> Callable[[ServerEvent], str | None]: ...
+    def encoder(self, session_id: str) -> Callable[[ServerEvent], str | None]: ...
 
     def encode_error(self, error: ProtocolError) -> str: ...
 
@@ -74,8 +74,8 @@ class V1:
         )
         return Admitted(grant.appkey, decoder)
 
-    def encoder(self, task_id: str) -> Callable[[ServerEvent], str | None]:
-        return functools.partial(protocol.encode, task_id)
+    def encoder(self, session_id: str) -> Callable[[ServerEvent], str | None]:
+        return functools.partial(protocol.encode, session_id)
 
     def encode_error(self, error: ProtocolError) -> str:
         return protocol.encode_error(error.code, error.message)
@@ -98,7 +98,7 @@ class Bailian:
             ),
         )
 
-    def encoder(self, task_id: str) -> Callable[[ServerEvent], str | None]:
+    def encoder(self, session_id: str) -> Callable[[ServerEvent], str | None]:
         return bailian.encode
 
     def encode_error(self, error: ProtocolError) -> str:

@@ -8,7 +8,7 @@ import json
 import logging
 
 # "-" outside a session. Trio tasks and trio.to_thread workers inherit context variables from their parent.
-current_session: contextvars.ContextVar[str] = contextvars.ContextVar("current_session", default="-")
+current_session_id: contextvars.ContextVar[str] = contextvars.ContextVar("current_session_id", default="-")
 current_app: contextvars.ContextVar[str] = contextvars.ContextVar("current_app", default="-")
 
 FORMAT = "%(asctime)s %(levelname)s %(name)s [session=%(session)s app=%(app)s] %(message)s"
@@ -16,7 +16,7 @@ FORMAT = "%(asctime)s %(levelname)s %(name)s [session=%(session)s app=%(app)s] %
 
 class SessionContext(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
-        record.session = current_session.get()
+        record.session = current_session_id.get()
         record.app = current_app.get()
         return True
 

@@ -363,11 +363,11 @@ class Pong:
 ServerEvent = Result | Pong
 
 
-def encode(task_id: str, event: ServerEvent) -> str:
+def encode(session_id: str, event: ServerEvent) -> str:
     if isinstance(event, Pong):
         return PONG
     data = {
-        "task_id": task_id,
+        "task_id": session_id,  # the wire's name for the session id
         "speech_id": event.speech_id,
         "status": str(event.status),
         "result": event.text,
@@ -380,7 +380,7 @@ def encode(task_id: str, event: ServerEvent) -> str:
             {"word": text, "begin_time": begin, "end_time": end} for text, begin, end in event.words
         ]
     return json.dumps(
-        {"code": 200, "message": "SUCCESS", "task_id": task_id, "data": data}, ensure_ascii=False
+        {"code": 200, "message": "SUCCESS", "task_id": session_id, "data": data}, ensure_ascii=False
     )
 
 

@@ -35,7 +35,8 @@ class FinalRecord:
 
 @attrs.frozen
 class SessionRecord:
-    session: str
+    # Kept as `session` in the stored JSON (records written before the rename read the same).
+    session_id: str
     app: str
     language: str
     engine: str
@@ -55,11 +56,14 @@ class SessionRecord:
         return day_of(self.started_at)
 
     def to_json(self) -> str:
-        return json.dumps(attrs.asdict(self), ensure_ascii=False)
+        fields = attrs.asdict(self)
+        fields["session"] = fields.pop("session_id")
+        return json.dumps(fields, ensure_ascii=False)
 
     @classmethod
     def from_json(cls, text: str | bytes) -> SessionRecord:
         fields = json.loads(text)
+        fields["session_id"] = fields.pop("session")
         fields["finals"] = tuple(
             FinalRecord(**{**final, "words": tuple(tuple(word) for word in final.get("words", ()))})
             for final in fields["finals"]
@@ -179,7 +183,7 @@ class SqliteRecordStore:
         with self._connect() as connection:
             connection.execute(
                 "INSERT OR REPLACE INTO sessions VALUES (?, ?, ?, ?)",
-                (record.session, record.app, record.started_at, record.to_json()),
+                (record.session_id, record.app, record.started_at, record.to_json()),
             )
             if record.ended_at - self._pruned_at >= self.PRUNE_INTERVAL:
                 connection.execute(

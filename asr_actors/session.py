@@ -44,7 +44,7 @@ class Outcome:
     """How a session ended: `error` is None for an orderly end or a client that went away; `fault` is
     True when it ended on an exception nobody expected (a bug of ours or a library's, logged)."""
 
-    task_id: str
+    session_id: str
     error: ProtocolError | None
     client_gone: bool
     audio_seconds: float = 0.0
@@ -101,8 +101,8 @@ async def run(
     lifetime: Lifetime | None = None,
 ) -> Outcome:
     config, records, wall_clock = shared.config, shared.records, shared.wall_clock
-    task_id = uuid.uuid4().hex
-    logs.current_session.set(task_id)
+    session_id = uuid.uuid4().hex
+    logs.current_session_id.set(session_id)
     started_at = wall_clock()
     facts = _Facts()
     ending = _Ending()
@@ -110,7 +110,7 @@ async def run(
     try:
         with lifetime.scope:
             lifetime.scope.deadline = trio.current_time() + config.session.max_duration
-            await _run_actors(connection, admission, dialect, shared, task_id, facts)
+            await _run_actors(connection, admission, dialect, shared, session_id, facts)
         if lifetime.scope.cancelled_caught:
             ending.error = lifetime.reason or ProtocolError(
                 ErrorCode.TIMEOUT, "Maximum session duration reached"
@@ -130,7 +130,7 @@ async def run(
         await _close(connection, dialect, error, config.session.close_timeout)
     if records is not None and facts.app:
         record = SessionRecord(
-            session=task_id,
+            session_id=session_id,
             app=facts.app,
             language=facts.language,
             engine=facts.engine,
@@ -149,7 +149,7 @@ async def run(
         charge = functools.partial(shared.limits.audio.charge, facts.app, audio_seconds)
         await _keep("the session's audio count", charge, config.session.record_timeout)
     return Outcome(
-        task_id=task_id,
+        session_id=session_id,
         error=error,
         client_gone=client_gone,
         audio_seconds=audio_seconds,
@@ -176,7 +176,12 @@ async def _keep(what: str, write: Callable[[], Awaitable[None]], timeout_s: floa
 
 
 async def _run_actors(
-    connection: Transport, admission: Admission, dialect: Dialect, shared: Shared, task_id: str, facts: _Facts
+    connection: Transport,
+    admission: Admission,
+    dialect: Dialect,
+    shared: Shared,
+    session_id: str,
+    facts: _Facts,
 ) -> None:
     config = shared.config
     admitted = await dialect.admit(admission, config)
@@ -184,14 +189,14 @@ async def _run_actors(
     facts.app = admitted.appkey
     allowance = await shared.limits.audio.allowance(admitted.appkey)
     async with shared.limits.slots.hold(admitted.appkey):
-        await _run_admitted(connection, dialect, shared, task_id, facts, admitted, allowance)
+        await _run_admitted(connection, dialect, shared, session_id, facts, admitted, allowance)
 
 
 async def _run_admitted(
     connection: Transport,
     dialect: Dialect,
     shared: Shared,
-    task_id: str,
+    session_id: str,
     facts: _Facts,
     admitted: Admitted,
     allowance: AudioAllowance | None,
@@ -202,7 +207,7 @@ async def _run_admitted(
     flush = relay.Flush(config.session.flush_timeout)
     async with trio.open_nursery() as nursery:
         await nursery.start(
-            sender.run, connection, outbound_rx, dialect.encoder(task_id), config.session.send_timeout
+            sender.run, connection, outbound_rx, dialect.encoder(session_id), config.session.send_timeout
         )
         opened = await nursery.start(
             receiver.run,
@@ -223,7 +228,7 @@ async def _run_admitted(
             raise ProtocolError(
                 ErrorCode.BAD_INPUT, f"The demo app may not use the {engine} engine ([demo] engines)"
             )
-        spec = StreamSpec(session_id=task_id, language=opened.language, sample_rate=opened.sample_rate)
+        spec = StreamSpec(session_id=session_id, language=opened.language, sample_rate=opened.sample_rate)
         facts.language, facts.engine, facts.sample_rate = spec.language, engine, spec.sample_rate
         log.info("stream opened: lang=%s rate=%d engine=%s", spec.language, spec.sample_rate, engine)
         await nursery.start(

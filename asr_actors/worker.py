@@ -179,7 +179,7 @@ class Worker:
         sessions.start_soon(self._session, redis, request)
 
     async def _session(self, redis: RedisConnection, request: wire.Request) -> None:
-        logs.current_session.set(request.session)
+        logs.current_session_id.set(request.session_id)
         self.metrics.sessions.inc()
         results = claims.Results(redis, request)
         serving = claims.Serving(

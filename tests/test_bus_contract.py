@@ -172,8 +172,8 @@ async def test_a_malformed_result_ends_only_its_session_and_is_counted(tmp_path:
                     assert popped is not None
                     request = wire.Request.decode(popped)
                     inbox = wire.inbox_channel(request.reply_to)
-                    claim = wire.result_record(request.session, 0, 0, wire.Claimed("bad-worker"))
-                    partial = wire.Record(wire.RESULT, request.session, 0, 1, b'{"type": "partial"}')
+                    claim = wire.result_record(request.session_id, 0, 0, wire.Claimed("bad-worker"))
+                    partial = wire.Record(wire.RESULT, request.session_id, 0, 1, b'{"type": "partial"}')
                     await redis.client.set(wire.worker_key("bad-worker"), b"broken", px=10_000)
                     await redis.client.publish(inbox, wire.encode_batch([claim, partial]))
 
@@ -246,6 +246,6 @@ async def test_records_for_one_inbox_leave_in_one_publish(tmp_path: Path) -> Non
     assert 1 == len(published)
     batch = list(wire.decode_batch(published[0]))
     assert 60 == len(batch)
-    assert sorted({record.session for record in batch}) == sorted(f"s{n}" for n in range(20))
+    assert sorted({record.session_id for record in batch}) == sorted(f"s{n}" for n in range(20))
     for session in range(20):
-        assert [0, 1, 2] == [record.seq for record in batch if record.session == f"s{session}"]
+        assert [0, 1, 2] == [record.seq for record in batch if record.session_id == f"s{session}"]

@@ -35,7 +35,7 @@ def record(
     session: str, app: str, started_at: float, *, seconds: float = 2.0, error: int | None = None
 ) -> SessionRecord:
     return SessionRecord(
-        session=session,
+        session_id=session,
         app=app,
         language="en",
         engine="fake",
@@ -88,7 +88,7 @@ async def test_records_older_than_the_retention_are_dropped(store: StoreFactory)
         async with store(1) as records:
             await records.save(record("old", "alpha", DAY_ONE))
             await records.save(record("new", "alpha", DAY_ONE + 2 * DAY))
-            assert ["new"] == [r.session for r in await records.transcripts()]
+            assert ["new"] == [r.session_id for r in await records.transcripts()]
 
 
 async def test_sessions_are_recorded_with_their_finals(nursery: trio.Nursery, tmp_path: Path) -> None:

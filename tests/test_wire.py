@@ -12,7 +12,7 @@ from asr_actors.engines.base import EngineFailed, Final, Partial
 records = st.builds(
     wire.Record,
     kind=st.sampled_from(wire.KINDS),
-    session=st.text(max_size=40),
+    session_id=st.text(max_size=40),
     attempt=st.integers(0, 2**32 - 1),
     seq=st.integers(0, 2**64 - 1),
     payload=st.binary(max_size=200),

@@ -128,7 +128,7 @@ async def records(args: argparse.Namespace) -> int:
         records = [
             record
             for record in await chosen.records.transcripts(app=args.app, since=since)
-            if args.session is None or record.session == args.session
+            if args.session is None or record.session_id == args.session
         ]
     if args.format:
         if args.session is None or not records:

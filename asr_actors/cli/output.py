@@ -35,7 +35,7 @@ def print_transcripts(records: list[SessionRecord], *, as_json: bool) -> None:
         )
         outcome = f"error {record.error_code}" if record.error_code else "ok"
         print(
-            f"{started}  {record.session}  app={record.app} lang={record.language} engine={record.engine}"
+            f"{started}  {record.session_id}  app={record.app} lang={record.language} engine={record.engine}"
             f" audio={record.audio_seconds:.1f}s {outcome}"
         )
         for final in record.finals:

@@ -73,7 +73,7 @@ class Results:
     seq: int = 0
 
     async def send(self, result: wire.Result) -> None:
-        record = wire.result_record(self.request.session, self.request.attempt, self.seq, result)
+        record = wire.result_record(self.request.session_id, self.request.attempt, self.seq, result)
         self.seq += 1
         if isinstance(result, wire.Claimed):
             await self.redis.claim(self.request.reply_to, record, CLAIMS_KEY_TTL_S)
@@ -105,15 +105,15 @@ async def serve(
 ) -> bool:
     """Claim (or refuse) one request and run its session to the end; False if its gateway was gone first
     (nobody left to tell)."""
-    session = request.session
-    spec = StreamSpec(session_id=session, language=request.language, sample_rate=request.sample_rate)
+    session_id = request.session_id
+    spec = StreamSpec(session_id=session_id, language=request.language, sample_rate=request.sample_rate)
     if request.version != wire.PROTOCOL_VERSION:
         await send(
             wire.Refused(f"engine protocol version {request.version} is not {wire.PROTOCOL_VERSION}", True)
         )
         return True
     # Routed before the claim is announced, so that no audio record arrives unheard.
-    route = (session, request.attempt)
+    route = (session_id, request.attempt)
     audio_tx, audio_rx = trio.open_memory_channel[bytes](serving.audio_capacity)
     feed = AudioFeed(audio_tx, serving.audio_timeout)
     await serving.redis.attach(route, feed)
@@ -143,7 +143,7 @@ async def serve(
                 # Nobody is left to tell: the engine slot is what matters (a paid stream, maybe).
                 log.warning(
                     "session %s ended: its gateway %s is gone (its liveness key expired)",
-                    session,
+                    session_id,
                     request.reply_to,
                 )
                 return False

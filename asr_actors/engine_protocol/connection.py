@@ -82,7 +82,7 @@ class RedisConnection:
     async def claim(self, process_id: str, record: wire.Record, ttl_s: int) -> None:
         """Send a claim `record` and, in the same round trip, INCR the session's claims counter (renewing
         its expiry to `ttl_s`)."""
-        key = wire.claims_key(record.session)
+        key = wire.claims_key(record.session_id)
 
         def count(pipeline: Pipeline) -> None:
             pipeline.incr(key)

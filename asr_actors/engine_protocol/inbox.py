@@ -62,7 +62,7 @@ class ChannelSink:
         except trio.WouldBlock:
             # The placement lags and this record is lost: end its channel here, so that the loss is
             # reported now rather than found later as a sequence gap (or never, if it was the last).
-            log.warning("session %s fell behind its records; ending its stream", record.session)
+            log.warning("session %s fell behind its records; ending its stream", record.session_id)
             return False
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             return False
@@ -183,7 +183,7 @@ class Inbox:
             taken = sink.deliver(record)
         except Exception:
             # A sink's bug ends its own placement, never the inbox every other session shares.
-            log.exception("delivering a record of session %s failed; ending its stream", record.session)
+            log.exception("delivering a record of session %s failed; ending its stream", record.session_id)
             taken = False
         if not taken:
             del self._routes[record.route]
@@ -202,7 +202,7 @@ class Inbox:
     async def _cancel_late_claim(self, worker: str, record: wire.Record) -> None:
         with trio.move_on_after(CLEANUP_TIMEOUT), contextlib.suppress(RedisUnavailable):
             await self._publisher.send(
-                wire.inbox_channel(worker), [wire.cancel(record.session, record.attempt)]
+                wire.inbox_channel(worker), [wire.cancel(record.session_id, record.attempt)]
             )
 
     async def _keep_pubsub(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:

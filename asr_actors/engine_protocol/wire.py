@@ -57,8 +57,8 @@ def inbox_channel(process_id: str) -> str:
     return f"{PREFIX}inbox:{process_id}"
 
 
-def claims_key(session: str) -> str:
-    return f"{PREFIX}claims:{session}"
+def claims_key(session_id: str) -> str:
+    return f"{PREFIX}claims:{session_id}"
 
 
 class BusProtocolError(Exception):
@@ -68,9 +68,9 @@ class BusProtocolError(Exception):
 @attrs.frozen
 class Request:
     """A session waiting for a worker. `attempt` counts placements (failover re-places); `reply_to` is the
-    gateway process whose inbox gets the session's results."""
+    gateway process whose inbox gets the session's results. On the wire the id's field is `session`."""
 
-    session: str
+    session_id: str
     engine: str
     language: str
     sample_rate: int
@@ -79,14 +79,16 @@ class Request:
     version: int = PROTOCOL_VERSION
 
     def encode(self) -> bytes:
-        return json.dumps(attrs.asdict(self)).encode()
+        fields = attrs.asdict(self)
+        fields["session"] = fields.pop("session_id")
+        return json.dumps(fields).encode()
 
     @classmethod
     def decode(cls, data: bytes) -> Request:
         try:
             fields = json.loads(data)
             request = cls(
-                session=str(fields["session"]),
+                session_id=str(fields["session"]),
                 engine=str(fields["engine"]),
                 language=str(fields["language"]),
                 sample_rate=int(fields["sample_rate"]),
@@ -96,7 +98,7 @@ class Request:
             )
         except (ValueError, KeyError, TypeError, AttributeError) as exc:
             raise BusProtocolError(f"bad session request: {exc}") from None
-        if len(request.session.encode()) > MAX_SESSION_ID_BYTES:
+        if len(request.session_id.encode()) > MAX_SESSION_ID_BYTES:
             raise BusProtocolError("bad session request: session id too long")
         return request
 
@@ -106,7 +108,7 @@ class Record:
     """One message of one session inside a batch."""
 
     kind: bytes
-    session: str
+    session_id: str
     attempt: int
     seq: int
     payload: bytes = b""
@@ -114,14 +116,14 @@ class Record:
     @property
     def route(self) -> tuple[str, int]:
         """Which placement the record belongs to: a session id and attempt."""
-        return (self.session, self.attempt)
+        return (self.session_id, self.attempt)
 
 
 def encode_record(record: Record) -> bytes:
-    session = record.session.encode()
-    header = HEADER.pack(record.kind, record.attempt, record.seq, len(session), len(record.payload))
+    session_id = record.session_id.encode()
+    header = HEADER.pack(record.kind, record.attempt, record.seq, len(session_id), len(record.payload))
     # One copy of the payload (an audio frame), not one per `+`.
-    return b"".join((header, session, record.payload))
+    return b"".join((header, session_id, record.payload))
 
 
 def encode_batch(records: Iterable[Record]) -> bytes:
@@ -144,24 +146,24 @@ def decode_batch(data: bytes) -> Iterator[Record]:
         if offset > len(view):
             raise BusProtocolError("record longer than its batch")
         try:
-            session = bytes(view[start:payload_start]).decode()
+            session_id = bytes(view[start:payload_start]).decode()
         except UnicodeDecodeError:
             raise BusProtocolError("record session id is not UTF-8") from None
-        yield Record(kind, session, attempt, seq, bytes(view[payload_start:offset]))
+        yield Record(kind, session_id, attempt, seq, bytes(view[payload_start:offset]))
 
 
-def audio(session: str, attempt: int, seq: int, pcm: bytes) -> Record:
-    return Record(AUDIO, session, attempt, seq, pcm)
+def audio(session_id: str, attempt: int, seq: int, pcm: bytes) -> Record:
+    return Record(AUDIO, session_id, attempt, seq, pcm)
 
 
-def end_of_audio(session: str, attempt: int, seq: int) -> Record:
-    return Record(END, session, attempt, seq)
+def end_of_audio(session_id: str, attempt: int, seq: int) -> Record:
+    return Record(END, session_id, attempt, seq)
 
 
-def cancel(session: str, attempt: int) -> Record:
+def cancel(session_id: str, attempt: int) -> Record:
     """The gateway gave the placement up (client gone, session failed or moved): stop without results.
     It needs no sequence number: it is obeyed wherever it arrives."""
-    return Record(CANCEL, session, attempt, 0)
+    return Record(CANCEL, session_id, attempt, 0)
 
 
 @attrs.frozen
@@ -186,7 +188,7 @@ class StreamEnded:
 Result = Claimed | Refused | StreamEnded | EngineEvent
 
 
-def result_record(session: str, attempt: int, seq: int, result: Result) -> Record:
+def result_record(session_id: str, attempt: int, seq: int, result: Result) -> Record:
     fields: dict[str, Any]
     if isinstance(result, Claimed):
         fields = {"type": "claim", "worker": result.worker}
@@ -201,7 +203,7 @@ def result_record(session: str, attempt: int, seq: int, result: Result) -> Recor
         fields = {"type": kind, "text": result.text, "begin_ms": result.begin_ms, "end_ms": result.end_ms}
         if isinstance(result, Final) and result.words:
             fields["words"] = [[word.text, word.begin_ms, word.end_ms] for word in result.words]
-    return Record(RESULT, session, attempt, seq, json.dumps(fields, ensure_ascii=False).encode())
+    return Record(RESULT, session_id, attempt, seq, json.dumps(fields, ensure_ascii=False).encode())
 
 
 def decode_result(record: Record) -> Result:

@@ -197,8 +197,8 @@ class RedisRecordStore:
     async def save(self, record: SessionRecord) -> None:
         client = self._redis
         with unavailable("The session record could not be kept"):
-            await client.set(f"{PREFIX}record:{record.session}", record.to_json(), ex=int(self._retention))
-            await client.zadd(self.INDEX, {record.session: record.started_at})
+            await client.set(f"{PREFIX}record:{record.session_id}", record.to_json(), ex=int(self._retention))
+            await client.zadd(self.INDEX, {record.session_id: record.started_at})
             await client.zremrangebyscore(self.INDEX, float("-inf"), record.ended_at - self._retention)
 
     async def transcripts(self, *, app: str | None = None, since: float = 0) -> list[SessionRecord]:

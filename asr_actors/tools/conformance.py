@@ -51,7 +51,7 @@ class _Session:
     """The gateway's side of one session: records to the worker's inbox, results from this process's."""
 
     redis: RedisConnection
-    session: str = attrs.field(factory=lambda: f"conformance-{uuid.uuid4().hex}")
+    session_id: str = attrs.field(factory=lambda: f"conformance-{uuid.uuid4().hex}")
     worker: str = ""
     seq: int = 0
     # Each result's JSON with the record's `seq` and `session` added.
@@ -68,17 +68,17 @@ class _Session:
         for first in range(0, len(frames), per_batch):
             batch = []
             for frame in frames[first : first + per_batch]:
-                batch.append(wire.audio(self.session, 0, self.seq, frame))
+                batch.append(wire.audio(self.session_id, 0, self.seq, frame))
                 self.seq += 1
             await self.publish(*batch)
             if realtime:
                 await trio.sleep(0.1)
 
     async def end(self) -> None:
-        await self.publish(wire.end_of_audio(self.session, 0, self.seq))
+        await self.publish(wire.end_of_audio(self.session_id, 0, self.seq))
 
     async def cancel(self) -> None:
-        await self.publish(wire.cancel(self.session, 0))
+        await self.publish(wire.cancel(self.session_id, 0))
 
 
 def _result(record: wire.Record) -> dict[str, Any]:
@@ -88,7 +88,7 @@ def _result(record: wire.Record) -> dict[str, Any]:
         fields: dict[str, Any] = json.loads(record.payload)
     except ValueError as exc:
         raise CaseFailed(f"a result that is not JSON: {exc}") from None
-    return {**fields, "seq": record.seq, "session": record.session}
+    return {**fields, "seq": record.seq, "session": record.session_id}
 
 
 async def _run_case(
@@ -97,8 +97,10 @@ async def _run_case(
     """Place a session, run `drive`, collect every result until `end` or `failed` (or the timeout)."""
     redis, engine = ctx.redis, ctx.engine
     session = _Session(redis)
-    async with redis.route((session.session, 0)) as results:
-        request = wire.Request(session.session, engine, ctx.language, SAMPLE_RATE, reply_to=redis.process_id)
+    async with redis.route((session.session_id, 0)) as results:
+        request = wire.Request(
+            session.session_id, engine, ctx.language, SAMPLE_RATE, reply_to=redis.process_id
+        )
         await request_placement(redis, request)
         with trio.move_on_after(ctx.claim_timeout):
             session.results.append(_result(await results.receive()))
@@ -136,7 +138,7 @@ def _check_sequence(session: _Session) -> None:
     for expected, message in enumerate(session.results):
         if message.get("seq") != expected:
             raise CaseFailed(f"result {expected} has seq {message.get('seq')}")
-        if message.get("session") != session.session:
+        if message.get("session") != session.session_id:
             raise CaseFailed(f"result {expected} names session {message.get('session')!r}")
 
 
@@ -208,7 +210,7 @@ async def _normal_speech(ctx: _Context) -> str:
     finals = _check_events(session, ctx.speech_ms)
     if not any(final["text"] for final in finals):
         raise CaseFailed("no final with text for the speech")
-    claims = int(await ctx.redis.client.get(wire.claims_key(session.session)) or 0)
+    claims = int(await ctx.redis.client.get(wire.claims_key(session.session_id)) or 0)
     if claims != 1:
         raise CaseFailed(f"claims counter is {claims}, not 1")
     return f"{len(finals)} final(s), {len(session.results)} messages in sequence, claimed once"
@@ -262,7 +264,7 @@ async def _batched_audio(ctx: _Context) -> str:
 async def _malformed_audio(ctx: _Context) -> str:
     async def drive(session: _Session) -> None:
         await session.audio(ctx.speech[: 5 * 3200])
-        await session.publish(wire.Record(b"X", session.session, 0, session.seq, b"garbage"))
+        await session.publish(wire.Record(b"X", session.session_id, 0, session.seq, b"garbage"))
 
     session = await ctx.session(drive)
     if session.results[-1].get("type") != "failed" or not session.results[-1].get("message"):
