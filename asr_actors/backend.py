@@ -69,7 +69,9 @@ DEMO_SECRET_ENV = "ASR_ACTORS_DEMO_SECRET"
 
 def resolve_secrets(config: Config) -> dict[str, str]:
     """The config's apps, and those the `apps` command keeps in the apps file (embedded mode)."""
-    configured = {appkey: app.resolve_secret(appkey) for appkey, app in config.apps.items()}
+    configured = {
+        appkey: app.resolve_secret(appkey) for appkey, app in config.apps.items() if app.signs_links
+    }
     shared_demo = os.environ.get(DEMO_SECRET_ENV)
     demo = {config.demo.appkey: shared_demo} if shared_demo else {}
     return {**demo, **read_apps_file(state_path(config, config.server.apps_file)), **configured}

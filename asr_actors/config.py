@@ -154,9 +154,13 @@ class AuthConfig:
 
 @attrs.frozen
 class AppConfig:
-    # Prefer secret_env: the secret then stays out of every file.
+    # Prefer secret_env: the secret then stays out of every file. The secret signs the app's links
+    # (protocol v1); an app that only calls the OpenAI-compatible API needs none.
     secret: str = ""
     secret_env: str = ""
+    # The environment variable that holds the app's API key for the OpenAI-compatible API
+    # (`Authorization: Bearer <key>`); the gateway keeps only its SHA-256.
+    api_key_env: str = ""
     # Concurrent sessions this app may hold; 0: [auth] sessions_per_app applies.
     max_sessions: int = 0
     # Minutes of audio per UTC day; 0: [auth] audio_minutes_per_day applies.
@@ -173,6 +177,21 @@ class AppConfig:
         if not self.secret:
             raise ConfigError(f"apps.{appkey}: set secret or secret_env")
         return self.secret
+
+    @property
+    def signs_links(self) -> bool:
+        return bool(self.secret or self.secret_env or not self.api_key_env)
+
+    def resolve_api_key(self, appkey: str) -> str | None:
+        if not self.api_key_env:
+            return None
+        value = os.environ.get(self.api_key_env, "")
+        if len(value) < 16:
+            raise ConfigError(
+                f"apps.{appkey}.api_key_env: environment variable {self.api_key_env} is not set "
+                "(or shorter than 16 characters)"
+            )
+        return value
 
 
 @attrs.frozen
@@ -354,6 +373,24 @@ class WorkerConfig:
 
 
 @attrs.frozen
+class OpenAIConfig:
+    # The OpenAI-compatible API (docs/openai.md). Largest file `POST /v1/audio/transcriptions` takes
+    # (413 beyond; OpenAI's own limit), checked as the body streams in.
+    max_file_bytes: int = attrs.field(default=25 * 1024 * 1024, validator=_positive)
+    # Longest audio a file may decode to (400 beyond): bounds the memory a small compressed file can ask.
+    max_file_seconds: float = attrs.field(default=3600.0, validator=_positive)
+    # One request's whole exchange: the upload, the decoding, the transcription and the answer.
+    request_timeout: float = attrs.field(default=600.0, validator=_positive)
+    # The language of a request that names none.
+    language: str = "en"
+    # Model names a request may give, and the engine each means ("": the language's route). OpenAI's own
+    # transcription models route by language, so code written for OpenAI runs unchanged.
+    models: dict[str, str] = attrs.field(
+        factory=lambda: {"whisper-1": "", "gpt-4o-transcribe": "", "gpt-4o-mini-transcribe": ""}
+    )
+
+
+@attrs.frozen
 class RecordsConfig:
     # One record per session: app, language, engine, times, audio, error, every final sentence.
     enabled: bool = True
@@ -386,6 +423,7 @@ class Config:
     bus: BusConfig = BusConfig()
     worker: WorkerConfig = WorkerConfig()
     records: RecordsConfig = RecordsConfig()
+    openai: OpenAIConfig = OpenAIConfig()
     apps: dict[str, AppConfig] = attrs.field(factory=dict)
     languages: dict[str, LanguageRoute] = attrs.field(factory=_default_languages)
 
@@ -479,8 +517,13 @@ def _check_references(config: Config) -> None:
             f"session.default_language: {config.session.default_language!r} has no [languages] entry"
         )
     for appkey, app in config.apps.items():
-        if not app.secret and not app.secret_env:
-            raise ConfigError(f"apps.{appkey}: set secret or secret_env")
+        if not app.secret and not app.secret_env and not app.api_key_env:
+            raise ConfigError(f"apps.{appkey}: set secret, secret_env or api_key_env")
+    for model, engine in config.openai.models.items():
+        if engine and not engine_name_ok(engine, kind):
+            raise ConfigError(f"openai.models.{model}: unknown engine {engine!r}")
+    if config.openai.language not in config.languages:
+        raise ConfigError(f"openai.language: {config.openai.language!r} has no [languages] entry")
 
 
 # Environment variables that override the file, so that a container needs no config file for them.

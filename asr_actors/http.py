@@ -24,6 +24,8 @@ from asr_actors import protocol, signing
 
 HEAD_END = b"\r\n\r\n"
 RECEIVE_BYTES = 4096
+# A request body is read in pieces this large (an upload of megabytes, not a head).
+BODY_RECEIVE_BYTES = 65536
 SECURITY_HEADERS = [
     (b"x-content-type-options", b"nosniff"),
     (b"referrer-policy", b"no-referrer"),
@@ -104,6 +106,44 @@ class RequestReader:
         """What was read after the last head (the first WebSocket frames, if the client sent them early)."""
         rest, self._buffer = bytes(self._buffer), bytearray()
         return rest
+
+
+class RequestBody:
+    """The body of the request whose head `reader` read last, as it arrives (Content-Length or chunked,
+    framed by h11). Nothing is buffered beyond a chunk: the route reads it as a stream and decides how
+    much it takes. A body that ends early or breaks its framing is BadRequest."""
+
+    def __init__(self, stream: trio.abc.Stream, reader: RequestReader, head: RequestHead) -> None:
+        self._stream = stream
+        self._connection, _request, _has_body = _server_connection(head.raw)
+        early = reader.rest()
+        if early:  # (h11 reads b"" as the end of the stream)
+            self._connection.receive_data(early)
+        self._continue = head.headers.get("expect", "").lower() == "100-continue"
+        length = head.headers.get("content-length", "")
+        # The length the client announced (None: chunked), to refuse a body too large before reading it.
+        self.declared_length = int(length) if length.isdigit() else None
+
+    async def receive(self) -> bytes:
+        """The next piece of the body as it arrives; b"" once it has ended."""
+        if self._continue:
+            # The client waits for this before it sends the body (curl does, for a large upload).
+            self._continue = False
+            await self._stream.send_all(b"HTTP/1.1 100 Continue\r\n\r\n")
+        while True:
+            try:
+                event = self._connection.next_event()
+            except h11.RemoteProtocolError as exc:
+                raise BadRequest(f"malformed body: {exc}", exc.error_status_hint) from None
+            if event is h11.NEED_DATA:
+                self._connection.receive_data(bytes(await self._stream.receive_some(BODY_RECEIVE_BYTES)))
+            elif isinstance(event, h11.Data):
+                if event.data:
+                    return bytes(event.data)
+            elif isinstance(event, h11.EndOfMessage | h11.PAUSED):
+                return b""
+            else:
+                raise BadRequest("malformed body")
 
 
 def _server_connection(head_bytes: bytes) -> tuple[h11.Connection, h11.Request, bool]:

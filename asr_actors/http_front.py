@@ -18,7 +18,7 @@ from asr_actors.errors import DependencyUnavailable
 from asr_actors.limits import HandshakeRate
 from asr_actors.metrics import Metrics
 from asr_actors.registry import SessionRegistry
-from asr_actors.router import HttpRoute, Router
+from asr_actors.router import HttpRoute, Router, Upload
 from asr_actors.transport import ClientGone
 from asr_actors.websocket import WebSocket
 
@@ -91,8 +91,12 @@ class HttpFront:
             if dialect is not None and refusal is None:
                 await self._websocket(stream, head, reader.rest(), deadline, dialect)
                 return
+            upload = router.upload(head)
             if refusal is not None:
                 response = refusal
+            elif upload is not None:
+                await self._upload(stream, reader, head, upload)
+                return
             else:
                 with trio.move_on_at(deadline):
                     response = await self._answer(router.route(head), head)
@@ -130,6 +134,32 @@ class HttpFront:
 
     def _refuse(self, reason: str) -> None:
         self._metrics.handshakes_refused.labels(reason=reason).inc()
+
+    async def _upload(
+        self, stream: trio.abc.Stream, reader: http.RequestReader, head: http.RequestHead, upload: Upload
+    ) -> None:
+        """A POST: its body read by the route as it arrives, the answer sent, the connection closed (what
+        is left of a body the route refused is not read)."""
+        with trio.move_on_after(upload.timeout) as overrun:
+            try:
+                response = await upload.answer(head, http.RequestBody(stream, reader, head))
+            except http.BadRequest as exc:
+                self._refuse("malformed")
+                await _send_quietly(stream, http.refusal(exc))
+                return
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                return  # the client went away mid-upload
+            except DependencyUnavailable as exc:
+                log.warning("%s %s: %s", head.method, head.path, exc)
+                response = http.text_response(503, str(exc))
+            except Exception:
+                self._metrics.faults.labels(stage="http").inc()
+                log.exception("%s %s failed", head.method, head.path)
+                response = http.text_response(500, "Internal server error")
+            data, _reusable = http.encode_response(head, response)
+            await _send_quietly(stream, data)
+        if overrun.cancelled_caught:
+            log.info("%s %s took longer than %g s; closed", head.method, head.path, upload.timeout)
 
     async def _answer(self, route: HttpRoute, head: http.RequestHead) -> http.Response:
         """The route's answer; a route that fails answers 503 when a dependency is down, else 500."""

@@ -18,6 +18,15 @@ from asr_actors.dialects import Dialect
 HttpRoute = Callable[[http.RequestHead], Awaitable[http.Response]]
 
 
+@attrs.frozen
+class Upload:
+    """A route that takes a request body (POST): it reads the body as it arrives, and has `timeout`
+    seconds for the whole exchange (the port's handshake deadline is for heads, not uploads)."""
+
+    answer: Callable[[http.RequestHead, http.RequestBody], Awaitable[http.Response]]
+    timeout: float
+
+
 async def not_found(head: http.RequestHead) -> http.Response:
     return http.text_response(404, "Not found")
 
@@ -36,6 +45,8 @@ class Router:
     any_path: Dialect | None = None
     # Answers the HTTP requests no route takes.
     otherwise: HttpRoute = not_found
+    # POST routes by path.
+    uploads: Mapping[str, Upload] = attrs.field(factory=dict)
 
     def dialect(self, head: http.RequestHead) -> Dialect | None:
         """The dialect a WebSocket request is for, or None (it is then answered as HTTP)."""
@@ -43,5 +54,15 @@ class Router:
             return None
         return self.dialects.get(head.path, self.any_path)
 
+    def upload(self, head: http.RequestHead) -> Upload | None:
+        """The upload route a POST is for, or None."""
+        return self.uploads.get(head.path) if head.method == "POST" else None
+
     def route(self, head: http.RequestHead) -> HttpRoute:
+        if head.path in self.uploads:
+            return _post_only
         return self.routes.get(head.path, self.otherwise)
+
+
+async def _post_only(head: http.RequestHead) -> http.Response:
+    return http.Response(405, b"Method not allowed\n", extra_headers=((b"allow", b"POST"),))

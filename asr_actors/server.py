@@ -31,9 +31,11 @@ from asr_actors.errors import DependencyUnavailable
 from asr_actors.http_front import HttpFront, is_loopback
 from asr_actors.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from asr_actors.metrics import Metrics
+from asr_actors.openai_api.keys import ApiKeys
+from asr_actors.openai_api.transcriptions import Transcriptions
 from asr_actors.overload import LoopLag
 from asr_actors.registry import SessionRegistry
-from asr_actors.router import Router, upgrade_required
+from asr_actors.router import Router, Upload, upgrade_required
 from asr_actors.session import Shared
 
 log = logging.getLogger(__name__)
@@ -75,12 +77,14 @@ class Gateway:
         self.metrics = Metrics()
         shared = Shared(config, self.bus, self.directory, backend.limits, backend.records, wall_clock)
         self.sessions = SessionRegistry(shared, self.metrics)
+        transcriptions = Transcriptions(shared, ApiKeys.from_config(config))
         # Run by the serving loop (`_serve_gateway`); a gateway driven directly by tests is never overloaded.
         self.loop_lag = LoopLag(config.server.max_loop_lag or math.inf)
         self.front = HttpFront(config, self.metrics, self.sessions, self._overloaded)
         v1 = V1(directory=self.directory, replay=backend.replay, wall_clock=wall_clock)
         health = {"/healthz": self._health, "/readyz": self._ready, "/metrics": self._metrics}
-        # The main port: the page, health, signing, languages and protocol v1 sessions at /v1/asr.
+        # The main port: the page, health, signing, languages, protocol v1 sessions at /v1/asr and the
+        # OpenAI-compatible API.
         self.main_router = Router(
             routes={
                 **health,
@@ -90,6 +94,9 @@ class Gateway:
             },
             dialects={protocol.PATH: v1},
             otherwise=self._static_file,
+            uploads={
+                "/v1/audio/transcriptions": Upload(transcriptions.answer, config.openai.request_timeout),
+            },
         )
         # The metrics port: health and metrics only, no WebSocket.
         self.operator_router = Router(routes=health)

@@ -141,13 +141,13 @@ async def run(
             error_code=int(error.code) if error else None,
             finals=tuple(facts.ledger.finals),
         )
-        await _keep(
+        await keep(
             "the session record", functools.partial(records.save, record), config.session.record_timeout
         )
     audio_seconds = facts.ledger.audio_bytes / (2 * facts.sample_rate) if facts.sample_rate else 0.0
     if audio_seconds:
         charge = functools.partial(shared.limits.audio.charge, facts.app, audio_seconds)
-        await _keep("the session's audio count", charge, config.session.record_timeout)
+        await keep("the session's audio count", charge, config.session.record_timeout)
     return Outcome(
         session_id=session_id,
         error=error,
@@ -161,7 +161,7 @@ async def run(
     )
 
 
-async def _keep(what: str, write: Callable[[], Awaitable[None]], timeout_s: float) -> None:
+async def keep(what: str, write: Callable[[], Awaitable[None]], timeout_s: float) -> None:
     """Keep what an ended session leaves behind (its record, its audio's count against the day): shielded,
     so that a gateway shutting down still keeps it, but bounded, so that it never waits long on a store."""
     with trio.move_on_after(timeout_s, shield=True) as overrun:
