@@ -70,7 +70,7 @@ class Decoder:
 
 
 def encode(event: ServerEvent) -> str | None:
-    if not isinstance(event, Result) or event.status is ResultStatus.START:
+    if not isinstance(event, Result) or event.status is ResultStatus.START:  # pongs, replies: none here
         return None
     if event.status is ResultStatus.END:
         return STOPPED

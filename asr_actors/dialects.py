@@ -7,7 +7,7 @@ The actors and the supervisor are the same for every dialect; only these three t
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Protocol
 
 import attrs
@@ -16,7 +16,7 @@ from asr_actors import bailian, protocol
 from asr_actors.actors import auth
 from asr_actors.config import Config
 from asr_actors.directory import Directory
-from asr_actors.protocol import ClientDecoder, Decoder, ProtocolError, ServerEvent
+from asr_actors.protocol import ClientDecoder, Decoder, Encoded, ProtocolError, ServerEvent
 from asr_actors.signing import ReplayGuard, Window
 
 
@@ -26,12 +26,16 @@ class Admission:
 
     host: str
     target: str
+    # The upgrade request's headers (names in lower case).
+    headers: Mapping[str, str] = attrs.field(factory=dict)
 
 
 @attrs.frozen
 class Admitted:
     appkey: str
     decoder: Decoder
+    # What the dialect says first, before the client has sent anything.
+    greeting: tuple[str, ...] = ()
 
 
 class Dialect(Protocol):
@@ -42,7 +46,7 @@ class Dialect(Protocol):
         """Authenticate the connection and make its decoder; raise ProtocolError to refuse it."""
         ...
 
-    def encoder(self, session_id: str) -> Callable[[ServerEvent], str | None]: ...
+    def encoder(self, session_id: str) -> Callable[[ServerEvent], Encoded]: ...
 
     def encode_error(self, error: ProtocolError) -> str: ...
 
@@ -74,7 +78,7 @@ class V1:
         )
         return Admitted(grant.appkey, decoder)
 
-    def encoder(self, session_id: str) -> Callable[[ServerEvent], str | None]:
+    def encoder(self, session_id: str) -> Callable[[ServerEvent], Encoded]:
         return functools.partial(protocol.encode, session_id)
 
     def encode_error(self, error: ProtocolError) -> str:
@@ -98,7 +102,7 @@ class Bailian:
             ),
         )
 
-    def encoder(self, session_id: str) -> Callable[[ServerEvent], str | None]:
+    def encoder(self, session_id: str) -> Callable[[ServerEvent], Encoded]:
         return bailian.encode
 
     def encode_error(self, error: ProtocolError) -> str:

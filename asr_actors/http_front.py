@@ -191,7 +191,7 @@ class HttpFront:
         if connection is None:
             self._refuse("timeout")
             return
-        await self._sessions.run(connection, Admission(head.host, head.target), dialect)
+        await self._sessions.run(connection, Admission(head.host, head.target, head.headers), dialect)
 
 
 def _not_counted(reason: str) -> None:

@@ -131,7 +131,15 @@ class PingReceived:
     pass
 
 
-ClientEvent = StreamOpened | AudioReceived | EndOfAudio | PingReceived
+@attrs.frozen
+class Reply:
+    """A message of the dialect's own for the client (an acknowledgement, a non-fatal error): the decoder
+    makes it, the receiver passes it to the sender, the dialect's encoder writes it as it is."""
+
+    text: str
+
+
+ClientEvent = StreamOpened | AudioReceived | EndOfAudio | PingReceived | Reply
 
 
 class Decoder(Protocol):
@@ -360,12 +368,16 @@ class Pong:
     pass
 
 
-ServerEvent = Result | Pong
+ServerEvent = Result | Pong | Reply
+# What a dialect's encoder makes of a server event: nothing, one message, or several.
+Encoded = str | list[str] | None
 
 
-def encode(session_id: str, event: ServerEvent) -> str:
+def encode(session_id: str, event: ServerEvent) -> str | None:
     if isinstance(event, Pong):
         return PONG
+    if isinstance(event, Reply):
+        return None  # protocol v1 has none
     data = {
         "task_id": session_id,  # the wire's name for the session id
         "speech_id": event.speech_id,

@@ -31,6 +31,7 @@ from asr_actors.errors import DependencyUnavailable
 from asr_actors.http_front import HttpFront, is_loopback
 from asr_actors.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from asr_actors.metrics import Metrics
+from asr_actors.openai_api import realtime
 from asr_actors.openai_api.keys import ApiKeys
 from asr_actors.openai_api.transcriptions import Transcriptions
 from asr_actors.overload import LoopLag
@@ -77,7 +78,8 @@ class Gateway:
         self.metrics = Metrics()
         shared = Shared(config, self.bus, self.directory, backend.limits, backend.records, wall_clock)
         self.sessions = SessionRegistry(shared, self.metrics)
-        transcriptions = Transcriptions(shared, ApiKeys.from_config(config))
+        api_keys = ApiKeys.from_config(config)
+        transcriptions = Transcriptions(shared, api_keys)
         # Run by the serving loop (`_serve_gateway`); a gateway driven directly by tests is never overloaded.
         self.loop_lag = LoopLag(config.server.max_loop_lag or math.inf)
         self.front = HttpFront(config, self.metrics, self.sessions, self._overloaded)
@@ -92,7 +94,7 @@ class Gateway:
                 "/v1/languages": self._languages,
                 protocol.PATH: upgrade_required,
             },
-            dialects={protocol.PATH: v1},
+            dialects={protocol.PATH: v1, realtime.PATH: realtime.Realtime(api_keys)},
             otherwise=self._static_file,
             uploads={
                 "/v1/audio/transcriptions": Upload(transcriptions.answer, config.openai.request_timeout),

@@ -32,7 +32,7 @@ from asr_actors.engines.base import StreamSpec
 from asr_actors.errors import DependencyUnavailable
 from asr_actors.groups import first_leaf
 from asr_actors.limits import AudioAllowance, LimitReached, Limits
-from asr_actors.protocol import ErrorCode, ProtocolError, ServerEvent
+from asr_actors.protocol import ErrorCode, ProtocolError, Reply, ServerEvent
 from asr_actors.records import RecordStore, SessionLedger, SessionRecord
 from asr_actors.transport import ClientGone, Transport
 
@@ -209,6 +209,8 @@ async def _run_admitted(
         await nursery.start(
             sender.run, connection, outbound_rx, dialect.encoder(session_id), config.session.send_timeout
         )
+        for text in admitted.greeting:
+            await outbound_tx.send(Reply(text))
         opened = await nursery.start(
             receiver.run,
             connection,

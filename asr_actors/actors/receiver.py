@@ -21,6 +21,7 @@ from asr_actors.protocol import (
     PingReceived,
     Pong,
     ProtocolError,
+    Reply,
     ServerEvent,
     StreamOpened,
 )
@@ -77,6 +78,8 @@ async def run(
                             waiting_for_engine = False
                     elif isinstance(event, PingReceived):
                         await outbound.send(Pong())
+                    elif isinstance(event, Reply):
+                        await outbound.send(event)
         if idle.cancelled_caught:
             if waiting_for_engine:
                 raise ProtocolError(ErrorCode.ENGINE_FAILURE, ENGINE_STALLED)

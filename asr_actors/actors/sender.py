@@ -11,30 +11,32 @@ from collections.abc import Callable
 
 import trio
 
-from asr_actors.protocol import NOT_READING, ErrorCode, ProtocolError, ServerEvent
+from asr_actors.protocol import NOT_READING, Encoded, ErrorCode, ProtocolError, ServerEvent
 from asr_actors.transport import Transport
 
 
 async def run(
     connection: Transport,
     outbound: trio.MemoryReceiveChannel[ServerEvent],
-    encode: Callable[[ServerEvent], str | None],
+    encode: Callable[[ServerEvent], Encoded],
     send_timeout: float,
     *,
     task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Runs until every sender of `outbound` has closed its end (the relay after `end`).
 
-    `encode` returns None for events the dialect does not put on the wire.
+    `encode` returns None for events the dialect does not put on the wire, and a list where the dialect
+    says several things for one event (OpenAI's realtime events).
     """
     async with outbound:
         task_status.started()
         async for event in outbound:
-            message = encode(event)
-            if message is None:
+            encoded = encode(event)
+            if encoded is None:
                 continue
-            with trio.move_on_after(send_timeout) as stalled:
-                await connection.wait_writable()
-            if stalled.cancelled_caught:
-                raise ProtocolError(ErrorCode.TIMEOUT, NOT_READING)
-            await connection.send_message(message)
+            for message in encoded if isinstance(encoded, list) else (encoded,):
+                with trio.move_on_after(send_timeout) as stalled:
+                    await connection.wait_writable()
+                if stalled.cancelled_caught:
+                    raise ProtocolError(ErrorCode.TIMEOUT, NOT_READING)
+                await connection.send_message(message)

@@ -4,7 +4,10 @@ format, and the API's errors as the SDK raises them."""
 
 from __future__ import annotations
 
+import base64
 import subprocess
+import threading
+import time
 import wave
 from pathlib import Path
 
@@ -129,3 +132,66 @@ async def test_the_openai_sdk_transcribes_files_unmodified(tmp_path: Path, speec
         "not audio": (400, "invalid_file_format"),
         "too large": (413, "file_too_large"),
     } == got["errors"]
+
+
+def stream_realtime(base_url: str, pcm24: bytes) -> list[tuple[float, str, str]]:
+    """The SDK's realtime transcription session, its audio sent as a microphone would (frame i of 100 ms
+    when its time has passed); every event's time (s since the start), type and text."""
+    client = openai.OpenAI(api_key=API_KEY, base_url=f"{base_url}v1", max_retries=0)
+    got: list[tuple[float, str, str]] = []
+    with client.realtime.connect(extra_query={"intent": "transcription"}) as connection:
+        connection.session.update(
+            session={
+                "type": "transcription",
+                "audio": {
+                    "input": {
+                        "format": {"type": "audio/pcm", "rate": 24000},
+                        "transcription": {"model": "gpt-4o-transcribe", "language": "en"},
+                        "turn_detection": {"type": "server_vad"},
+                    }
+                },
+            }
+        )
+        start = time.monotonic()
+
+        def microphone() -> None:
+            for index, offset in enumerate(range(0, len(pcm24), 4800)):
+                time.sleep(max(0.0, start + (index + 1) * 0.1 - time.monotonic()))
+                connection.input_audio_buffer.append(
+                    audio=base64.b64encode(pcm24[offset : offset + 4800]).decode()
+                )
+
+        sender = threading.Thread(target=microphone, daemon=True)
+        sender.start()
+        for event in connection:
+            text = getattr(event, "delta", None) or getattr(event, "transcript", None) or ""
+            got.append((time.monotonic() - start, event.type, text))
+            if sum(kind.endswith("transcription.completed") for _, kind, _ in got) == len(CLIPS):
+                break
+        sender.join()
+    return got
+
+
+async def test_the_openai_sdk_transcribes_a_realtime_session(tmp_path: Path) -> None:
+    """Two sentences at 24 kHz, streamed at real time through the SDK's realtime client: two completed
+    transcripts of the speech, deltas that add up to the start of each, in order."""
+    pcm24 = tmp_path / "speech.raw"
+    sources = [str(DATA / f"{clip}.wav") for clip in CLIPS]
+    command = ["sox", *sources, "-r", "24000", "-b", "16", "-c", "1", str(pcm24), "pad", "0.5", "2.5"]
+    await trio.run_process(command)
+    with trio.fail_after(GUARD):
+        async with running_server(write_config(tmp_path), env={"TESTER_API_KEY": API_KEY}) as (url, _process):
+            got = await trio.to_thread.run_sync(stream_realtime, url, pcm24.read_bytes())
+    kinds = [kind for _, kind, _ in got]
+    assert kinds[:2] == ["session.created", "session.updated"]
+    completed = [text for _, kind, text in got if kind.endswith("transcription.completed")]
+    assert jiwer.wer(normalize(references()), normalize(" ".join(completed))) <= 0.15, completed
+    deltas = "".join(text for _, kind, text in got if kind.endswith("transcription.delta"))
+    assert deltas, "no deltas before the transcripts completed"
+    first_sentence_deltas = ""
+    for _, kind, text in got:
+        if kind.endswith("transcription.completed"):
+            break
+        if kind.endswith("transcription.delta"):
+            first_sentence_deltas += text
+    assert completed[0].startswith(first_sentence_deltas)
