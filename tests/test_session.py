@@ -62,6 +62,21 @@ async def test_orderly_session_delivers_every_final_then_end(nursery: trio.Nurse
     assert 1 == engine.streams_finished
 
 
+async def test_audio_at_any_rate_reaches_the_engine_at_16khz(nursery: trio.Nursery) -> None:
+    """A client at 8 kHz: the gateway resamples to 16 kHz, so the fake engine (a word per 100 ms of
+    16 kHz audio) hears 2 s as 20 words, and the times count in the client's audio."""
+    connection = await open_connection(nursery, make_gateway(), signed_target("sample_rate=8000"))
+    for _ in range(20):
+        await connection.send_message(b"\x01\x00" * 800)  # 100 ms at 8 kHz
+    await connection.send_message('{"status": "end"}')
+    messages = await read_until_close(connection)
+    finals = [m["data"] for m in messages if m["data"]["status"] == "final"]
+    words = [f"w{k}" for k in range(20)]
+    assert [" ".join(words[:10]), " ".join(words[10:])] == [f["result"] for f in finals]
+    # The resampler holds 2 ms back until the next frame: the first sentence ends one frame later.
+    assert (0, 1098, 2000) == (finals[0]["begin_time"], finals[0]["end_time"], finals[1]["end_time"])
+
+
 async def test_old_client_json_session_with_wav_header(nursery: trio.Nursery) -> None:
     """The ASRWebSocketServer client: base64 JSON frames of a WAV file, language from the first frame."""
     import base64

@@ -1,4 +1,5 @@
-"""The receiver actor: reads client messages, decodes them, sends audio on and answers pings.
+"""The receiver actor: reads client messages, decodes them, sends audio on (at the engines' 16 kHz, whatever
+rate the client sends) and answers pings.
 
 Readiness (`task_status.started`) carries the stream's language and rate, known once the first audio
 frame arrives; the supervisor then opens the engine. The idle timeout lives here because only the
@@ -11,6 +12,7 @@ from collections.abc import Callable
 
 import trio
 
+from asr_actors.audio import ENGINE_RATE, Resampler
 from asr_actors.limits import AudioAllowance
 from asr_actors.protocol import (
     ENGINE_STALLED,
@@ -56,30 +58,43 @@ async def run(
         audio_arrived()
         allowed_bytes = float("inf")
         over_allowance = allowance.exceeded if allowance is not None else None
+        # The client's rate converted to the engines' (every engine takes 16 kHz): one resampler per
+        # stream, so that its filter carries across frames.
+        resampler: Resampler | None = None
+
+        async def forward(pcm: bytes) -> None:
+            nonlocal engine_listening, waiting_for_engine
+            ledger.heard(len(pcm), trio.current_time())
+            if ledger.audio_bytes > allowed_bytes and over_allowance is not None:
+                raise over_allowance
+            if engine_listening and pcm:
+                waiting_for_engine = True
+                try:
+                    await audio.send(pcm)
+                except trio.BrokenResourceError:
+                    engine_listening = False
+                waiting_for_engine = False
+
         with idle:
             while not decoder.ended:
                 message = await connection.get_message()
                 for event in decoder.receive(message):
                     if isinstance(event, StreamOpened):
+                        if event.sample_rate != ENGINE_RATE:
+                            resampler = Resampler(event.sample_rate, ENGINE_RATE)
+                            event = StreamOpened(event.language, ENGINE_RATE)  # noqa: PLW2901
                         if allowance is not None:
                             allowed_bytes = allowance.seconds * 2 * event.sample_rate
                         task_status.started(event)
                     elif isinstance(event, AudioReceived):
                         audio_arrived()
-                        ledger.heard(len(event.pcm), trio.current_time())
-                        if ledger.audio_bytes > allowed_bytes and over_allowance is not None:
-                            raise over_allowance
-                        if engine_listening:
-                            waiting_for_engine = True
-                            try:
-                                await audio.send(event.pcm)
-                            except trio.BrokenResourceError:
-                                engine_listening = False
-                            waiting_for_engine = False
+                        await forward(resampler.feed(event.pcm) if resampler else event.pcm)
                     elif isinstance(event, PingReceived):
                         await outbound.send(Pong())
                     elif isinstance(event, Reply):
                         await outbound.send(event)
+            if resampler is not None:
+                await forward(resampler.flush())
         if idle.cancelled_caught:
             if waiting_for_engine:
                 raise ProtocolError(ErrorCode.ENGINE_FAILURE, ENGINE_STALLED)
