@@ -246,3 +246,48 @@ def test_a_stream_resampled_in_pieces_keeps_its_length_and_tone(tmp_path: Path) 
     assert abs(len(samples) - 16000) <= 32
     spectrum = np.abs(np.fft.rfft(samples))
     assert 1000 == pytest.approx(np.argmax(spectrum) * 16000 / len(samples), abs=2)
+
+
+@pytest.mark.parametrize("engine", ["dashscope-sdk", "dashscope-native", "iflytek"])
+async def test_a_file_through_each_service_engine(
+    monkeypatch: pytest.MonkeyPatch, nursery: trio.Nursery, engine: str
+) -> None:
+    """The file API on DashScope (the official SDK and the native transport) and iFlytek, each against its
+    protocol-accurate fake on loopback (real sockets, real clock): 2.5 s of Chinese, the fake's text of a
+    character per 100 ms in its sentences, and the service's word times in `verbose_json`."""
+    from asr_actors.backend import build_engines
+    from asr_actors.testing import fake_dashscope, fake_iflytek
+
+    service, _, transport = engine.partition("-")
+    fake: fake_dashscope.FakeDashScope | fake_iflytek.FakeIflytek
+    if service == "dashscope":
+        fake, text = fake_dashscope.FakeDashScope(), fake_dashscope.text
+        settings: dict[str, object] = {"url": "", "api_key_env": "SERVICE_KEY", "transport": transport}
+    else:
+        fake, text = fake_iflytek.FakeIflytek(), fake_iflytek.text
+        settings = {"url": "", "app_id": "test-app", "api_key_env": "SERVICE_KEY"}
+    monkeypatch.setenv("SERVICE_KEY", "test-key")
+    monkeypatch.setenv("TESTER_KEY", API_KEY)
+    with trio.fail_after(30):
+        await nursery.start(fake.serve)
+        config = fake_config(
+            apps={APPKEY: {"secret": SECRET}, "tester": {"api_key_env": "TESTER_KEY"}},
+            engines={"default": "fake", service: {**settings, "url": fake.url}},
+            languages={"zh": {"engine": service}, "en": {"engine": "fake"}},
+        )
+        gw = wired_gateway(config, build_engines(config), {APPKEY: SECRET})
+        await gw.prepare()
+        form = {"model": "whisper-1", "language": "zh", "response_format": "verbose_json"}
+        status, _, body = await exchange(
+            gw, request(multipart({**form, "timestamp_granularities[]": ["word", "segment"]}, wav_bytes(2.5)))
+        )
+    verbose = json.loads(body)
+    assert 200 == status, verbose
+    assert (text(0, 25), "chinese") == (verbose["text"], verbose["language"])
+    assert [text(0, 10), text(10, 20), text(20, 25)] == [segment["text"] for segment in verbose["segments"]]
+    assert 25 == len(verbose["words"])
+    assert (text(0, 1), 0.0, 0.1) == (
+        verbose["words"][0]["word"],
+        verbose["words"][0]["start"],
+        verbose["words"][0]["end"],
+    )
