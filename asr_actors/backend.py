@@ -15,7 +15,14 @@ import attrs
 from asr_actors.bus.base import Bus
 from asr_actors.bus.memory import MemoryBus
 from asr_actors.config import Config, state_path
-from asr_actors.directory import Directory, DirectoryAdmin, FileAdmin, StaticDirectory, read_apps_file
+from asr_actors.directory import (
+    Directory,
+    DirectoryAdmin,
+    FileAdmin,
+    StaticDirectory,
+    read_api_key_digests,
+    read_apps_file,
+)
 from asr_actors.engines.base import Engine
 from asr_actors.limits import Limits, app_limits, memory_limits
 from asr_actors.records import RecordStore, SqliteRecordStore
@@ -75,6 +82,13 @@ def resolve_secrets(config: Config) -> dict[str, str]:
     shared_demo = os.environ.get(DEMO_SECRET_ENV)
     demo = {config.demo.appkey: shared_demo} if shared_demo else {}
     return {**demo, **read_apps_file(state_path(config, config.server.apps_file)), **configured}
+
+
+def resolve_api_keys(config: Config) -> dict[str, str]:
+    """The API keys of the config's apps and of the apps file, as SHA-256 -> app."""
+    from asr_actors.openai_api.keys import configured_digests
+
+    return {**read_api_key_digests(state_path(config, config.server.apps_file)), **configured_digests(config)}
 
 
 @attrs.frozen

@@ -31,16 +31,26 @@ class Directory(Protocol):
         """Every routed language and its engine."""
         ...
 
+    async def app_for_api_key(self, digest: str) -> str | None:
+        """The app whose API key has this SHA-256 (hex), or None."""
+        ...
+
 
 class StaticDirectory:
-    """The config's routes and a fixed set of app secrets."""
+    """The config's routes and a fixed set of app secrets and API key digests."""
 
-    def __init__(self, config: Config, secrets: Mapping[str, str]) -> None:
+    def __init__(
+        self, config: Config, secrets: Mapping[str, str], api_keys: Mapping[str, str] | None = None
+    ) -> None:
         self._config = config
         self._secrets = dict(secrets)
+        self._api_keys = dict(api_keys or {})
 
     async def secret(self, appkey: str) -> str | None:
         return self._secrets.get(appkey)
+
+    async def app_for_api_key(self, digest: str) -> str | None:
+        return self._api_keys.get(digest)
 
     async def engine_for(self, language: str) -> str | None:
         return self._config.engine_for(language)
@@ -55,21 +65,37 @@ def check_appkey(appkey: str) -> str:
     return appkey
 
 
-def read_apps_file(path: Path) -> dict[str, str]:
-    """The apps file: TOML tables `[apps.KEY] secret = "..."` that the `apps` command writes (git-ignored)."""
+def _read_apps_tables(path: Path) -> dict[str, dict[str, str]]:
     import tomllib
 
     if not path.exists():
         return {}
     data = tomllib.loads(path.read_text())
-    return {key: str(table["secret"]) for key, table in data.get("apps", {}).items()}
+    return {
+        key: {name: str(value) for name, value in table.items()}
+        for key, table in data.get("apps", {}).items()
+    }
 
 
-def write_apps_file(path: Path, apps: Mapping[str, str]) -> None:
+def read_apps_file(path: Path) -> dict[str, str]:
+    """The secrets of the apps file: TOML tables `[apps.KEY] secret = "..."` that the `apps` command writes
+    (git-ignored); an app there may have an API key's SHA-256 (`api_key_sha256`) instead or as well."""
+    return {key: table["secret"] for key, table in _read_apps_tables(path).items() if "secret" in table}
+
+
+def read_api_key_digests(path: Path) -> dict[str, str]:
+    """The apps file's API keys: SHA-256 (hex) -> app."""
+    tables = _read_apps_tables(path)
+    return {table["api_key_sha256"]: key for key, table in tables.items() if "api_key_sha256" in table}
+
+
+def write_apps_file(path: Path, apps: Mapping[str, Mapping[str, str]]) -> None:
     # JSON strings are valid TOML basic strings, so json.dumps quotes both keys and secrets correctly.
     lines = ["# Written by `python -m asr_actors apps`; holds secrets: keep it out of git.", ""]
     for key in sorted(apps):
-        lines += [f"[apps.{json.dumps(key)}]", f"secret = {json.dumps(apps[key])}", ""]
+        lines.append(f"[apps.{json.dumps(key)}]")
+        lines += [f"{name} = {json.dumps(value)}" for name, value in sorted(apps[key].items())]
+        lines.append("")
     path.write_text("\n".join(lines))
     path.chmod(0o600)
 
@@ -84,6 +110,11 @@ class DirectoryAdmin(Protocol):
     async def rotate_app(self, appkey: str, secret: str) -> None: ...
 
     async def remove_app(self, appkey: str) -> None: ...
+
+    async def set_api_key(self, appkey: str, digest: str, *, new_app: bool) -> None:
+        """Give `appkey` the API key with this SHA-256, replacing its old one; `new_app`: the app must not
+        exist yet (it is made with the key only), else it must."""
+        ...
 
     async def routes(self) -> dict[str, str]: ...
 
@@ -100,26 +131,32 @@ class FileAdmin:
         self._path = state_path(config, config.server.apps_file)
 
     async def list_apps(self) -> list[str]:
-        return sorted({*read_apps_file(self._path), *self._config.apps})
+        return sorted({*_read_apps_tables(self._path), *self._config.apps})
 
     async def add_app(self, appkey: str, secret: str) -> None:
-        apps = read_apps_file(self._path)
-        if appkey in apps or appkey in self._config.apps:
-            raise ValueError(f"app {appkey!r} exists already (use rotate)")
-        write_apps_file(self._path, {**apps, appkey: secret})
+        apps = self._tables(appkey, exists=False)
+        write_apps_file(self._path, {**apps, appkey: {"secret": secret}})
 
     async def rotate_app(self, appkey: str, secret: str) -> None:
-        apps = read_apps_file(self._path)
-        if appkey not in apps:
-            raise ValueError(f"no app {appkey!r} in {self._path} (apps in the config file are edited there)")
-        write_apps_file(self._path, {**apps, appkey: secret})
+        apps = self._tables(appkey, exists=True)
+        write_apps_file(self._path, {**apps, appkey: {**apps[appkey], "secret": secret}})
+
+    async def set_api_key(self, appkey: str, digest: str, *, new_app: bool) -> None:
+        apps = self._tables(appkey, exists=not new_app)
+        write_apps_file(self._path, {**apps, appkey: {**apps.get(appkey, {}), "api_key_sha256": digest}})
 
     async def remove_app(self, appkey: str) -> None:
-        apps = read_apps_file(self._path)
-        if appkey not in apps:
-            raise ValueError(f"no app {appkey!r} in {self._path}")
+        apps = self._tables(appkey, exists=True)
         del apps[appkey]
         write_apps_file(self._path, apps)
+
+    def _tables(self, appkey: str, *, exists: bool) -> dict[str, dict[str, str]]:
+        apps = _read_apps_tables(self._path)
+        if not exists and (appkey in apps or appkey in self._config.apps):
+            raise ValueError(f"app {appkey!r} exists already (use rotate)")
+        if exists and appkey not in apps:
+            raise ValueError(f"no app {appkey!r} in {self._path} (apps in the config file are edited there)")
+        return apps
 
     async def routes(self) -> dict[str, str]:
         return await StaticDirectory(self._config, {}).routes()

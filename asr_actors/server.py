@@ -22,7 +22,7 @@ import attrs
 import trio
 
 from asr_actors import http, protocol
-from asr_actors.backend import Backend, backend, resolve_secrets
+from asr_actors.backend import Backend, backend, resolve_api_keys, resolve_secrets
 from asr_actors.config import Config
 from asr_actors.dialects import V1, Bailian
 from asr_actors.directory import StaticDirectory
@@ -32,7 +32,7 @@ from asr_actors.http_front import HttpFront, is_loopback
 from asr_actors.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from asr_actors.metrics import Metrics
 from asr_actors.openai_api import realtime
-from asr_actors.openai_api.keys import ApiKeys
+from asr_actors.openai_api.keys import ApiKeys, configured_digests
 from asr_actors.openai_api.transcriptions import Transcriptions
 from asr_actors.overload import LoopLag
 from asr_actors.registry import SessionRegistry
@@ -59,7 +59,9 @@ class Gateway:
         backend: Backend,
         app_secrets: Mapping[str, str],
         wall_clock: Callable[[], float] = time.time,
+        api_keys: Mapping[str, str] | None = None,
     ) -> None:
+        """`app_secrets`: app -> secret; `api_keys`: SHA-256 of an API key -> app (default: the config's)."""
         self.config = config
         self.engines = backend.engines
         self.bus = backend.bus
@@ -73,13 +75,15 @@ class Gateway:
             all_secrets[demo.appkey] = secrets.token_urlsafe(32)
         self.secrets = all_secrets
         self.wall_clock = wall_clock
-        own = StaticDirectory(config, all_secrets)
+        own = StaticDirectory(
+            config, all_secrets, configured_digests(config) if api_keys is None else api_keys
+        )
         self.directory = backend.shared_directory(own) if backend.shared_directory else own
         self.metrics = Metrics()
         shared = Shared(config, self.bus, self.directory, backend.limits, backend.records, wall_clock)
         self.sessions = SessionRegistry(shared, self.metrics)
-        api_keys = ApiKeys.from_config(config)
-        transcriptions = Transcriptions(shared, api_keys)
+        keys = ApiKeys(self.directory)
+        transcriptions = Transcriptions(shared, keys)
         # Run by the serving loop (`_serve_gateway`); a gateway driven directly by tests is never overloaded.
         self.loop_lag = LoopLag(config.server.max_loop_lag or math.inf)
         self.front = HttpFront(config, self.metrics, self.sessions, self._overloaded)
@@ -94,7 +98,7 @@ class Gateway:
                 "/v1/languages": self._languages,
                 protocol.PATH: upgrade_required,
             },
-            dialects={protocol.PATH: v1, realtime.PATH: realtime.Realtime(api_keys)},
+            dialects={protocol.PATH: v1, realtime.PATH: realtime.Realtime(keys)},
             otherwise=self._static_file,
             uploads={
                 "/v1/audio/transcriptions": Upload(transcriptions.answer, config.openai.request_timeout),
@@ -294,7 +298,7 @@ async def serve(
     `bailian_port` (0 for any free port) also serves the Bailian demo's protocol, on loopback only.
     """
     async with backend(config) as chosen:
-        gateway = Gateway(config, chosen, resolve_secrets(config))
+        gateway = Gateway(config, chosen, resolve_secrets(config), api_keys=resolve_api_keys(config))
         await gateway.prepare()
         _settle_garbage_collector()
         await _serve_gateway(gateway, bailian_port, task_status, drain_on_signal)

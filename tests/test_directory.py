@@ -112,3 +112,58 @@ async def test_live_edits_in_redis_reach_running_gateways(tmp_path: Path) -> Non
             await admin.remove_app("live")
             assert ["401"] == await session_statuses(nursery, gateway, "live", "second-secret-0123456789")
             nursery.cancel_scope.cancel()
+
+
+def test_api_keys_on_the_embedded_apps_file(tmp_path: Path) -> None:
+    """`apps add NAME --api-key` prints a new key once and keeps only its SHA-256; rotate replaces it; the
+    gateway resolves the file's keys at start-up; an app of a key alone signs no links."""
+    from asr_actors.backend import resolve_api_keys
+    from asr_actors.config import load_config
+    from asr_actors.openai_api.keys import digest
+
+    apps_file = tmp_path / "apps.local.toml"
+    config = tmp_path / "config.toml"
+    config.write_text(f'[server]\napps_file = "{apps_file}"\n')
+    appkey, key = cli(config, "apps", "add", "batch", "--api-key").stdout.split()
+    assert ("batch", True) == (appkey, key.startswith("sk-"))
+    assert key not in apps_file.read_text()
+    assert {digest(key): "batch"} == resolve_api_keys(load_config(config))
+    assert {} == resolve_secrets(load_config(config))
+    _, rotated = cli(config, "apps", "rotate", "batch", "--api-key").stdout.split()
+    assert {digest(rotated): "batch"} == resolve_api_keys(load_config(config))
+    assert 1 == cli(config, "apps", "add", "batch", "--api-key").returncode
+    assert 0 == cli(config, "apps", "remove", "batch").returncode
+    assert {} == resolve_api_keys(load_config(config))
+
+
+async def test_api_keys_in_redis_reach_running_gateways(tmp_path: Path) -> None:
+    """On the Redis bus an API key added, rotated or removed counts at the gateway's next request."""
+    from asr_actors.openai_api.keys import digest
+    from tests.test_openai import exchange, multipart, request, wav_bytes
+
+    upload = multipart({"model": "whisper-1"}, wav_bytes(0.3))
+    with trio.fail_after(GUARD):
+        async with (
+            redis_server(tmp_path) as server,
+            redis_connection(server.url, 64).open() as redis,
+            trio.open_nursery() as nursery,
+        ):
+            config = fake_config(bus={"kind": "redis", "url": server.url})
+            await nursery.start(Worker(config, FakeEngine(), concurrency=4).run)
+            bus = await nursery.start(running_bus, RedisBus(redis, config.bus, events_capacity=8))
+            gateway = wired_gateway(
+                config, {}, {}, bus=bus, shared_directory=lambda own: RedisDirectory(redis.client, own)
+            )
+            admin = RedisDirectory(redis.client, StaticDirectory(config, {}))
+            first, second = "sk-first-0123456789abcdef", "sk-second-0123456789abcdef"
+
+            assert 401 == (await exchange(gateway, request(upload, key=first)))[0]
+            await admin.set_api_key("batch", digest(first), new_app=True)
+            assert 200 == (await exchange(gateway, request(upload, key=first)))[0]
+            assert "batch" in await admin.list_apps()
+            await admin.set_api_key("batch", digest(second), new_app=False)
+            assert 401 == (await exchange(gateway, request(upload, key=first)))[0]
+            assert 200 == (await exchange(gateway, request(upload, key=second)))[0]
+            await admin.remove_app("batch")
+            assert 401 == (await exchange(gateway, request(upload, key=second)))[0]
+            nursery.cancel_scope.cancel()

@@ -39,6 +39,12 @@ def add(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     apps.add_argument(
         "--secret-stdin", action="store_true", help="read the secret from stdin instead of making one"
     )
+    apps.add_argument(
+        "--api-key",
+        action="store_true",
+        help="add or rotate the app's API key for the OpenAI-compatible API (printed once; only its "
+        "SHA-256 is kept) instead of its secret",
+    )
 
     routes = commands.add_parser("routes", help="list or change language routes (live on the Redis bus)")
     routes.add_argument("action", choices=["list", "set", "remove"])
@@ -70,12 +76,20 @@ async def apps(args: argparse.Namespace) -> int:
             secret = sys.stdin.readline().strip() if args.secret_stdin else secrets.token_urlsafe(32)
             if len(secret) < 16:
                 raise ValueError("a secret needs at least 16 characters")
-            change = chosen.admin.add_app if args.action == "add" else chosen.admin.rotate_app
-            await change(appkey, secret)
+            if args.api_key:
+                from asr_actors.openai_api.keys import digest
+
+                secret = f"sk-{secret}" if not args.secret_stdin else secret
+                await chosen.admin.set_api_key(appkey, digest(secret), new_app=args.action == "add")
+            else:
+                change = chosen.admin.add_app if args.action == "add" else chosen.admin.rotate_app
+                await change(appkey, secret)
         except ValueError as exc:
             print(exc, file=sys.stderr)
             return 1
-    # Shown once; links signed with the old secret of a rotated app stop working, live sessions go on.
+    # Shown once; links signed with the old secret of a rotated app (or calls with its old API key) stop
+    # working, live sessions go on. An API key added to the apps file counts once the gateway restarts;
+    # on the Redis bus at once.
     print(f"{appkey} {secret}")
     return 0
 

@@ -335,7 +335,7 @@ class Realtime:
     async def admit(self, admission: Admission, config: Config) -> Admitted:
         query = parse_qs(urlsplit(admission.target).query)
         try:
-            appkey = self.keys.app_for(admission.headers.get("authorization"))
+            appkey = await self.keys.app_for(admission.headers.get("authorization"))
         except ApiError as exc:
             raise ProtocolError(ErrorCode.UNAUTHORIZED, exc.message) from None
         if query.get("intent", ["transcription"])[0] != "transcription" or (

@@ -60,7 +60,7 @@ class Transcriptions:
             return exc.response()
 
     async def _transcribe(self, head: http.RequestHead, body: http.RequestBody) -> http.Response:
-        app = self._keys.app_for(head.headers.get("authorization"))
+        app = await self._keys.app_for(head.headers.get("authorization"))
         logs.current_app.set(app)
         boundary = boundary_of(head.headers.get("content-type"))
         settings = self._settings

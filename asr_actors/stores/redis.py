@@ -134,6 +134,9 @@ class RedisDirectory:
 
     APPS = f"{PREFIX}apps"
     ROUTES = f"{PREFIX}routes"
+    # API keys: SHA-256 (hex) -> app, and each app's current digest (to replace or remove it).
+    API_KEYS = f"{PREFIX}api_keys"
+    APP_API_KEYS = f"{PREFIX}app_api_keys"
 
     def __init__(self, redis: RedisClient, fallback: Directory) -> None:
         self._redis = redis
@@ -147,6 +150,11 @@ class RedisDirectory:
     async def engine_for(self, language: str) -> str | None:
         return (await self.routes()).get(language)
 
+    async def app_for_api_key(self, digest: str) -> str | None:
+        with unavailable("The app directory is unavailable"):
+            stored = await self._redis.hget(self.API_KEYS, digest)
+        return stored.decode() if stored is not None else await self._fallback.app_for_api_key(digest)
+
     async def routes(self) -> dict[str, str]:
         with unavailable("The language routes are unavailable"):
             stored = await self._redis.hgetall(self.ROUTES)
@@ -156,11 +164,34 @@ class RedisDirectory:
 
     # Administration (the `apps` and `routes` commands):
     async def list_apps(self) -> list[str]:
-        return sorted(key.decode() for key in await self._redis.hkeys(self.APPS))
+        keys = [*await self._redis.hkeys(self.APPS), *await self._redis.hkeys(self.APP_API_KEYS)]
+        return sorted({key.decode() for key in keys})
 
     async def add_app(self, appkey: str, secret: str) -> None:
-        if not await self._redis.hsetnx(self.APPS, appkey, secret):
+        if await self._redis.hexists(self.APP_API_KEYS, appkey) or not await self._redis.hsetnx(
+            self.APPS, appkey, secret
+        ):
             raise ValueError(f"app {appkey!r} exists already (use rotate)")
+
+    async def set_api_key(self, appkey: str, digest: str, *, new_app: bool) -> None:
+        exists = await self._redis.hexists(self.APPS, appkey) or await self._redis.hexists(
+            self.APP_API_KEYS, appkey
+        )
+        if new_app and exists:
+            raise ValueError(f"app {appkey!r} exists already (use rotate)")
+        if not new_app and not exists:
+            raise ValueError(f"no app {appkey!r}")
+        await self._drop_api_key(appkey)
+        await self._redis.hset(self.API_KEYS, {digest: appkey})
+        await self._redis.hset(self.APP_API_KEYS, {appkey: digest})
+
+    async def _drop_api_key(self, appkey: str) -> bool:
+        old = await self._redis.hget(self.APP_API_KEYS, appkey)
+        if old is None:
+            return False
+        await self._redis.hdel(self.API_KEYS, old.decode())
+        await self._redis.hdel(self.APP_API_KEYS, appkey)
+        return True
 
     async def rotate_app(self, appkey: str, secret: str) -> None:
         if not await self._redis.hexists(self.APPS, appkey):
@@ -168,7 +199,8 @@ class RedisDirectory:
         await self._redis.hset(self.APPS, {appkey: secret})
 
     async def remove_app(self, appkey: str) -> None:
-        if not await self._redis.hdel(self.APPS, appkey):
+        had_secret = await self._redis.hdel(self.APPS, appkey)
+        if not await self._drop_api_key(appkey) and not had_secret:
             raise ValueError(f"no app {appkey!r}")
 
     async def set_route(self, language: str, engine: str) -> None:
