@@ -25,6 +25,7 @@ from asr_actors.directory import (
 )
 from asr_actors.engines.base import Engine
 from asr_actors.limits import Limits, app_limits, memory_limits
+from asr_actors.openai_api.client_secrets import ClientSecrets, MemoryClientSecrets
 from asr_actors.records import RecordStore, SqliteRecordStore
 from asr_actors.signing import MemoryReplayGuard, ReplayGuard
 
@@ -105,6 +106,8 @@ class Backend:
     shared_directory: Callable[[Directory], Directory] | None = None
     # What the `apps` and `routes` commands change.
     admin: DirectoryAdmin | None = None
+    # The realtime API's client secrets: in this process, or in Redis for every gateway.
+    client_secrets: ClientSecrets = attrs.field(factory=MemoryClientSecrets)
 
 
 def in_process(config: Config, engines: dict[str, Engine], records: RecordStore | None = None) -> Backend:
@@ -137,6 +140,7 @@ async def backend(config: Config) -> AsyncIterator[Backend]:
     from asr_actors.engine_protocol.gateway import RedisBus
     from asr_actors.stores.redis import (
         RedisAudioQuota,
+        RedisClientSecrets,
         RedisDirectory,
         RedisRecordStore,
         RedisReplayGuard,
@@ -169,4 +173,5 @@ async def backend(config: Config) -> AsyncIterator[Backend]:
             ),
             shared_directory=lambda fallback: RedisDirectory(client, fallback),
             admin=RedisDirectory(client, StaticDirectory(config, {})),
+            client_secrets=RedisClientSecrets(client),
         )

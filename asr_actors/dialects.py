@@ -42,6 +42,11 @@ class Dialect(Protocol):
     @property
     def name(self) -> str: ...
 
+    @property
+    def subprotocols(self) -> tuple[str, ...]:
+        """WebSocket subprotocols the dialect accepts (the first the client offers is chosen)."""
+        ...
+
     async def admit(self, admission: Admission, config: Config) -> Admitted:
         """Authenticate the connection and make its decoder; raise ProtocolError to refuse it."""
         ...
@@ -59,6 +64,7 @@ class V1:
     replay: ReplayGuard
     wall_clock: Callable[[], float]
     name: str = "v1"
+    subprotocols: tuple[str, ...] = ()
 
     async def admit(self, admission: Admission, config: Config) -> Admitted:
         grant = await auth.run(
@@ -91,6 +97,7 @@ class Bailian:
 
     name: str = "bailian"
     appkey: str = "bailian-compat"
+    subprotocols: tuple[str, ...] = ()
 
     async def admit(self, admission: Admission, config: Config) -> Admitted:
         return Admitted(

@@ -183,7 +183,7 @@ class HttpFront:
         with trio.move_on_at(deadline):
             try:
                 connection = await WebSocket.accept(
-                    stream, head.raw + early, self._config.session.max_message_bytes
+                    stream, head.raw + early, self._config.session.max_message_bytes, dialect.subprotocols
                 )
             except ClientGone:
                 self._refuse("malformed")

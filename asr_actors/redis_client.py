@@ -161,6 +161,11 @@ class RedisClient:
         with _converted():
             return bool(await self._client.set(key, value, condition=coredis.PureToken.NX, px=px))
 
+    async def getdel(self, key: str) -> bytes | None:
+        """GET and DELETE in one step: a value taken once."""
+        with _converted():
+            return await self._client.getdel(key)
+
     async def mget(self, keys: Sequence[str]) -> list[bytes | None]:
         with _converted():
             return list(await self._client.mget(keys))

@@ -32,6 +32,7 @@ from asr_actors.http_front import HttpFront, is_loopback
 from asr_actors.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from asr_actors.metrics import Metrics
 from asr_actors.openai_api import realtime
+from asr_actors.openai_api.client_secrets import Issuer
 from asr_actors.openai_api.keys import ApiKeys, configured_digests
 from asr_actors.openai_api.transcriptions import Transcriptions
 from asr_actors.overload import LoopLag
@@ -84,6 +85,8 @@ class Gateway:
         self.sessions = SessionRegistry(shared, self.metrics)
         keys = ApiKeys(self.directory)
         transcriptions = Transcriptions(shared, keys)
+        issuer = Issuer(keys, backend.client_secrets, wall_clock)
+        server = config.server
         # Run by the serving loop (`_serve_gateway`); a gateway driven directly by tests is never overloaded.
         self.loop_lag = LoopLag(config.server.max_loop_lag or math.inf)
         self.front = HttpFront(config, self.metrics, self.sessions, self._overloaded)
@@ -98,10 +101,12 @@ class Gateway:
                 "/v1/languages": self._languages,
                 protocol.PATH: upgrade_required,
             },
-            dialects={protocol.PATH: v1, realtime.PATH: realtime.Realtime(keys)},
+            dialects={protocol.PATH: v1, realtime.PATH: realtime.Realtime(keys, backend.client_secrets)},
             otherwise=self._static_file,
             uploads={
                 "/v1/audio/transcriptions": Upload(transcriptions.answer, config.openai.request_timeout),
+                "/v1/realtime/client_secrets": Upload(issuer.answer, server.handshake_timeout),
+                "/v1/realtime/transcription_sessions": Upload(issuer.answer, server.handshake_timeout),
             },
         )
         # The metrics port: health and metrics only, no WebSocket.

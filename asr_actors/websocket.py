@@ -16,6 +16,7 @@ native engines no longer use it.
 from __future__ import annotations
 
 import collections
+from collections.abc import Iterable, Sequence
 
 import trio
 from wsproto import ConnectionType, WSConnection
@@ -80,19 +81,28 @@ class WebSocket:
         self._violation: CloseConnection | None = None
 
     @classmethod
-    async def accept(cls, stream: trio.abc.Stream, request_bytes: bytes, max_message_bytes: int) -> WebSocket:
-        """Complete the upgrade of a request already read (`request_bytes`, the head and anything after)."""
+    async def accept(
+        cls,
+        stream: trio.abc.Stream,
+        request_bytes: bytes,
+        max_message_bytes: int,
+        subprotocols: Sequence[str] = (),
+    ) -> WebSocket:
+        """Complete the upgrade of a request already read (`request_bytes`, the head and anything after);
+        the first subprotocol the client offers that is in `subprotocols` is the one accepted (a browser
+        that offers some fails a handshake that names none)."""
         websocket = cls(stream, max_message_bytes)
         try:
             websocket._protocol.receive_data(request_bytes)
-            while not any(isinstance(event, Request) for event in websocket._protocol.events()):
+            while (request := _request(websocket._protocol.events())) is None:
                 await websocket._read()
         except RemoteProtocolError as exc:
             # wsproto's hint is the HTTP refusal (400 or 426) to send back.
             if exc.event_hint is not None:
                 await websocket._send(exc.event_hint)
             raise ClientGone(f"refused the upgrade: {exc}") from None
-        await websocket._send(AcceptConnection())
+        chosen = next((offered for offered in request.subprotocols if offered in subprotocols), None)
+        await websocket._send(AcceptConnection(subprotocol=chosen))
         # Frames sent right behind the request (in the same read) are in wsproto's buffer, not the socket.
         await websocket._parse()
         return websocket
@@ -258,3 +268,7 @@ class WebSocket:
 
 class _TooBig(Exception):
     pass
+
+
+def _request(events: Iterable[Event]) -> Request | None:
+    return next((event for event in events if isinstance(event, Request)), None)

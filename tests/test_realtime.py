@@ -199,3 +199,37 @@ async def test_a_wrong_key_is_an_error_event_and_a_4401_close(monkeypatch: pytes
         got[0]["error"]["code"],
     )
     assert {"closed": 4401} == got[-1]
+
+
+async def test_a_client_secret_opens_one_session_from_a_browser(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The app's server gets a secret with its API key; a page offers it as a subprotocol beside `realtime`
+    (browsers cannot set headers), the gateway accepts `realtime`; the secret then is used up."""
+    from tests.test_openai import exchange
+
+    gw = gateway(monkeypatch)
+    body = b'{"session": {"type": "transcription"}, "expires_after": {"anchor": "created_at", "seconds": 60}}'
+    issue = (
+        "POST /v1/realtime/client_secrets HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\n"
+        f"Authorization: Bearer {API_KEY}\r\nContent-Length: {len(body)}\r\n\r\n"
+    ).encode() + body
+    with trio.fail_after(GUARD):
+        status, _, answer = await exchange(gw, issue)
+        secret = json.loads(answer)["value"]
+        refused, _, _ = await exchange(gw, issue.replace(API_KEY.encode(), b"sk-wrong-0123456789"))
+        outcomes = []
+        async with trio.open_nursery() as nursery:
+            for _ in range(2):
+                client, server = trio.testing.memory_stream_pair()
+                nursery.start_soon(gw.handle_connection, server)
+                connection = await trio_websocket.wrap_client_stream(
+                    nursery,
+                    client,  # type: ignore[arg-type]
+                    "t",
+                    "/v1/realtime?intent=transcription",
+                    subprotocols=["realtime", f"openai-insecure-api-key.{secret}"],
+                )
+                first = json.loads(await connection.get_message())
+                outcomes.append((connection.subprotocol, first["type"], first.get("error", {}).get("code")))
+                await connection.aclose()
+    assert (200, True, 401) == (status, secret.startswith("ek_"), refused)
+    assert [("realtime", "session.created", None), ("realtime", "error", "401")] == outcomes

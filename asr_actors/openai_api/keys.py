@@ -26,13 +26,21 @@ class ApiKeys:
 
     async def app_for(self, authorization: str | None) -> str:
         """The app whose key the `Authorization` header carries; ApiError 401 if none does."""
-        scheme, _, key = (authorization or "").partition(" ")
-        if scheme.lower() != "bearer" or not key.strip():
+        return await self.app_for_key(bearer(authorization))
+
+    async def app_for_key(self, key: str | None) -> str:
+        if not key:
             raise ApiError(401, "Missing API key: send Authorization: Bearer <key>", code="invalid_api_key")
-        appkey = await self._directory.app_for_api_key(digest(key.strip()))
+        appkey = await self._directory.app_for_api_key(digest(key))
         if appkey is None:
             raise ApiError(401, "Incorrect API key provided", code="invalid_api_key")
         return appkey
+
+
+def bearer(authorization: str | None) -> str | None:
+    """The key of an `Authorization: Bearer <key>` header."""
+    scheme, _, key = (authorization or "").partition(" ")
+    return key.strip() or None if scheme.lower() == "bearer" else None
 
 
 def configured_digests(config: Config) -> dict[str, str]:

@@ -30,8 +30,10 @@ import numpy.typing as npt
 from asr_actors import audio
 from asr_actors.config import Config
 from asr_actors.dialects import Admission, Admitted
+from asr_actors.openai_api import client_secrets
+from asr_actors.openai_api.client_secrets import ClientSecrets
 from asr_actors.openai_api.errors import ApiError
-from asr_actors.openai_api.keys import ApiKeys
+from asr_actors.openai_api.keys import ApiKeys, bearer, digest
 from asr_actors.protocol import (
     AudioReceived,
     ClientEvent,
@@ -325,19 +327,24 @@ def _event_json(kind: str, **fields: Any) -> str:
     return json.dumps({"type": kind, **fields}, ensure_ascii=False)
 
 
+# A browser cannot set headers on a WebSocket: it offers its key as a subprotocol beside this one.
+SUBPROTOCOL = "realtime"
+KEY_SUBPROTOCOL = "openai-insecure-api-key."
+
+
 @attrs.frozen
 class Realtime:
-    """The dialect: Bearer keys of the OpenAI-compatible API; no signed link."""
+    """The dialect: an app's API key (`Authorization: Bearer`), or a client secret it had issued for a
+    browser (`ek_...`, used once), either also as the subprotocol `openai-insecure-api-key.<key>`."""
 
     keys: ApiKeys
+    client_secrets: ClientSecrets
     name: str = "openai-realtime"
+    subprotocols: tuple[str, ...] = (SUBPROTOCOL,)
 
     async def admit(self, admission: Admission, config: Config) -> Admitted:
         query = parse_qs(urlsplit(admission.target).query)
-        try:
-            appkey = await self.keys.app_for(admission.headers.get("authorization"))
-        except ApiError as exc:
-            raise ProtocolError(ErrorCode.UNAUTHORIZED, exc.message) from None
+        appkey = await self._app(admission)
         if query.get("intent", ["transcription"])[0] != "transcription" or (
             query.get("model") and not query.get("intent")
         ):
@@ -352,10 +359,23 @@ class Realtime:
             default_language=config.openai.language,
             max_frame_bytes=config.session.max_frame_bytes,
         )
-        created = json.dumps(
-            {"type": "session.created", "session": settings.session(beta=False)}, ensure_ascii=False
-        )
+        created = json.dumps({"type": "session.created", "session": settings.session(beta=False)})
         return Admitted(appkey, decoder, greeting=(created,))
+
+    async def _app(self, admission: Admission) -> str:
+        key = bearer(admission.headers.get("authorization"))
+        for offered in admission.headers.get("sec-websocket-protocol", "").split(","):
+            if offered.strip().startswith(KEY_SUBPROTOCOL):
+                key = key or offered.strip()[len(KEY_SUBPROTOCOL) :]
+        if key is not None and key.startswith(client_secrets.PREFIX):
+            app = await self.client_secrets.redeem(digest(key))
+            if app is None:
+                raise ProtocolError(ErrorCode.UNAUTHORIZED, "The client secret is unknown, used or expired")
+            return app
+        try:
+            return await self.keys.app_for_key(key)
+        except ApiError as exc:
+            raise ProtocolError(ErrorCode.UNAUTHORIZED, exc.message) from None
 
     def encoder(self, session_id: str) -> Callable[[ServerEvent], Encoded]:
         return RealtimeEncoder(session_id)

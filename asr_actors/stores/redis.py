@@ -128,6 +128,23 @@ class RedisReplayGuard:
             raise LinkRefused("link already used")
 
 
+class RedisClientSecrets:
+    """The realtime API's client secrets shared by every gateway: a key per secret's SHA-256, expiring with
+    it, taken with GETDEL (used once, whichever gateway the browser reaches)."""
+
+    def __init__(self, redis: RedisClient) -> None:
+        self._redis = redis
+
+    async def keep(self, secret_digest: str, app: str, ttl_s: float) -> None:
+        with unavailable("The client secret could not be kept"):
+            await self._redis.set(f"{PREFIX}client_secret:{secret_digest}", app, px=max(1, int(ttl_s * 1000)))
+
+    async def redeem(self, secret_digest: str) -> str | None:
+        with unavailable("The client secret check is unavailable"):
+            app = await self._redis.getdel(f"{PREFIX}client_secret:{secret_digest}")
+        return app.decode() if app is not None else None
+
+
 class RedisDirectory:
     """Apps and language routes in Redis, shared and editable while gateways run; `fallback` (the config)
     answers for apps Redis does not know and for routes until Redis holds any."""

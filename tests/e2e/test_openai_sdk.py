@@ -195,3 +195,65 @@ async def test_the_openai_sdk_transcribes_a_realtime_session(tmp_path: Path) -> 
         if kind.endswith("transcription.delta"):
             first_sentence_deltas += text
     assert completed[0].startswith(first_sentence_deltas)
+
+
+BROWSER_SESSION_JS = """async ([url, secret, pcm]) => {
+  const ws = new WebSocket(url, ["realtime", "openai-insecure-api-key." + secret]);
+  const events = [];
+  const done = new Promise((resolve, reject) => {
+    ws.onmessage = (m) => {
+      events.push(JSON.parse(m.data));
+      if (events.some(e => e.type.endsWith("transcription.completed"))) resolve();
+    };
+    ws.onerror = () => reject(new Error("websocket error"));
+    ws.onclose = (c) => resolve();
+  });
+  await new Promise((resolve) => { ws.onopen = resolve; });
+  for (let i = 0; i < pcm.length; i += 6400) {
+    ws.send(JSON.stringify({type: "input_audio_buffer.append", audio: pcm.slice(i, i + 6400)}));
+    await new Promise((r) => setTimeout(r, 100));
+  }
+  await done;
+  const protocol = ws.protocol;
+  ws.close();
+  return [protocol, events.map(e => [e.type, e.transcript || ""])];
+}"""
+
+
+def browser_session(base_url: str, secret: str, pcm24: bytes, microphone: Path) -> list[object]:
+    """A page in Chromium opens a realtime session with a client secret, as OpenAI's browser examples do:
+    the secret as a subprotocol beside `realtime` (a browser sets no headers on a WebSocket)."""
+    from tests.e2e.browser import open_page
+
+    ws_url = base_url.replace("http://", "ws://") + "v1/realtime?intent=transcription"
+    encoded = base64.b64encode(pcm24).decode()
+    with open_page(base_url, microphone) as page:
+        result: list[object] = page.evaluate(BROWSER_SESSION_JS, [ws_url, secret, encoded])
+    return result
+
+
+async def test_a_browser_opens_a_realtime_session_with_a_client_secret(tmp_path: Path) -> None:
+    """The app's server asks for a client secret with the SDK (`client.realtime.client_secrets.create`);
+    a page in Chromium uses it once: `realtime` is the accepted subprotocol and the sentence comes back."""
+    pcm24 = tmp_path / "speech.raw"
+    source = str(DATA / f"{CLIPS[0]}.wav")
+    await trio.run_process(
+        ["sox", source, "-r", "24000", "-b", "16", "-c", "1", str(pcm24), "pad", "0.3", "2"]
+    )
+    with trio.fail_after(GUARD):
+        async with running_server(write_config(tmp_path), env={"TESTER_API_KEY": API_KEY}) as (url, _process):
+
+            def issue() -> str:
+                sdk = openai.OpenAI(api_key=API_KEY, base_url=f"{url}v1", max_retries=0)
+                return sdk.realtime.client_secrets.create(session={"type": "transcription"}).value
+
+            secret = await trio.to_thread.run_sync(issue)
+            protocol, events = await trio.to_thread.run_sync(
+                browser_session, url, secret, pcm24.read_bytes(), DATA / f"{CLIPS[0]}.wav"
+            )
+    assert "realtime" == protocol
+    completed = [text for kind, text in events if kind.endswith("transcription.completed")]
+    reference = dict(
+        line.split("\t", 1) for line in (DATA / "transcripts.tsv").read_text().splitlines() if line.strip()
+    )
+    assert jiwer.wer(normalize(reference[CLIPS[0]]), normalize(completed[0])) <= 0.15, completed
