@@ -167,3 +167,23 @@ async def test_api_keys_in_redis_reach_running_gateways(tmp_path: Path) -> None:
             await admin.remove_app("batch")
             assert 401 == (await exchange(gateway, request(upload, key=second)))[0]
             nursery.cancel_scope.cancel()
+
+
+async def test_client_secrets_in_redis_are_used_once_on_any_gateway(tmp_path: Path) -> None:
+    """A secret one gateway kept opens one session on another (the same Redis), then never again; one that
+    expired opens none."""
+    from asr_actors.stores.redis import RedisClientSecrets
+
+    with trio.fail_after(GUARD):
+        async with (
+            redis_server(tmp_path) as server,
+            redis_connection(server.url).open() as first,
+            redis_connection(server.url).open() as second,
+        ):
+            issuing, redeeming = RedisClientSecrets(first.client), RedisClientSecrets(second.client)
+            await issuing.keep("digest-a", "batch", 60)
+            await issuing.keep("digest-b", "batch", 0.2)
+            assert "batch" == await redeeming.redeem("digest-a")
+            assert None is await redeeming.redeem("digest-a")
+            await trio.sleep(0.4)
+            assert None is await redeeming.redeem("digest-b")
