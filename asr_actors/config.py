@@ -381,7 +381,7 @@ class OpenAIConfig:
     max_file_seconds: float = attrs.field(default=3600.0, validator=_positive)
     # One request's whole exchange: the upload, the decoding, the transcription and the answer.
     request_timeout: float = attrs.field(default=600.0, validator=_positive)
-    # The language of a request that names none.
+    # The language of a request that names none (unrouted: such a request gets 400).
     language: str = "en"
     # Model names a request may give, and the engine each means ("": the language's route). OpenAI's own
     # transcription models route by language, so code written for OpenAI runs unchanged.
@@ -522,8 +522,6 @@ def _check_references(config: Config) -> None:
     for model, engine in config.openai.models.items():
         if engine and not engine_name_ok(engine, kind):
             raise ConfigError(f"openai.models.{model}: unknown engine {engine!r}")
-    if config.openai.language not in config.languages:
-        raise ConfigError(f"openai.language: {config.openai.language!r} has no [languages] entry")
 
 
 # Environment variables that override the file, so that a container needs no config file for them.
