@@ -143,18 +143,26 @@ def gateway(monkeypatch: pytest.MonkeyPatch) -> Gateway:
     return wired_gateway(config, {"fake": FakeEngine()}, {APPKEY: SECRET})
 
 
-async def realtime_session(
-    nursery: trio.Nursery, gw: Gateway, key: str, sends: list[str], until: str, count: int = 1
-) -> list[dict[str, Any]]:
+async def connect(
+    nursery: trio.Nursery, gw: Gateway, *, key: str | None = None, subprotocols: list[str] | None = None
+) -> trio_websocket.WebSocketConnection:
+    """A realtime session's WebSocket to `gw` over an in-memory stream, with `key` as a Bearer header."""
     client, server = trio.testing.memory_stream_pair()
     nursery.start_soon(gw.handle_connection, server)
-    connection = await trio_websocket.wrap_client_stream(
+    return await trio_websocket.wrap_client_stream(
         nursery,
         client,  # type: ignore[arg-type]
         "t",
         "/v1/realtime?intent=transcription",
-        extra_headers=[(b"authorization", f"Bearer {key}".encode())],
+        subprotocols=subprotocols,
+        extra_headers=[(b"authorization", f"Bearer {key}".encode())] if key else None,
     )
+
+
+async def realtime_session(
+    nursery: trio.Nursery, gw: Gateway, key: str, sends: list[str], until: str, count: int = 1
+) -> list[dict[str, Any]]:
+    connection = await connect(nursery, gw, key=key)
     got: list[dict[str, Any]] = []
     for message in sends:
         await connection.send_message(message)
@@ -219,15 +227,8 @@ async def test_a_client_secret_opens_one_session_from_a_browser(monkeypatch: pyt
         outcomes = []
         async with trio.open_nursery() as nursery:
             for _ in range(2):
-                client, server = trio.testing.memory_stream_pair()
-                nursery.start_soon(gw.handle_connection, server)
-                connection = await trio_websocket.wrap_client_stream(
-                    nursery,
-                    client,  # type: ignore[arg-type]
-                    "t",
-                    "/v1/realtime?intent=transcription",
-                    subprotocols=["realtime", f"openai-insecure-api-key.{secret}"],
-                )
+                offered = ["realtime", f"openai-insecure-api-key.{secret}"]
+                connection = await connect(nursery, gw, subprotocols=offered)
                 first = json.loads(await connection.get_message())
                 outcomes.append((connection.subprotocol, first["type"], first.get("error", {}).get("code")))
                 await connection.aclose()
