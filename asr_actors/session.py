@@ -124,10 +124,9 @@ async def run(
         log.info("client went away")
     else:
         log.info("ended")
-    if not client_gone:
-        if error is None:
-            await _linger(connection, config.session.end_linger)
-        await _close(connection, dialect, error, config.session.close_timeout)
+    # What the session leaves behind is kept before the close: a session ended by an error (a limit, say)
+    # has its audio counted and its record kept by the time its client reads why, so that the client's
+    # next session, on any gateway, counts it. (An orderly session's client has its `end` a moment before.)
     if records is not None and facts.app:
         record = SessionRecord(
             session_id=session_id,
@@ -148,6 +147,10 @@ async def run(
     if audio_seconds:
         charge = functools.partial(shared.limits.audio.charge, facts.app, audio_seconds)
         await keep("the session's audio count", charge, config.session.record_timeout)
+    if not client_gone:
+        if error is None:
+            await _linger(connection, config.session.end_linger)
+        await _close(connection, dialect, error, config.session.close_timeout)
     return Outcome(
         session_id=session_id,
         error=error,
