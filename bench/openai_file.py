@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import io
-import os
 import statistics
 import tempfile
 import time
@@ -24,20 +23,16 @@ from pathlib import Path
 
 import jiwer
 import openai
+import psutil
 import trio
 
 from asr_actors import client
 from asr_actors.testing.speech import SAMPLE_RATE, librivox
 from asr_actors.testing.subprocess_server import running_server
 from asr_actors.testing.textnorm import normalize
+from asr_actors.tools.benchmark.run import cpu_seconds
 
 API_KEY = "sk-bench-0123456789abcdef"
-CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
-
-
-def cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
 
 
 def as_wav(pcm: bytes) -> bytes:
@@ -79,14 +74,14 @@ async def main(repeat: int, runs: int) -> None:
             await live(url, pcm[: SAMPLE_RATE * 4])  # warm the models up
             for _ in range(runs):
                 for name, measured in rows.items():
-                    cpu, started = cpu_seconds(process.pid), time.monotonic()
+                    cpu, started = cpu_seconds([psutil.Process(process.pid)]), time.monotonic()
                     if name.startswith("file"):
                         text = await trio.to_thread.run_sync(file_api, url, wav)
                     else:
                         text = await live(url, pcm)
                     wall = time.monotonic() - started
                     wer = float(jiwer.wer(reference, normalize(text)))
-                    measured.append((wall, wer, (cpu_seconds(process.pid) - cpu) / seconds))
+                    measured.append((wall, wer, (cpu_seconds([psutil.Process(process.pid)]) - cpu) / seconds))
     print(f"{seconds:.1f} s of speech, {runs} run(s) each, median")
     print("| | wall s | real-time factor | WER | server CPU s per audio s |\n|---|---|---|---|---|")
     for name, measured in rows.items():

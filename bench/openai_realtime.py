@@ -16,26 +16,21 @@ from __future__ import annotations
 import argparse
 import base64
 import json
-import os
 import re
 import statistics
 import tempfile
 from pathlib import Path
 
+import psutil
 import trio
 import trio_websocket
 
 from asr_actors import client
 from asr_actors.testing.subprocess_server import running_server
+from asr_actors.tools.benchmark.run import cpu_seconds
 
 API_KEY = "sk-bench-0123456789abcdef"
-CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 FRAMES = re.compile(r"\bf(\d+)\b")
-
-
-def cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
 
 
 async def v1_stream(url: str, frames: int, latencies: list[float]) -> None:
@@ -109,12 +104,12 @@ async def main(streams: int, duration: float) -> None:
         async with running_server(config, env={"BENCH_KEY": API_KEY}) as (url, process):
             for name, stream in (("protocol v1", v1_stream), ("OpenAI realtime", realtime_stream)):
                 latencies: list[float] = []
-                cpu = cpu_seconds(process.pid)
+                cpu = cpu_seconds([psutil.Process(process.pid)])
                 async with trio.open_nursery() as nursery:
                     for _ in range(streams):
                         nursery.start_soon(stream, url, frames, latencies)
                         await trio.sleep(0.1 / streams)  # spread over one frame period
-                used = cpu_seconds(process.pid) - cpu
+                used = cpu_seconds([psutil.Process(process.pid)]) - cpu
                 rows.append(summary(name, latencies, used / (streams * frames) * 1e6))
     print(f"{streams} streams x {duration:g} s, frames at (i + 1) x 100 ms, synthetic engine")
     print("| dialect | finals | final latency ms p50 / p99 / max | gateway CPU µs per frame |")

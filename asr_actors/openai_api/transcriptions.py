@@ -9,12 +9,9 @@ sessions. What the API sends and the engines lack (a prompt, a temperature) is a
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import logging
 import uuid
-from collections.abc import AsyncIterator, Awaitable
-from typing import TypeVar
 
 import attrs
 import trio
@@ -38,7 +35,6 @@ from asr_actors.session import Shared, keep
 
 log = logging.getLogger(__name__)
 
-T = TypeVar("T")
 
 # The file's audio goes to the engine in pieces of this many bytes (100 ms at 16 kHz), as a stream does.
 PIECE_BYTES = 3200
@@ -74,10 +70,16 @@ class Transcriptions:
             form.finish()
             request = self._request(form)
             engine = await self._engine(request.model, request.language)
-            allowance = await self._limited(self._shared.limits.audio.allowance(app))
-            async with self._limited_hold(app):
-                pcm = await trio.to_thread.run_sync(self._decode, form)
-                return await self._run(app, engine, request, pcm, allowance.seconds if allowance else None)
+            limits = self._shared.limits
+            try:
+                allowance = await limits.audio.allowance(app)
+                async with limits.slots.hold(app):
+                    pcm = await trio.to_thread.run_sync(self._decode, form)
+                    return await self._run(
+                        app, engine, request, pcm, allowance.seconds if allowance else None
+                    )
+            except LimitReached as exc:
+                raise ApiError(429, str(exc), code="rate_limit_exceeded") from None
         finally:
             form.close()
 
@@ -120,25 +122,6 @@ class Transcriptions:
         if engine is None:
             raise ApiError(400, f"Language {language!r} is not supported", param="language")
         return engine
-
-    @staticmethod
-    async def _limited(pending: Awaitable[T]) -> T:
-        try:
-            return await pending
-        except LimitReached as exc:
-            raise ApiError(429, str(exc), code="rate_limit_exceeded") from None
-
-    @contextlib.asynccontextmanager
-    async def _limited_hold(self, app: str) -> AsyncIterator[None]:
-        holding = self._shared.limits.slots.hold(app)
-        try:
-            await holding.__aenter__()
-        except LimitReached as exc:
-            raise ApiError(429, str(exc), code="rate_limit_exceeded") from None
-        try:
-            yield
-        finally:
-            await holding.__aexit__(None, None, None)
 
     def _decode(self, form: TranscriptionForm) -> bytes:
         assert form.file is not None
