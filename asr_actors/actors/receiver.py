@@ -31,6 +31,70 @@ from asr_actors.records import SessionLedger
 from asr_actors.transport import Transport
 
 
+class _AudioPath:
+    """The session's audio on its way to the engine: counted against the ledger and the allowance,
+    converted to the engines' rate, handed on."""
+
+    def __init__(
+        self, channel: trio.MemorySendChannel[bytes], ledger: SessionLedger, allowance: AudioAllowance | None
+    ) -> None:
+        self._channel = channel
+        self._ledger = ledger
+        self._allowance = allowance
+        self._allowed_bytes = float("inf")
+        # The client's rate converted to the engines' (every engine takes 16 kHz): one resampler per
+        # stream, so that its filter carries across frames.
+        self._resampler: Resampler | None = None
+        # Once the engine stream has ended (a failure, which its events report) further audio is dropped.
+        self._engine_listening = True
+        # True while a frame waits for room in the channel: a timeout then is the engine's fault.
+        self.waiting_for_engine = False
+
+    def opened(self, event: StreamOpened) -> StreamOpened:
+        """The stream as the engine sees it."""
+        if event.sample_rate != ENGINE_RATE:
+            self._resampler = Resampler(event.sample_rate, ENGINE_RATE)
+            event = StreamOpened(event.language, ENGINE_RATE)
+        if self._allowance is not None:
+            self._allowed_bytes = self._allowance.seconds * 2 * event.sample_rate
+        return event
+
+    async def deliver(self, pcm: bytes, now: float) -> None:
+        if self._resampler is not None:
+            pcm = self._resampler.feed(pcm)
+        if not self._deliver_now(pcm, now):
+            await self._wait_for_engine(pcm)
+
+    async def end(self) -> None:
+        if self._resampler is not None:
+            pcm = self._resampler.flush()
+            if not self._deliver_now(pcm, trio.current_time()):
+                await self._wait_for_engine(pcm)
+
+    def _deliver_now(self, pcm: bytes, now: float) -> bool:
+        """Count the audio and put it in the engine's channel without a wait, so that a frame's path
+        costs no trip through the scheduler; False if the channel is full."""
+        self._ledger.heard(len(pcm), now)
+        if self._ledger.audio_bytes > self._allowed_bytes and self._allowance is not None:
+            raise self._allowance.exceeded
+        if self._engine_listening and pcm:
+            try:
+                self._channel.send_nowait(pcm)
+            except trio.WouldBlock:
+                return False
+            except trio.BrokenResourceError:
+                self._engine_listening = False
+        return True
+
+    async def _wait_for_engine(self, pcm: bytes) -> None:
+        self.waiting_for_engine = True
+        try:
+            await self._channel.send(pcm)
+        except trio.BrokenResourceError:
+            self._engine_listening = False
+        self.waiting_for_engine = False
+
+
 async def run(
     connection: Transport,
     decoder: Decoder,
@@ -46,57 +110,25 @@ async def run(
     """`audio_ended` is called once the client has ended its audio (it starts the engine's flush);
     `allowance` is the audio its app may still send today (None: unlimited)."""
     async with audio, outbound:
-        idle = trio.CancelScope()
-        # Once the engine stream has ended (a failure, which its events report) further audio is dropped.
-        engine_listening = True
-        # True while a frame waits for room in `audio`: a timeout then is the engine's fault.
-        waiting_for_engine = False
-
-        def audio_arrived() -> None:
-            idle.deadline = trio.current_time() + idle_timeout
-
-        audio_arrived()
-        allowed_bytes = float("inf")
-        over_allowance = allowance.exceeded if allowance is not None else None
-        # The client's rate converted to the engines' (every engine takes 16 kHz): one resampler per
-        # stream, so that its filter carries across frames.
-        resampler: Resampler | None = None
-
-        async def forward(pcm: bytes) -> None:
-            nonlocal engine_listening, waiting_for_engine
-            ledger.heard(len(pcm), trio.current_time())
-            if ledger.audio_bytes > allowed_bytes and over_allowance is not None:
-                raise over_allowance
-            if engine_listening and pcm:
-                waiting_for_engine = True
-                try:
-                    await audio.send(pcm)
-                except trio.BrokenResourceError:
-                    engine_listening = False
-                waiting_for_engine = False
-
+        path = _AudioPath(audio, ledger, allowance)
+        idle = trio.CancelScope(deadline=trio.current_time() + idle_timeout)
         with idle:
             while not decoder.ended:
                 message = await connection.get_message()
                 for event in decoder.receive(message):
-                    if isinstance(event, StreamOpened):
-                        if event.sample_rate != ENGINE_RATE:
-                            resampler = Resampler(event.sample_rate, ENGINE_RATE)
-                            event = StreamOpened(event.language, ENGINE_RATE)  # noqa: PLW2901
-                        if allowance is not None:
-                            allowed_bytes = allowance.seconds * 2 * event.sample_rate
-                        task_status.started(event)
-                    elif isinstance(event, AudioReceived):
-                        audio_arrived()
-                        await forward(resampler.feed(event.pcm) if resampler else event.pcm)
+                    if isinstance(event, AudioReceived):
+                        now = trio.current_time()
+                        idle.deadline = now + idle_timeout
+                        await path.deliver(event.pcm, now)
+                    elif isinstance(event, StreamOpened):
+                        task_status.started(path.opened(event))
                     elif isinstance(event, PingReceived):
                         await outbound.send(Pong())
                     elif isinstance(event, Reply):
                         await outbound.send(event)
-            if resampler is not None:
-                await forward(resampler.flush())
+            await path.end()
         if idle.cancelled_caught:
-            if waiting_for_engine:
+            if path.waiting_for_engine:
                 raise ProtocolError(ErrorCode.ENGINE_FAILURE, ENGINE_STALLED)
             raise ProtocolError(ErrorCode.TIMEOUT, IDLE)
         audio_ended()
