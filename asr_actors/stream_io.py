@@ -34,6 +34,8 @@ class ByteIO(Protocol):
 
     async def send_all(self, data: bytes) -> None: ...
 
+    def writable(self) -> bool: ...
+
     async def wait_writable(self) -> None: ...
 
 
@@ -81,15 +83,17 @@ class SocketIO:
             await trio.lowlevel.wait_writable(self._socket)
             sent = self._send_now(view)
 
-    async def wait_writable(self) -> None:
+    def writable(self) -> bool:
+        """True if the socket has room (or has failed: the write then says how)."""
         descriptor = self._descriptor()
         _WRITABLE_CHECK.register(descriptor, select.POLLOUT)
         try:
-            ready = _WRITABLE_CHECK.poll(0)
+            return bool(_WRITABLE_CHECK.poll(0))
         finally:
             _WRITABLE_CHECK.unregister(descriptor)
-        if not ready:
-            await trio.lowlevel.wait_writable(self._socket)
+
+    async def wait_writable(self) -> None:
+        await trio.lowlevel.wait_writable(self._socket)
 
     def _send_now(self, data: memoryview) -> int:
         try:
@@ -118,6 +122,9 @@ class StreamIO:
 
     async def send_all(self, data: bytes) -> None:
         await self._stream.send_all(data)
+
+    def writable(self) -> bool:
+        return False  # a generic stream cannot be asked: the caller waits
 
     async def wait_writable(self) -> None:
         await self._stream.wait_send_all_might_not_block()

@@ -17,6 +17,9 @@ class Transport(Protocol):
 
     async def send_message(self, message: str | bytes) -> None: ...
 
+    def writable(self) -> bool:
+        """Whether the client's socket takes data now (a check, no wait)."""
+
     async def wait_writable(self) -> None:
         """Until the client's socket takes data again (the client reads what it was sent)."""
 

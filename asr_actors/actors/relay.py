@@ -77,9 +77,12 @@ async def _relay_events(
         # One speech_id per sentence, so a client can match each partial to its final.
         status = ResultStatus.FINAL if isinstance(event, Final) else ResultStatus.PARTIAL
         words = tuple((w.text, w.begin_ms, w.end_ms) for w in event.words) if isinstance(event, Final) else ()
-        await outbound.send(
-            Result(status, f"{session_id}-{sentence}", event.text, event.begin_ms, event.end_ms, words)
-        )
+        result = Result(status, f"{session_id}-{sentence}", event.text, event.begin_ms, event.end_ms, words)
+        try:
+            # No yield when the sender has room: the loop's next receive is the checkpoint.
+            outbound.send_nowait(result)
+        except trio.WouldBlock:
+            await outbound.send(result)
         if isinstance(event, Final):
             final = FinalRecord(event.text, event.begin_ms, event.end_ms, words)
             ledger.final_sent(final, round(event.end_ms * bytes_per_ms), trio.current_time())

@@ -35,8 +35,9 @@ async def run(
             if encoded is None:
                 continue
             for message in encoded if isinstance(encoded, list) else (encoded,):
-                with trio.move_on_after(send_timeout) as stalled:
-                    await connection.wait_writable()
-                if stalled.cancelled_caught:
-                    raise ProtocolError(ErrorCode.TIMEOUT, NOT_READING)
+                if not connection.writable():
+                    with trio.move_on_after(send_timeout) as stalled:
+                        await connection.wait_writable()
+                    if stalled.cancelled_caught:
+                        raise ProtocolError(ErrorCode.TIMEOUT, NOT_READING)
                 await connection.send_message(message)
