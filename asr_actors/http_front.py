@@ -4,9 +4,10 @@ before a session is accepted; the connection's boundary, where whatever its hand
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
 import attrs
 import trio
@@ -63,7 +64,11 @@ class HttpFront:
         Inside, each layer gives the best answer it still can: a route's failure is an HTTP 500 (503 for a
         dependency that is down), a session's a coded close (`session.run`)."""
         try:
-            await self._converse(stream, router)
+            session = await self._converse(stream, router)
+            if session is not None:
+                # Run once the HTTP exchange's frames are gone: its request head and reader are not kept
+                # for the session's whole life (memory per connection, docs/performance.md).
+                await session()
         except* Exception as group:
             self._metrics.faults.labels(stage="connection").inc()
             log.error("connection failed", exc_info=group)
@@ -71,9 +76,11 @@ class HttpFront:
             with trio.move_on_after(self._config.session.close_timeout, shield=True):
                 await stream.aclose()
 
-    async def _converse(self, stream: trio.abc.Stream, router: Router) -> None:
+    async def _converse(
+        self, stream: trio.abc.Stream, router: Router
+    ) -> Callable[[], Awaitable[None]] | None:
         """HTTP requests one after another while the client keeps the connection alive, until one of them
-        upgrades to a WebSocket session."""
+        upgrades to a WebSocket: then the session to run."""
         server = self._config.server
         reader = http.RequestReader(stream, server.max_request_head_bytes)
         # One deadline for the request head and its answer or, for a WebSocket, the upgrade: a slow or
@@ -83,31 +90,30 @@ class HttpFront:
         while True:
             head = await _next_head(stream, reader, deadline, self._refuse if first else _not_counted)
             if head is None:
-                return
+                return None
             head = attrs.evolve(head, peer=peer_address(stream))
             first = False
             dialect = router.dialect(head)
             refusal = self._refusal(head, dialect) if dialect is not None else None
             if dialect is not None and refusal is None:
-                await self._websocket(stream, head, reader.rest(), deadline, dialect)
-                return
+                return await self._websocket(stream, head, reader.rest(), deadline, dialect)
             upload = router.upload(head)
             if refusal is not None:
                 response = refusal
             elif upload is not None:
                 await self._upload(stream, reader, head, upload)
-                return
+                return None
             else:
                 with trio.move_on_at(deadline):
                     response = await self._answer(router.route(head), head)
                 if trio.current_time() >= deadline:
-                    return  # the answer took the whole deadline: nothing is sent late
+                    return None  # the answer took the whole deadline: nothing is sent late
             data, reusable = http.encode_response(head, response)
             with trio.move_on_at(deadline):
                 if not await _send_quietly(stream, data):
-                    return
+                    return None
             if not reusable or trio.current_time() >= deadline:
-                return
+                return None
             deadline = trio.current_time() + server.keep_alive_timeout
 
     def _refusal(self, head: http.RequestHead, dialect: Dialect) -> http.Response | None:
@@ -177,8 +183,9 @@ class HttpFront:
 
     async def _websocket(
         self, stream: trio.abc.Stream, head: http.RequestHead, early: bytes, deadline: float, dialect: Dialect
-    ) -> None:
-        """`early`: what the client sent after the head before the upgrade was answered."""
+    ) -> Callable[[], Awaitable[None]] | None:
+        """The upgraded connection's session, or None if the upgrade failed; `early`: what the client sent
+        after the head before the upgrade was answered."""
         connection: WebSocket | None = None
         with trio.move_on_at(deadline):
             try:
@@ -187,11 +194,13 @@ class HttpFront:
                 )
             except ClientGone:
                 self._refuse("malformed")
-                return
+                return None
         if connection is None:
             self._refuse("timeout")
-            return
-        await self._sessions.run(connection, Admission(head.host, head.target, head.headers), dialect)
+            return None
+        return functools.partial(
+            self._sessions.run, connection, Admission(head.host, head.target, head.headers), dialect
+        )
 
 
 def _not_counted(reason: str) -> None:

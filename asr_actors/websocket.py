@@ -112,25 +112,32 @@ class WebSocket:
         def choose(_: ServerProtocol, offered: Sequence[Subprotocol]) -> Subprotocol | None:
             return next((subprotocol for subprotocol in offered if subprotocol in subprotocols), None)
 
-        protocol = _Server(select_subprotocol=choose, max_size=max_message_bytes, logger=_PROTOCOL_LOG)
-        websocket = cls(stream, protocol, "client")
-        protocol.receive_data(request_bytes)
-        events = protocol.events_received()
+        # The handshake has a protocol object of its own, dropped once it is done: the request's parse
+        # stays referenced by a protocol's parser for the connection's life, some 3 KiB per connection.
+        handshake = ServerProtocol(select_subprotocol=choose, logger=_PROTOCOL_LOG)
+        head, end_of_head, early = request_bytes.partition(b"\r\n\r\n")
+        handshake.receive_data(head + end_of_head)
+        websocket = cls(stream, handshake, "client")
+        events = handshake.events_received()
         while not events:
-            if protocol.handshake_exc is not None:
+            if handshake.handshake_exc is not None:
                 await websocket._flush()
-                raise ClientGone(f"refused the upgrade: {protocol.handshake_exc}")
+                raise ClientGone(f"refused the upgrade: {handshake.handshake_exc}")
             await websocket._receive()
-            events = protocol.events_received()
+            events = handshake.events_received()
         request, *early_frames = events
         assert isinstance(request, Request)
-        response = protocol.accept(request)
-        protocol.send_response(response)
+        response = handshake.accept(request)
+        handshake.send_response(response)
         await websocket._flush()
         if response.status_code != 101:
-            raise ClientGone(f"refused the upgrade: {protocol.handshake_exc}")
-        # Frames sent right behind the request (in the same read) are parsed already.
-        await websocket._take([frame for frame in early_frames if isinstance(frame, Frame)])
+            raise ClientGone(f"refused the upgrade: {handshake.handshake_exc}")
+        websocket._protocol = protocol = _Server(
+            state=State.OPEN, max_size=max_message_bytes, logger=_PROTOCOL_LOG
+        )
+        # Frames sent right behind the request: in the same read as its head, or parsed with it.
+        protocol.receive_data(early)
+        await websocket._take([*early_frames, *protocol.events_received()])
         return websocket
 
     @classmethod
@@ -192,6 +199,12 @@ class WebSocket:
         except Exception:  # InvalidState: our close went out, or the protocol failed the connection
             raise ClientGone(self._closed or "the connection is closing") from None
         await self._flush()
+
+    def writable(self) -> bool:
+        try:
+            return self._io.writable()
+        except trio.ClosedResourceError:
+            return True  # the write says so
 
     async def wait_writable(self) -> None:
         try:
