@@ -373,6 +373,13 @@ ServerEvent = Result | Pong | Reply
 Encoded = str | list[str] | None
 
 
+def messages(encoded: Encoded) -> list[str]:
+    """The messages to send for what an encoder made of an event."""
+    if encoded is None:
+        return []
+    return encoded if isinstance(encoded, list) else [encoded]
+
+
 def encode(session_id: str, event: ServerEvent) -> str | None:
     if isinstance(event, Pong):
         return PONG

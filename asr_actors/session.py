@@ -32,7 +32,7 @@ from asr_actors.engines.base import StreamSpec
 from asr_actors.errors import DependencyUnavailable
 from asr_actors.groups import first_leaf
 from asr_actors.limits import AudioAllowance, LimitReached, Limits
-from asr_actors.protocol import ErrorCode, ProtocolError, Reply, ServerEvent
+from asr_actors.protocol import Encoded, ErrorCode, ProtocolError, Reply, ServerEvent
 from asr_actors.records import RecordStore, SessionLedger, SessionRecord
 from asr_actors.transport import ClientGone, Transport
 
@@ -205,19 +205,20 @@ async def _run_admitted(
     allowance: AudioAllowance | None,
 ) -> None:
     config = shared.config
+    encode = dialect.encoder(session_id)
+    idle_deadline = trio.current_time() + config.session.idle_timeout
+    first_message = await _first_message(connection, admitted.greeting, encode, idle_deadline)
     audio_tx, audio_rx = trio.open_memory_channel[bytes](config.channels.audio)
     outbound_tx, outbound_rx = trio.open_memory_channel[ServerEvent](config.channels.outbound)
     flush = relay.Flush(config.session.flush_timeout)
     async with trio.open_nursery() as nursery:
-        await nursery.start(
-            sender.run, connection, outbound_rx, dialect.encoder(session_id), config.session.send_timeout
-        )
-        for text in admitted.greeting:
-            await outbound_tx.send(Reply(text))
+        await nursery.start(sender.run, connection, outbound_rx, encode, config.session.send_timeout)
         opened = await nursery.start(
             receiver.run,
             connection,
             admitted.decoder,
+            first_message,
+            idle_deadline,
             audio_tx,
             outbound_tx.clone(),
             config.session.idle_timeout,
@@ -246,6 +247,23 @@ async def _run_admitted(
             flush,
             facts.ledger,
         )
+
+
+async def _first_message(
+    connection: Transport,
+    greeting: tuple[str, ...],
+    encode: Callable[[ServerEvent], Encoded],
+    idle_deadline: float,
+) -> str | bytes:
+    """The dialect's greeting out, the client's first message in. Until then a session is this one task,
+    with no actors, channels or scopes of its own: a connection that waits to begin costs little memory
+    (docs/performance.md). A client that sends nothing by `idle_deadline` is timed out as an idle one."""
+    for text in greeting:
+        for message in protocol.messages(encode(Reply(text))):
+            await connection.send_message(message)
+    with trio.move_on_at(idle_deadline):
+        return await connection.get_message()
+    raise ProtocolError(ErrorCode.TIMEOUT, protocol.IDLE)
 
 
 @attrs.define

@@ -263,6 +263,22 @@ async def test_idle_timeout_before_any_audio(autojump_clock: trio.testing.MockCl
         nursery.cancel_scope.cancel()
 
 
+async def test_idle_timeout_counts_from_the_start_when_the_first_message_is_no_audio(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """A session waits for its first message before it starts its actors; a ping as that message is
+    answered and does not restart the idle clock: 408 at open + 30 s, not at the ping + 30 s."""
+    async with trio.open_nursery() as nursery:
+        opened = trio.current_time()
+        connection = await open_connection(nursery, make_gateway())
+        await trio.sleep(10)
+        await connection.send_message("ping")
+        messages = await read_until_close(connection)
+        assert ["pong", "408"] == statuses(messages)
+        assert opened + 30 == pytest.approx(trio.current_time(), abs=0.01)
+        nursery.cancel_scope.cancel()
+
+
 async def test_max_duration(autojump_clock: trio.testing.MockClock) -> None:
     """A session that keeps streaming is cut at max_duration with 408, at that virtual time."""
     gateway = make_gateway(session={"max_duration": 50.0, "idle_timeout": 30.0})

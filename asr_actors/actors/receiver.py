@@ -98,6 +98,8 @@ class _AudioPath:
 async def run(
     connection: Transport,
     decoder: Decoder,
+    first_message: str | bytes,
+    idle_deadline: float,
     audio: trio.MemorySendChannel[bytes],
     outbound: trio.MemorySendChannel[ServerEvent],
     idle_timeout: float,
@@ -107,14 +109,15 @@ async def run(
     *,
     task_status: trio.TaskStatus[StreamOpened] = trio.TASK_STATUS_IGNORED,
 ) -> None:
-    """`audio_ended` is called once the client has ended its audio (it starts the engine's flush);
-    `allowance` is the audio its app may still send today (None: unlimited)."""
+    """`first_message` is the client's first, read by the supervisor; `idle_deadline` is when the session
+    ends if no audio has come by then. `audio_ended` is called once the client has ended its audio (it
+    starts the engine's flush); `allowance` is the audio its app may still send today (None: unlimited)."""
     async with audio, outbound:
         path = _AudioPath(audio, ledger, allowance)
-        idle = trio.CancelScope(deadline=trio.current_time() + idle_timeout)
+        idle = trio.CancelScope(deadline=idle_deadline)
+        message = first_message
         with idle:
-            while not decoder.ended:
-                message = await connection.get_message()
+            while True:
                 for event in decoder.receive(message):
                     if isinstance(event, AudioReceived):
                         now = trio.current_time()
@@ -126,6 +129,9 @@ async def run(
                         await outbound.send(Pong())
                     elif isinstance(event, Reply):
                         await outbound.send(event)
+                if decoder.ended:
+                    break
+                message = await connection.get_message()
             await path.end()
         if idle.cancelled_caught:
             if path.waiting_for_engine:

@@ -11,7 +11,7 @@ from collections.abc import Callable
 
 import trio
 
-from asr_actors.protocol import NOT_READING, Encoded, ErrorCode, ProtocolError, ServerEvent
+from asr_actors.protocol import NOT_READING, Encoded, ErrorCode, ProtocolError, ServerEvent, messages
 from asr_actors.transport import Transport
 
 
@@ -31,10 +31,7 @@ async def run(
     async with outbound:
         task_status.started()
         async for event in outbound:
-            encoded = encode(event)
-            if encoded is None:
-                continue
-            for message in encoded if isinstance(encoded, list) else (encoded,):
+            for message in messages(encode(event)):
                 if not connection.writable():
                     with trio.move_on_after(send_timeout) as stalled:
                         await connection.wait_writable()
