@@ -212,7 +212,9 @@ async def _run_admitted(
     outbound_tx, outbound_rx = trio.open_memory_channel[ServerEvent](config.channels.outbound)
     flush = relay.Flush(config.session.flush_timeout)
     async with trio.open_nursery() as nursery:
-        await nursery.start(sender.run, connection, outbound_rx, encode, config.session.send_timeout)
+        # Not waited for: what is sent before it runs waits in `outbound` (one scheduling round fewer at
+        # the session's start, which a burst of sessions starting together pays once each).
+        nursery.start_soon(sender.run, connection, outbound_rx, encode, config.session.send_timeout)
         opened = await nursery.start(
             receiver.run,
             connection,
