@@ -6,6 +6,7 @@ import json
 import time
 import uuid
 from collections.abc import Callable
+from typing import Any
 from urllib.parse import urlsplit
 
 import attrs
@@ -106,8 +107,10 @@ async def stream_pcm(
     on_result: Callable[[Received], None] | None = None,
     on_progress: Callable[[float], None] | None = None,
     max_message_size: int = 1 << 20,
+    options: dict[str, Any] | None = None,
 ) -> list[Received]:
-    """Stream `pcm` as binary frames of 100 ms, then end; return every result up to `end`.
+    """Stream `pcm` as binary frames of 100 ms, then end; return every result up to `end`. `options`
+    (session options, docs/protocol.md) go in a start frame before the audio.
 
     With `realtime`, frames are paced at the audio's own speed, as a microphone would send them.
     Raises ServerError if the server ends the session with an error.
@@ -127,6 +130,10 @@ async def stream_pcm(
             nonlocal started
             started = trio.current_time()
             try:
+                if options:
+                    await connection.send_message(
+                        json.dumps({"status": "start", "data": "", "options": options})
+                    )
                 for index, offset in enumerate(range(0, len(pcm), chunk_bytes)):
                     if realtime:
                         await trio.sleep_until(started + index * CHUNK_SECONDS)

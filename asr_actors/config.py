@@ -121,6 +121,12 @@ class SessionConfig:
     max_message_bytes: int = attrs.field(default=4 * 1024 * 1024, validator=_positive)
     default_language: str = "en"
     default_sample_rate: int = 16000
+    # Session options (docs/protocol.md): hot-word phrases per session, and characters per phrase; more is
+    # code 400 before any audio is recognised.
+    max_hotwords: int = attrs.field(default=100, validator=_positive)
+    max_hotword_chars: int = attrs.field(default=64, validator=_positive)
+    # Characters of a session's `prompt` (OpenAI's prompt; Whisper reads about 220 words of it at most).
+    max_prompt_chars: int = attrs.field(default=1000, validator=_positive)
 
 
 @attrs.frozen

@@ -12,7 +12,7 @@ from typing import Protocol
 
 import attrs
 
-from asr_actors import bailian, protocol
+from asr_actors import bailian, protocol, session_options
 from asr_actors.actors import auth
 from asr_actors.config import Config
 from asr_actors.directory import Directory
@@ -81,6 +81,9 @@ class V1:
             default_sample_rate=config.session.default_sample_rate,
             language=grant.handshake.language,
             sample_rate=grant.handshake.sample_rate,
+            read_options=functools.partial(
+                session_options.parse, caps=session_options.caps_of(config.session)
+            ),
         )
         return Admitted(grant.appkey, decoder)
 

@@ -11,10 +11,13 @@ import binascii
 import enum
 import json
 import struct
+from collections.abc import Callable
 from typing import Any, Protocol
 from urllib.parse import parse_qs
 
 import attrs
+
+from asr_actors.engines.base import NO_OPTIONS, SessionOptions
 
 PATH = "/v1/asr"
 PONG = "pong"
@@ -114,6 +117,7 @@ class StreamOpened:
 
     language: str
     sample_rate: int
+    options: SessionOptions = NO_OPTIONS
 
 
 @attrs.frozen
@@ -173,8 +177,13 @@ class ClientDecoder:
         default_sample_rate: int,
         language: str | None = None,
         sample_rate: int | None = None,
+        read_options: Callable[[object], SessionOptions] | None = None,
     ) -> None:
+        """`read_options` checks a start frame's `options` (`session_options.parse` with the config's caps);
+        without it a frame that has options is refused."""
         self._max_frame_bytes = max_frame_bytes
+        self._read_options = read_options
+        self._options = NO_OPTIONS
         self._language = language
         self._sample_rate = sample_rate
         self._default_language = default_language
@@ -216,6 +225,8 @@ class ClientDecoder:
         if status not in ("start", "partial", "end"):
             raise ProtocolError(ErrorCode.BAD_INPUT, f"Parameters 'status' is invalid: {status!r}")
         container = self._frame_format(frame)
+        if "options" in frame:
+            self._take_options(frame["options"])
         if self._state is _State.AWAITING_AUDIO and self._language is None:
             language = frame.get("language_code")
             if language is not None and not isinstance(language, str):
@@ -230,6 +241,13 @@ class ClientDecoder:
         if data == "":
             return []  # the page's `start`, sent (twice) before any audio
         return self._audio(_decode_base64(data, self._max_frame_bytes), container)
+
+    def _take_options(self, raw: object) -> None:
+        if self._state is not _State.AWAITING_AUDIO:
+            raise ProtocolError(ErrorCode.BAD_INPUT, "Options come in the first frame, before any audio")
+        if self._read_options is None:
+            raise ProtocolError(ErrorCode.BAD_INPUT, "This endpoint takes no options")
+        self._options = self._read_options(raw)
 
     def _frame_format(self, frame: dict[str, Any]) -> str | None:
         audio_format = frame.get("audio_format")
@@ -255,7 +273,7 @@ class ClientDecoder:
         self._state = _State.STREAMING
         self._language = self._language or self._default_language
         self._sample_rate = self._sample_rate or self._default_sample_rate
-        return [StreamOpened(language=self._language, sample_rate=self._sample_rate)]
+        return [StreamOpened(language=self._language, sample_rate=self._sample_rate, options=self._options)]
 
     def _audio(self, payload: bytes, container: str | None) -> list[ClientEvent]:
         if len(payload) > self._max_frame_bytes:

@@ -213,7 +213,8 @@ class Gateway:
         return http.json_response(200, {"languages": await self.languages()})
 
     async def languages(self) -> list[dict[str, object]]:
-        """Each routed language, its engine, and whether that engine can take sessions now."""
+        """Each routed language, its engine, whether that engine can take sessions now, and the session
+        options it honours (docs/protocol.md; known for engines in this process, not for remote workers)."""
         listed: list[dict[str, object]] = []
         for code, engine in (await self.directory.routes()).items():
             entry: dict[str, object] = {
@@ -221,6 +222,8 @@ class Gateway:
                 "engine": engine,
                 "available": engine not in self.unavailable,
             }
+            if engine in self.engines:
+                entry["options"] = sorted(self.engines[engine].options)
             if engine in self.unavailable:
                 entry["reason"] = self.unavailable[engine]
             listed.append(entry)

@@ -236,7 +236,12 @@ async def _run_admitted(
             raise ProtocolError(
                 ErrorCode.BAD_INPUT, f"The demo app may not use the {engine} engine ([demo] engines)"
             )
-        spec = StreamSpec(session_id=session_id, language=opened.language, sample_rate=opened.sample_rate)
+        spec = StreamSpec(
+            session_id=session_id,
+            language=opened.language,
+            sample_rate=opened.sample_rate,
+            options=opened.options,
+        )
         facts.language, facts.engine, facts.sample_rate = spec.language, engine, spec.sample_rate
         log.info("stream opened: lang=%s rate=%d engine=%s", spec.language, spec.sample_rate, engine)
         await nursery.start(

@@ -21,10 +21,68 @@ log = logging.getLogger(__name__)
 
 
 @attrs.frozen
+class Hotword:
+    """A phrase the session expects (a name, a product, a drug); `weight` how strongly, where the engine
+    can weigh (1 = plain)."""
+
+    text: str
+    weight: float = 1.0
+
+
+@attrs.frozen
+class SessionOptions:
+    """What a session asks of its engine beyond language and rate (protocol v1's start `options`,
+    docs/protocol.md). The defaults are a session that asks nothing: the engine's own behaviour."""
+
+    hotwords: tuple[Hotword, ...] = ()
+    # Text that comes before the audio and steers the decoder (OpenAI's `prompt`, Whisper's prompt).
+    prompt: str = ""
+    # Word times in finals, for this session.
+    words: bool = False
+    # Punctuation in the text: None leaves it to the engine.
+    punctuation: bool | None = None
+    language_hints: tuple[str, ...] = ()
+    # An engine's own named options ("dashscope.vocabulary_id", "iflytek.pd"), checked when parsed.
+    extras: tuple[tuple[str, str | bool], ...] = ()
+
+    def asked(self) -> frozenset[str]:
+        """The names of the options this session sets (what an engine must honour to run it)."""
+        names = {name for name, _ in self.extras}
+        names.update(
+            name
+            for name, value in (
+                ("hotwords", self.hotwords),
+                ("prompt", self.prompt),
+                ("words", self.words),
+                ("punctuation", self.punctuation is not None),
+                ("language_hints", self.language_hints),
+            )
+            if value
+        )
+        return frozenset(names)
+
+    def extra(self, name: str) -> str | bool | None:
+        return next((value for key, value in self.extras if key == name), None)
+
+
+NO_OPTIONS = SessionOptions()
+
+
+@attrs.frozen
 class StreamSpec:
     session_id: str
     language: str
     sample_rate: int
+    options: SessionOptions = NO_OPTIONS
+
+
+def refuse_unhonoured(spec: StreamSpec, engine: str, honoured: frozenset[str]) -> None:
+    """UnsupportedStream (400, before any audio is recognised) for options `engine` cannot honour: an
+    option asked for is never dropped without a word."""
+    missing = sorted(spec.options.asked() - honoured)
+    if missing:
+        names = ", ".join(repr(name) for name in missing)
+        raise UnsupportedStream(f"The {engine} engine does not take the option(s) {names}")
 
 
 @attrs.frozen
@@ -85,6 +143,8 @@ class Engine(Protocol):
     name: str
     # Streams this engine may run at once in one process; the bus refuses more with EngineBusy.
     max_streams: int
+    # The session options (`SessionOptions.asked` names) it honours; `check` refuses the others.
+    options: frozenset[str]
 
     async def prepare(self) -> None:
         """Load models before the first session, so that it is not the one that waits."""

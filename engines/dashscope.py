@@ -39,6 +39,7 @@ from asr_actors.engines.base import (
     Partial,
     StreamSpec,
     UnsupportedStream,
+    refuse_unhonoured,
 )
 from asr_actors.engines.service_wire import WireError
 
@@ -118,6 +119,11 @@ class _Callback:
 
 class DashScopeEngine:
     name = "dashscope"
+    # Results carry word times; the rest are run-task parameters (hot words are a vocabulary made with
+    # DashScope's customization API, named by `dashscope.vocabulary_id`).
+    options = frozenset(
+        {"words", "punctuation", "language_hints", "dashscope.vocabulary_id", "dashscope.disfluency_removal"}
+    )
 
     def __init__(self, config: DashScopeEngineConfig) -> None:
         self._config = config
@@ -144,6 +150,7 @@ class DashScopeEngine:
             raise UnsupportedStream(f"Language {spec.language!r} is not configured for DashScope")
         if spec.sample_rate not in SAMPLE_RATES:
             raise UnsupportedStream(f"DashScope takes 8000 or 16000 Hz audio, not {spec.sample_rate} Hz")
+        refuse_unhonoured(spec, self.name, self.options)
 
     def _new_recognition(self, spec: StreamSpec, callback: _Callback) -> Any:
         # One Recognition per session: its task_id is fixed at construction. The SDK only calls the
@@ -151,13 +158,12 @@ class DashScopeEngine:
         options: dict[str, Any] = {"api_key": self._api_key}
         if self._config.url:
             options["base_address"] = self._config.url
-        hints = list(self._config.language_hints) or [spec.language]
         return self._recognition_class(
             model=self._config.model,
             callback=callback,
             format="pcm",
             sample_rate=spec.sample_rate,
-            language_hints=hints,
+            **wire.task_parameters(spec.options, spec.language, self._config.language_hints),
             **options,
         )
 

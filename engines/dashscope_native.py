@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Iterable
+from typing import Any
 
 import trio
 
@@ -30,9 +31,8 @@ async def run_stream(
     audio: trio.MemoryReceiveChannel[bytes],
     events: trio.MemorySendChannel[EngineEvent],
 ) -> None:
-    protocol = DashScopeTask(
-        uuid.uuid4().hex, config.model, spec.sample_rate, list(config.language_hints) or [spec.language]
-    )
+    parameters = wire.task_parameters(spec.options, spec.language, config.language_hints)
+    protocol = DashScopeTask(uuid.uuid4().hex, config.model, spec.sample_rate, parameters)
     try:
         await upstream.run_session(
             config.url or wire.DEFAULT_URL,
@@ -55,9 +55,9 @@ class DashScopeTask:
     service = "DashScope"
     finishes_by_closing = False
 
-    def __init__(self, task_id: str, model: str, sample_rate: int, language_hints: list[str]) -> None:
+    def __init__(self, task_id: str, model: str, sample_rate: int, parameters: dict[str, Any]) -> None:
         self._task_id = task_id
-        self._run_task = wire.run_task(task_id, model, sample_rate, language_hints)
+        self._run_task = wire.run_task(task_id, model, sample_rate, parameters)
 
     def opening(self) -> Iterable[str | bytes]:
         return (self._run_task,)

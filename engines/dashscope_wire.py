@@ -11,16 +11,36 @@ SDK's own client): the client connects with `Authorization: Bearer KEY`, sends `
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from typing import Any
 
-from asr_actors.engines.base import Final, Partial, Word
+from asr_actors.engines.base import Final, Partial, SessionOptions, Word
 from asr_actors.engines.service_wire import Failed, Finished, Started, WireError
 
 # The public realtime endpoint (the SDK's default for the Chinese mainland region).
 DEFAULT_URL = "wss://dashscope.aliyuncs.com/api-ws/v1/inference"
 
 
-def run_task(task_id: str, model: str, sample_rate: int, language_hints: list[str]) -> str:
+def task_parameters(
+    options: SessionOptions, language: str, configured_hints: Sequence[str]
+) -> dict[str, Any]:
+    """A session's options as run-task parameters (the SDK takes the same names as keyword arguments):
+    its language hints, else the configured ones, else its language; the rest only when asked for."""
+    parameters: dict[str, Any] = {
+        "language_hints": list(options.language_hints or configured_hints or (language,))
+    }
+    vocabulary = options.extra("dashscope.vocabulary_id")
+    if vocabulary is not None:
+        parameters["vocabulary_id"] = vocabulary
+    disfluency = options.extra("dashscope.disfluency_removal")
+    if disfluency is not None:
+        parameters["disfluency_removal_enabled"] = disfluency
+    if options.punctuation is not None:
+        parameters["punctuation_prediction_enabled"] = options.punctuation
+    return parameters
+
+
+def run_task(task_id: str, model: str, sample_rate: int, parameters: dict[str, Any]) -> str:
     return json.dumps(
         {
             "header": {"action": "run-task", "task_id": task_id, "streaming": "duplex"},
@@ -29,11 +49,7 @@ def run_task(task_id: str, model: str, sample_rate: int, language_hints: list[st
                 "task": "asr",
                 "function": "recognition",
                 "model": model,
-                "parameters": {
-                    "format": "pcm",
-                    "sample_rate": sample_rate,
-                    "language_hints": language_hints,
-                },
+                "parameters": {"format": "pcm", "sample_rate": sample_rate, **parameters},
                 "input": {},
             },
         }

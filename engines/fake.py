@@ -14,6 +14,11 @@ from asr_actors.engines.base import EngineError, EngineEvent, Final, Partial, St
 
 class FakeEngine:
     name = "fake"
+    # Every option, kept in `specs` so that tests can see what reached the engine.
+    options = frozenset(
+        {"hotwords", "prompt", "words", "punctuation", "language_hints"}
+        | {"dashscope.vocabulary_id", "dashscope.disfluency_removal", "iflytek.pd"}
+    )
 
     def __init__(
         self,
@@ -40,6 +45,7 @@ class FakeEngine:
         self.stall_after_bytes = stall_after_bytes
         self.streams_started = 0
         self.streams_finished = 0
+        self.specs: list[StreamSpec] = []
 
     async def prepare(self) -> None:
         return
@@ -55,6 +61,7 @@ class FakeEngine:
         events: trio.MemorySendChannel[EngineEvent],
     ) -> None:
         self.streams_started += 1
+        self.specs.append(spec)
         faulty = self.fault_languages is None or spec.language in self.fault_languages
         fail_after_bytes = self.fail_after_bytes if faulty else None
         ms_per_byte = 1000 / (spec.sample_rate * 2)

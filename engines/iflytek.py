@@ -26,6 +26,7 @@ from asr_actors.engines.base import (
     EngineUnavailable,
     StreamSpec,
     UnsupportedStream,
+    refuse_unhonoured,
 )
 
 SAMPLE_RATE = 16000
@@ -34,6 +35,8 @@ SERVICE = "iFlytek"
 
 class IflytekEngine:
     name = "iflytek"
+    # Its results always carry word times; `pd` and `punc` are query parameters of the connection.
+    options = frozenset({"words", "punctuation", "iflytek.pd"})
 
     def __init__(self, config: IflytekEngineConfig) -> None:
         self._config = config
@@ -61,6 +64,7 @@ class IflytekEngine:
             raise UnsupportedStream(f"Language {spec.language!r} is not configured for iFlytek")
         if spec.sample_rate != SAMPLE_RATE:
             raise UnsupportedStream(f"iFlytek takes {SAMPLE_RATE} Hz audio, not {spec.sample_rate} Hz")
+        refuse_unhonoured(spec, self.name, self.options)
 
     async def run_stream(
         self,
@@ -70,7 +74,13 @@ class IflytekEngine:
     ) -> None:
         self.check(spec)
         config = self._config
-        url = wire.signed_url(config.url or wire.DEFAULT_URL, config.app_id, self._api_key, time.time())
+        url = wire.signed_url(
+            config.url or wire.DEFAULT_URL,
+            config.app_id,
+            self._api_key,
+            time.time(),
+            wire.query_options(spec.options),
+        )
         await upstream.run_session(
             url,
             RtasrSession(),

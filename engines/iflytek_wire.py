@@ -17,7 +17,7 @@ import json
 from typing import Any
 from urllib.parse import urlencode
 
-from asr_actors.engines.base import Final, Partial, Word
+from asr_actors.engines.base import Final, Partial, SessionOptions, Word
 from asr_actors.engines.service_wire import Failed, Started, WireError
 
 DEFAULT_URL = "wss://rtasr.xfyun.cn/v1/ws"
@@ -40,6 +40,18 @@ def signature(app_id: str, api_key: str, ts: str) -> str:
     # MD5 and SHA-1: the service's signature scheme, not a choice made here.
     digest = hashlib.md5((app_id + ts).encode()).hexdigest().encode()
     return base64.b64encode(hmac.new(api_key.encode(), digest, hashlib.sha1).digest()).decode()
+
+
+def query_options(options: SessionOptions) -> dict[str, str]:
+    """A session's options as the connection's query parameters: `pd` (the vertical domain) and `punc=0`
+    (no punctuation); nothing when not asked for."""
+    query: dict[str, str] = {}
+    domain = options.extra("iflytek.pd")
+    if domain is not None:
+        query["pd"] = str(domain)
+    if options.punctuation is False:
+        query["punc"] = "0"
+    return query
 
 
 def signed_url(base: str, app_id: str, api_key: str, now: float, extra: dict[str, str] | None = None) -> str:

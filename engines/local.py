@@ -36,9 +36,11 @@ from asr_actors.engines.base import (
     EngineEvent,
     Final,
     Partial,
+    SessionOptions,
     StreamSpec,
     UnsupportedStream,
     Word,
+    refuse_unhonoured,
 )
 
 log = logging.getLogger(__name__)
@@ -282,14 +284,23 @@ def load_whisper(workers: int = 1, threads: int = 0) -> Any:
     )
 
 
-def whisper_text(model: Any, pcm: bytes, beam_size: int, prompt: str | None = None) -> str:
-    return whisper_words(model, pcm, beam_size, prompt, word_times=False)[0]
+def whisper_text(
+    model: Any, pcm: bytes, beam_size: int, prompt: str | None = None, hotwords: str | None = None
+) -> str:
+    return whisper_words(model, pcm, beam_size, prompt, word_times=False, hotwords=hotwords)[0]
 
 
 def whisper_words(
-    model: Any, pcm: bytes, beam_size: int, prompt: str | None = None, *, word_times: bool = True
+    model: Any,
+    pcm: bytes,
+    beam_size: int,
+    prompt: str | None = None,
+    *,
+    word_times: bool = True,
+    hotwords: str | None = None,
 ) -> tuple[str, list[tuple[str, float, float]]]:
-    """Whisper's text for `pcm`, and (with `word_times`) each word with its start and end in seconds."""
+    """Whisper's text for `pcm`, and (with `word_times`) each word with its start and end in seconds;
+    `hotwords` are phrases faster-whisper puts before the prompt, which steers the spelling of names."""
     samples = np.frombuffer(pcm, dtype=np.int16).astype(np.float32) / 32768.0
     segments, _info = model.transcribe(
         samples,
@@ -300,6 +311,7 @@ def whisper_words(
         without_timestamps=not word_times,
         word_timestamps=word_times,
         initial_prompt=prompt or None,
+        hotwords=hotwords or None,
     )
     segments = list(segments)
     text = " ".join(segment.text.strip() for segment in segments).strip()
@@ -312,6 +324,27 @@ def whisper_words(
         if word.word.strip()
     ]
     return text, words
+
+
+def hotword_hint(options: SessionOptions) -> str | None:
+    """The session's hot words as Whisper's hint text: each phrase once, or as many times as its weight
+    (rounded) says, since Whisper has no weights and a phrase said more often weighs more in the prompt."""
+    phrases = [hotword.text for hotword in options.hotwords for _ in range(max(1, round(hotword.weight)))]
+    return ", ".join(phrases) or None
+
+
+def session_prompt(options: SessionOptions, previous_text: str | None) -> str | None:
+    """What Whisper reads before a sentence: the session's prompt, then the previous sentence's text."""
+    return " ".join(part for part in (options.prompt, previous_text) if part) or None
+
+
+# Punctuation Whisper writes, taken out for a session that asks for none; apostrophes and hyphens stay
+# inside words ("don't", "well-known", and Whisper's word pieces such as "-sposed"), a dash alone goes.
+_PUNCTUATION = re.compile(r'[.,!?;:"()\[\]…]')
+
+
+def unpunctuated(text: str) -> str:
+    return " ".join(token for token in _PUNCTUATION.sub("", text).split() if token.strip("-'"))
 
 
 def _word_key(word: str) -> str:
@@ -343,6 +376,9 @@ class StablePartial:
 
 class LocalEngine:
     name = "local"
+    # Hot words and the prompt go to Whisper (drafts and finals), word times are computed for the session
+    # that asks, and punctuation can be taken out; the model is English only, so no language hints.
+    options = frozenset({"hotwords", "prompt", "words", "punctuation"})
 
     def __init__(self, config: LocalEngineConfig) -> None:
         self._config = config
@@ -378,6 +414,7 @@ class LocalEngine:
             raise UnsupportedStream(
                 f"The local engine needs {SAMPLE_RATE} Hz audio, not {spec.sample_rate} Hz"
             )
+        refuse_unhonoured(spec, self.name, self.options)
 
     async def run_stream(
         self,
@@ -393,7 +430,7 @@ class LocalEngine:
                 raise EngineError(f"pocketsphinx could not start: {exc}") from exc
             heard_tx, heard_rx = trio.open_memory_channel[Heard](self._config.sentence_queue)
             async with trio.open_nursery() as nursery:
-                nursery.start_soon(self._finalize, heard_rx, events)
+                nursery.start_soon(self._finalize, heard_rx, events, spec.options)
                 async with heard_tx:
                     async for pcm in audio:
                         for item in await self._decode(decoder.feed, pcm):
@@ -410,8 +447,11 @@ class LocalEngine:
             raise EngineError(f"pocketsphinx or the VAD failed: {exc}") from exc
         return result
 
-    async def _final_pass(self, sentence: _Sentence, prompt: str | None) -> tuple[str, tuple[Word, ...]]:
-        """The sentence's final text and, with `word_times`, its words with their times in the stream."""
+    async def _final_pass(
+        self, sentence: _Sentence, prompt: str | None, options: SessionOptions
+    ) -> tuple[str, tuple[Word, ...]]:
+        """The sentence's final text and, with word times (the config's or the session's), its words with
+        their times in the stream."""
         model = await self._whisper_model()
         pass_ = functools.partial(
             whisper_words,
@@ -419,7 +459,8 @@ class LocalEngine:
             sentence.audio,
             self._config.whisper_beam_size,
             prompt,
-            word_times=self._config.word_times,
+            word_times=self._config.word_times or options.words,
+            hotwords=hotword_hint(options),
         )
         try:
             text, timed = await trio.to_thread.run_sync(pass_, limiter=self._whisper_limiter)
@@ -439,20 +480,30 @@ class LocalEngine:
         return "".join(word for word, _, _ in kept).strip(), words
 
     async def _whisper_pass(
-        self, pcm: bytes, limiter: trio.CapacityLimiter, beam_size: int, prompt: str | None = None
+        self,
+        pcm: bytes,
+        limiter: trio.CapacityLimiter,
+        beam_size: int,
+        prompt: str | None = None,
+        hotwords: str | None = None,
     ) -> str:
         model = await self._whisper_model()
         try:
             text: str = await trio.to_thread.run_sync(
-                whisper_text, model, pcm, beam_size, prompt, limiter=limiter
+                whisper_text, model, pcm, beam_size, prompt, hotwords, limiter=limiter
             )
         except RuntimeError as exc:
             raise EngineError(f"Whisper failed: {exc}") from exc
         return text
 
     async def _finalize(
-        self, heard: trio.MemoryReceiveChannel[Heard], events: trio.MemorySendChannel[EngineEvent]
+        self,
+        heard: trio.MemoryReceiveChannel[Heard],
+        events: trio.MemorySendChannel[EngineEvent],
+        options: SessionOptions,
     ) -> None:
+        hotwords = hotword_hint(options)
+        tidy = unpunctuated if options.punctuation is False else str
         previous_text = ""
         stable = StablePartial()
         shown = ""
@@ -462,7 +513,7 @@ class LocalEngine:
                     # pocketsphinx's quick guess, until Whisper has something for the sentence.
                     if not stable.previous:
                         shown = item.text
-                        await events.send(item)
+                        await events.send(attrs.evolve(item, text=tidy(item.text)))
                 elif isinstance(item, _Draft):
                     # A draft with newer audio queued behind it is stale: skip it (bounded work per stream).
                     if (
@@ -470,21 +521,24 @@ class LocalEngine:
                         or len(item.audio) < MIN_DRAFT_MS * BYTES_PER_MS
                     ):
                         continue
-                    text = stable.update(
-                        await self._whisper_pass(item.audio, self._draft_limiter, beam_size=1)
+                    draft = await self._whisper_pass(
+                        item.audio, self._draft_limiter, 1, session_prompt(options, None), hotwords
                     )
+                    text = stable.update(draft)
                     if text and text != shown:
                         shown = text
-                        await events.send(Partial(text, item.begin_ms, item.end_ms))
+                        await events.send(Partial(tidy(text), item.begin_ms, item.end_ms))
                 else:
                     text = item.text
                     words: tuple[Word, ...] = ()
                     if self._config.finals == "whisper" and item.audio:
-                        prompt = previous_text if self._config.final_prompt else None
-                        text, words = await self._final_pass(item, prompt)
+                        previous = previous_text if self._config.final_prompt else None
+                        text, words = await self._final_pass(item, session_prompt(options, previous), options)
                     if text or item.had_partial or shown:
                         # An empty final still closes a sentence the client saw partials of.
-                        await events.send(Final(text, item.begin_ms, item.end_ms, words))
+                        if options.punctuation is False:
+                            words = tuple(attrs.evolve(word, text=unpunctuated(word.text)) for word in words)
+                        await events.send(Final(tidy(text), item.begin_ms, item.end_ms, words))
                     previous_text = text
                     stable = StablePartial()
                     shown = ""

@@ -19,7 +19,14 @@ import time
 import attrs
 import trio
 
-from asr_actors.engines.base import EngineEvent, Final, Partial, StreamSpec, UnsupportedStream
+from asr_actors.engines.base import (
+    EngineEvent,
+    Final,
+    Partial,
+    StreamSpec,
+    UnsupportedStream,
+    refuse_unhonoured,
+)
 
 MAGIC = b"SYNB"
 _STAMP = struct.Struct("<4sIQ")  # magic, frame number, time.time_ns() when sent
@@ -107,6 +114,7 @@ class SyntheticScript:
 
 class SyntheticEngine:
     name = "synthetic"
+    options: frozenset[str] = frozenset()
 
     def __init__(self, *, partial_frames: int, final_frames: int, max_streams: int) -> None:
         self.partial_frames = partial_frames
@@ -119,6 +127,7 @@ class SyntheticEngine:
     def check(self, spec: StreamSpec) -> None:
         if spec.sample_rate <= 0:
             raise UnsupportedStream(f"sample rate {spec.sample_rate} Hz")
+        refuse_unhonoured(spec, self.name, self.options)
 
     async def run_stream(
         self,

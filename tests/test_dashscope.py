@@ -7,6 +7,7 @@ tests run on the real clock, each under an absolute `fail_after`.
 
 from __future__ import annotations
 
+import json
 import threading
 from pathlib import Path
 from typing import Any
@@ -66,10 +67,19 @@ def api_key(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 async def zh_session(
-    nursery: trio.Nursery, gateway: Gateway, frames: int, *, pause_after: int | None = None, pause: float = 0
+    nursery: trio.Nursery,
+    gateway: Gateway,
+    frames: int,
+    *,
+    pause_after: int | None = None,
+    pause: float = 0,
+    options: dict[str, Any] | None = None,
 ) -> list[dict[str, Any]]:
-    """Stream `frames` frames in Chinese (optionally pausing), end, and return every message until close."""
+    """Stream `frames` frames in Chinese (optionally pausing, with session options), end, and return
+    every message until close."""
     connection = await open_connection(nursery, gateway, signed_target("lang=zh"))
+    if options is not None:
+        await connection.send_message(json.dumps({"status": "start", "data": "", "options": options}))
     for index in range(frames):
         if index == pause_after:
             await trio.sleep(pause)
@@ -106,6 +116,41 @@ async def test_session_through_the_real_sdk(transport: str, nursery: trio.Nurser
     )
     assert "paraformer-realtime-v2" == run_task["payload"]["model"]
     assert (1, 1) == (fake.stats.tasks_started, fake.stats.tasks_finished)
+
+
+async def test_session_options_reach_the_service(
+    transport: str, nursery: trio.Nursery, guarded: None
+) -> None:
+    """A protocol v1 start frame's options become run-task parameters, on the SDK and the native transport."""
+    fake = await start_fake(nursery)
+    gateway = await dashscope_gateway(transport, fake.url)
+    options = {
+        "language_hints": ["zh", "en"],
+        "punctuation": False,
+        "dashscope": {"vocabulary_id": "vocab-trial-1", "disfluency_removal": True},
+    }
+    messages = await zh_session(nursery, gateway, 12, options=options)
+    assert "end" == statuses(messages)[-1]
+    parameters = fake.stats.run_tasks[0]["payload"]["parameters"]
+    assert {
+        "language_hints": ["zh", "en"],
+        "vocabulary_id": "vocab-trial-1",
+        "disfluency_removal_enabled": True,
+        "punctuation_prediction_enabled": False,
+    }.items() <= parameters.items()
+
+
+async def test_options_dashscope_cannot_honour_are_refused(
+    transport: str, nursery: trio.Nursery, guarded: None
+) -> None:
+    """Hot words need a DashScope vocabulary: asked for directly, the session is refused before any
+    audio reaches the service, with the option named."""
+    fake = await start_fake(nursery)
+    gateway = await dashscope_gateway(transport, fake.url)
+    messages = await zh_session(nursery, gateway, 3, options={"hotwords": ["通义"]})
+    assert 403 == messages[-1]["code"]
+    assert "does not take the option(s) 'hotwords'" in messages[-1]["message"]
+    assert 0 == fake.stats.frames
 
 
 async def test_results_keep_flowing_while_the_client_pauses(
@@ -195,6 +240,7 @@ async def test_missing_key_is_reported_at_start_and_refused_with_503(
         "engine": "dashscope",
         "available": False,
         "reason": reason,
+        "options": sorted(gateway.engines["dashscope"].options),
     } in await gateway.languages()
     messages = await zh_session(nursery, gateway, 1)
     assert {

@@ -10,6 +10,7 @@ import pytest
 import trio
 
 from asr_actors import __version__, client, http
+from asr_actors.engines.fake import FakeEngine
 from asr_actors.limits import HandshakeRate, memory_limits
 from asr_actors.server import serve
 from tests.support import fake_config, wired_gateway
@@ -61,11 +62,13 @@ async def test_page_and_assets(base_url: str) -> None:
 
 
 async def test_languages(base_url: str) -> None:
-    """/v1/languages lists each routed language with its engine and availability."""
+    """/v1/languages lists each routed language with its engine, its availability and the session
+    options that engine honours."""
     status, _, body = await http_get(base_url, "/v1/languages")
+    options = sorted(FakeEngine.options)
     expected = [
-        {"code": "en", "engine": "fake", "available": True},
-        {"code": "zh", "engine": "fake", "available": True},
+        {"code": "en", "engine": "fake", "available": True, "options": options},
+        {"code": "zh", "engine": "fake", "available": True, "options": options},
     ]
     assert (200, expected) == (status, json.loads(body)["languages"])
 

@@ -7,6 +7,7 @@ real clock, each under an absolute `fail_after`.
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import pytest
@@ -60,9 +61,17 @@ def api_key(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 async def zh_session(
-    nursery: trio.Nursery, gateway: Gateway, frames: int, *, frame: bytes = FRAME, end: bool = True
+    nursery: trio.Nursery,
+    gateway: Gateway,
+    frames: int,
+    *,
+    frame: bytes = FRAME,
+    end: bool = True,
+    options: dict[str, Any] | None = None,
 ) -> list[dict[str, Any]]:
     connection = await open_connection(nursery, gateway, signed_target("lang=zh"))
+    if options is not None:
+        await connection.send_message(json.dumps({"status": "start", "data": "", "options": options}))
     for _ in range(frames):
         await connection.send_message(frame)
     if end:
@@ -159,6 +168,19 @@ async def test_upstream_faults_become_coded_errors(
     assert ["start", "partial", "final", "end"] == statuses(await read_until_close(healthy))
 
 
+async def test_session_options_reach_the_service(nursery: trio.Nursery, guarded: None) -> None:
+    """`iflytek.pd` and `punctuation: false` become the connection's `pd` and `punc=0`; a session that asks
+    for neither sends neither."""
+    fake = await start_fake(nursery, Switches())
+    gateway = await iflytek_gateway(fake.url)
+    options = {"punctuation": False, "words": True, "iflytek": {"pd": "medical"}}
+    assert "end" == statuses(await zh_session(nursery, gateway, 4, options=options))[-1]
+    assert "end" == statuses(await zh_session(nursery, gateway, 4))[-1]
+    asked, plain = fake.stats.queries
+    assert ("medical", "0") == (asked.get("pd"), asked.get("punc"))
+    assert not {"pd", "punc"} & plain.keys()
+
+
 async def test_unreachable_upstream(nursery: trio.Nursery, guarded: None) -> None:
     gateway = await iflytek_gateway(await unreachable_url("/v1/ws"))
     messages = await zh_session(nursery, gateway, 3)
@@ -182,6 +204,7 @@ async def test_missing_credentials_are_a_503_with_the_reason(
         "engine": "iflytek",
         "available": False,
         "reason": reason,
+        "options": sorted(gateway.engines["iflytek"].options),
     } in await gateway.languages()
     messages = await zh_session(nursery, gateway, 1)
     assert {"code": 503, "message": f"No engine available: {reason}", "data": ""} == messages[-1]

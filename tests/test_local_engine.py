@@ -13,7 +13,15 @@ import pytest
 import trio
 
 from asr_actors.config import LocalEngineConfig
-from asr_actors.engines.base import EngineEvent, Final, Partial, StreamSpec, UnsupportedStream
+from asr_actors.engines.base import (
+    EngineEvent,
+    Final,
+    Hotword,
+    Partial,
+    SessionOptions,
+    StreamSpec,
+    UnsupportedStream,
+)
 from asr_actors.engines.local import Heard, LocalEngine, SentenceDecoder, StablePartial, _Draft, _Sentence
 
 DATA = Path(__file__).resolve().parent / "data" / "librivox"
@@ -151,3 +159,35 @@ async def test_pocketsphinx_only_stream_gives_one_final_per_sentence() -> None:
     first_final = received.index(finals[0])
     assert all(isinstance(e, Partial) for e in received[:first_final])
     assert finals[0].end_ms < finals[1].begin_ms
+
+
+async def run_engine_on(engine: LocalEngine, spec: StreamSpec, pcm: bytes) -> list[EngineEvent]:
+    audio_tx, audio_rx = trio.open_memory_channel[bytes](len(pcm) // 3200 + 1)
+    events_tx, events_rx = trio.open_memory_channel[EngineEvent](1000)
+    async with audio_tx:
+        for chunk in chunks(pcm):
+            audio_tx.send_nowait(chunk)
+    await engine.run_stream(spec, audio_rx, events_tx)
+    return [event async for event in events_rx]
+
+
+async def test_session_options_reach_whisper() -> None:
+    """A session that asks for word times gets them although the config computes none; one that asks for
+    no punctuation gets none in its partials and finals; hot words and a prompt reach Whisper (their
+    effect is measured by bench/hotwords.py, not asserted here)."""
+    engine = LocalEngine(LocalEngineConfig())
+    pcm = speech("0880") + bytes(32000)
+    options = SessionOptions(words=True, punctuation=False, hotwords=(Hotword("Dashwood"),), prompt="Austen.")
+    with trio.fail_after(GUARD):
+        await engine.prepare()
+        plain = await run_engine_on(engine, StreamSpec("a", "en", 16000), pcm)
+        asked = await run_engine_on(engine, StreamSpec("b", "en", 16000, options), pcm)
+    [plain_final] = [e for e in plain if isinstance(e, Final)]
+    [final] = [e for e in asked if isinstance(e, Final)]
+    assert () == plain_final.words
+    assert "young man" in final.text
+    # Whisper's words, as it splits them ("old", "-sposed"), spell the final's text.
+    assert "".join(word.text for word in final.words) == final.text.replace(" ", "")
+    assert all(a.begin_ms <= a.end_ms <= b.begin_ms for a, b in itertools.pairwise(final.words))
+    assert not any(mark in e.text for e in asked for mark in ".,!?;:")
+    assert any(mark in plain_final.text for mark in ".,!?;:")

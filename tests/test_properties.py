@@ -231,6 +231,9 @@ def test_rtasr_messages_parse_or_raise_wire_error(text: str) -> None:
 def test_service_messages_end_a_session_only_with_engine_error(message: str | bytes) -> None:
     """The native engines' protocol adapters, as the session reads them: any message is an event, nothing,
     or EngineError."""
-    for protocol_session in (DashScopeTask("task", "model", 16000, ["zh"]), RtasrSession()):
+    for protocol_session in (
+        DashScopeTask("task", "model", 16000, {"language_hints": ["zh"]}),
+        RtasrSession(),
+    ):
         with contextlib.suppress(EngineError):
             upstream.read(protocol_session, message)

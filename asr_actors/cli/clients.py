@@ -43,6 +43,15 @@ def add(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     transcribe.add_argument(
         "--realtime", action="store_true", help="send at the audio's own pace, like a microphone"
     )
+    transcribe.add_argument(
+        "--hotword",
+        action="append",
+        default=[],
+        metavar="PHRASE",
+        help="a phrase to listen for (a name, a product); repeat for more; engines that cannot take "
+        "hot words refuse the session (/v1/languages lists what each engine honours)",
+    )
+    transcribe.add_argument("--words", action="store_true", help="ask for word times in the finals")
 
 
 def sign(args: argparse.Namespace) -> int:
@@ -71,8 +80,18 @@ async def transcribe(args: argparse.Namespace) -> int:
     view = output.TerminalView(
         sys.stdout.isatty() and args.format == "txt", len(pcm) / 32000, args.format == "txt"
     )
+    options: dict[str, object] = {}
+    if args.hotword:
+        options["hotwords"] = args.hotword
+    if args.words:
+        options["words"] = True
     results = await client.stream_pcm(
-        url, pcm, realtime=args.realtime, on_result=view.result, on_progress=view.progress
+        url,
+        pcm,
+        realtime=args.realtime,
+        on_result=view.result,
+        on_progress=view.progress,
+        options=options or None,
     )
     view.done()
     if args.format != "txt":

@@ -14,6 +14,7 @@ from collections.abc import Awaitable, Callable
 import attrs
 import trio
 
+from asr_actors import session_options
 from asr_actors.engine_protocol import wire
 from asr_actors.engine_protocol.connection import RedisConnection
 from asr_actors.engine_protocol.liveness import LivenessWatch
@@ -29,6 +30,7 @@ from asr_actors.engines.base import (
     run_engine,
 )
 from asr_actors.groups import first_leaf
+from asr_actors.protocol import ProtocolError
 
 log = logging.getLogger(__name__)
 
@@ -106,12 +108,20 @@ async def serve(
     """Claim (or refuse) one request and run its session to the end; False if its gateway was gone first
     (nobody left to tell)."""
     session_id = request.session_id
-    spec = StreamSpec(session_id=session_id, language=request.language, sample_rate=request.sample_rate)
     if request.version != wire.PROTOCOL_VERSION:
         await send(
             wire.Refused(f"engine protocol version {request.version} is not {wire.PROTOCOL_VERSION}", True)
         )
         return True
+    try:
+        # The gateway checked them against its caps; the worker checks what they mean.
+        options = session_options.parse(request.options, session_options.OptionCaps())
+    except ProtocolError as exc:
+        await send(wire.Refused(exc.message))  # the client's mistake: 400
+        return True
+    spec = StreamSpec(
+        session_id=session_id, language=request.language, sample_rate=request.sample_rate, options=options
+    )
     # Routed before the claim is announced, so that no audio record arrives unheard.
     route = (session_id, request.attempt)
     audio_tx, audio_rx = trio.open_memory_channel[bytes](serving.audio_capacity)

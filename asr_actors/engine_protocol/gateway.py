@@ -21,6 +21,7 @@ from contextlib import asynccontextmanager
 import attrs
 import trio
 
+from asr_actors import session_options
 from asr_actors.bus.base import BusStatistics
 from asr_actors.config import BusConfig
 from asr_actors.engine_protocol import wire
@@ -183,6 +184,7 @@ class RedisBus:
             spec.sample_rate,
             reply_to=self._redis.process_id,
             attempt=stream.attempt,
+            options=session_options.to_wire(spec.options),
         )
         overload = self.overload()
         if overload is not None:

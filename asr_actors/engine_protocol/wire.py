@@ -77,6 +77,8 @@ class Request:
     reply_to: str
     attempt: int = 0
     version: int = PROTOCOL_VERSION
+    # The session's options, as protocol v1's start frame has them (docs/protocol.md); {} when none.
+    options: dict[str, Any] = attrs.field(factory=dict, hash=False)
 
     def encode(self) -> bytes:
         fields = attrs.asdict(self)
@@ -95,6 +97,7 @@ class Request:
                 reply_to=str(fields.get("reply_to", "")),
                 attempt=int(fields.get("attempt", 0)),
                 version=int(fields.get("version", 1)),
+                options=dict(fields.get("options") or {}),
             )
         except (ValueError, KeyError, TypeError, AttributeError) as exc:
             raise BusProtocolError(f"bad session request: {exc}") from None

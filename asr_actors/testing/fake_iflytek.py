@@ -65,6 +65,8 @@ class Stats:
     bytes: int = 0
     frame_sizes: set[int] = attrs.field(factory=set)
     open_connections: int = 0
+    # Each connection's query parameters (the options a session asked for: `pd`, `punc`).
+    queries: list[dict[str, str]] = attrs.field(factory=list)
 
 
 def signature(app_id: str, api_key: str, ts: str) -> str:
@@ -113,6 +115,7 @@ class FakeIflytek:
 
     def _authorised(self, path: str) -> bool:
         query = {key: values[0] for key, values in parse_qs(urlsplit(path).query).items()}
+        self.stats.queries.append(query)
         ts = query.get("ts", "")
         if query.get("appid") != self.switches.app_id or not ts.isdigit():
             return False
