@@ -83,7 +83,21 @@ def to_wire(options: SessionOptions) -> dict[str, Any]:
     for name, value in options.extras:
         engine, _, key = name.partition(".")
         wire.setdefault(engine, {})[key] = value
+    if options.advisory:
+        wire["advisory"] = sorted(options.advisory)
     return wire
+
+
+def from_wire(raw: object) -> SessionOptions:
+    """`to_wire`'s object read back (a worker's side of engine protocol v2): `parse` with the default caps,
+    and `advisory`, which only a gateway's dialect sets."""
+    if not isinstance(raw, dict):
+        raise _invalid("options", "an object")
+    fields = dict(raw)
+    advisory = fields.pop("advisory", [])
+    if not isinstance(advisory, list) or not all(isinstance(name, str) for name in advisory):
+        raise _invalid("advisory", "a list of option names")
+    return attrs.evolve(parse(fields, OptionCaps()), advisory=frozenset(advisory))
 
 
 def _hotwords(value: Any, caps: OptionCaps) -> tuple[Hotword, ...]:

@@ -44,6 +44,9 @@ class SessionOptions:
     language_hints: tuple[str, ...] = ()
     # An engine's own named options ("dashscope.vocabulary_id", "iflytek.pd"), checked when parsed.
     extras: tuple[tuple[str, str | bool], ...] = ()
+    # Options the session's API treats as hints (OpenAI's `prompt`, word timestamps): an engine that cannot
+    # honour them runs without them instead of refusing the session.
+    advisory: frozenset[str] = frozenset()
 
     def asked(self) -> frozenset[str]:
         """The names of the options this session sets (what an engine must honour to run it)."""
@@ -79,7 +82,7 @@ class StreamSpec:
 def refuse_unhonoured(spec: StreamSpec, engine: str, honoured: frozenset[str]) -> None:
     """UnsupportedStream (400, before any audio is recognised) for options `engine` cannot honour: an
     option asked for is never dropped without a word."""
-    missing = sorted(spec.options.asked() - honoured)
+    missing = sorted(spec.options.asked() - spec.options.advisory - honoured)
     if missing:
         names = ", ".join(repr(name) for name in missing)
         raise UnsupportedStream(f"The {engine} engine does not take the option(s) {names}")

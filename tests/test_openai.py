@@ -123,6 +123,26 @@ async def test_a_file_is_transcribed_in_each_format(monkeypatch: pytest.MonkeyPa
     ]
 
 
+async def test_prompt_and_word_timestamps_reach_the_engine_as_hints(monkeypatch: pytest.MonkeyPatch) -> None:
+    """`prompt` and `timestamp_granularities[]=word` become session options the engine may use (the local
+    engine: Whisper's prompt, word times) and an engine that cannot runs without (no refusal)."""
+    engine = FakeEngine()
+    monkeypatch.setenv("TESTER_KEY", API_KEY)
+    config = fake_config(apps={APPKEY: {"secret": SECRET}, "tester": {"api_key_env": "TESTER_KEY"}})
+    gw = wired_gateway(config, {"fake": engine}, {APPKEY: SECRET})
+    fields = {"model": "whisper-1", "prompt": " Dashwood, Norland. ", "timestamp_granularities[]": "word"}
+    with trio.fail_after(GUARD):
+        status, _, _ = await exchange(gw, request(multipart(fields, wav_bytes(1.0))))
+    assert 200 == status
+    [spec] = engine.specs
+    assert (spec.options.prompt, spec.options.words) == ("Dashwood, Norland.", True)
+    assert {"prompt", "words"} == spec.options.advisory
+    engine.options = frozenset()  # an engine that honours neither still runs the file
+    with trio.fail_after(GUARD):
+        status, _, _ = await exchange(gw, request(multipart(fields, wav_bytes(1.0))))
+    assert 200 == status
+
+
 def api_error(body: bytes) -> tuple[str, str | None, str | None]:
     error = json.loads(body)["error"]
     assert set(error) == {"message", "type", "param", "code"}

@@ -57,6 +57,20 @@ def test_audio_at_24khz_reaches_the_engine_at_16khz() -> None:
     assert abs(converted - 2 * 3200) <= 64  # 200 ms at 16 kHz
 
 
+def test_the_transcription_prompt_reaches_the_engine_as_a_hint() -> None:
+    """`transcription.prompt` becomes the stream's `prompt` option, advisory: the local engine gives it to
+    Whisper, an engine without prompts runs without it."""
+    decode = decoder()
+    update = {
+        "type": "session.update",
+        "session": {"type": "transcription", "audio": {"input": {"transcription": {"prompt": "Dashwood."}}}},
+    }
+    decode.receive(json.dumps(update))
+    opened = decode.receive(append(b"\x00\x01" * 2400))[0]
+    assert isinstance(opened, StreamOpened)
+    assert ("Dashwood.", frozenset({"prompt"})) == (opened.options.prompt, opened.options.advisory)
+
+
 def test_g711_in_the_beta_event() -> None:
     decode = decoder()
     update = {"type": "transcription_session.update", "session": {"input_audio_format": "g711_ulaw"}}

@@ -130,6 +130,16 @@ def test_an_engine_refuses_what_it_cannot_honour() -> None:
     refuse_unhonoured(spec, "local", frozenset({"hotwords", "iflytek.pd"}))
 
 
+def test_advisory_options_are_not_refused_and_cross_the_bus() -> None:
+    """A dialect's hints (OpenAI's prompt) do not stop an engine that cannot use them; they travel to
+    workers marked as such."""
+    options = SessionOptions(prompt="Austen.", words=True, advisory=frozenset({"prompt"}))
+    refuse_unhonoured(StreamSpec("s", "en", 16000, options), "iflytek", frozenset({"words"}))
+    assert session_options.from_wire(json.loads(json.dumps(to_wire(options)))) == options
+    with pytest.raises(ProtocolError, match="advisory"):
+        parse({"advisory": ["prompt"]}, CAPS)  # a client cannot mark options optional
+
+
 def test_dashscope_run_task_parameters() -> None:
     """Both transports send these (the SDK as keyword arguments it puts in the same `parameters`)."""
     options = parse(EVERYTHING | {"punctuation": True}, CAPS)

@@ -115,7 +115,7 @@ async def serve(
         return True
     try:
         # The gateway checked them against its caps; the worker checks what they mean.
-        options = session_options.parse(request.options, session_options.OptionCaps())
+        options = session_options.from_wire(request.options)
     except ProtocolError as exc:
         await send(wire.Refused(exc.message))  # the client's mistake: 400
         return True

@@ -30,6 +30,7 @@ import numpy.typing as npt
 from asr_actors import audio
 from asr_actors.config import Config
 from asr_actors.dialects import Admission, Admitted
+from asr_actors.engines.base import NO_OPTIONS, SessionOptions
 from asr_actors.openai_api import client_secrets
 from asr_actors.openai_api.client_secrets import ClientSecrets
 from asr_actors.openai_api.errors import ApiError
@@ -124,10 +125,18 @@ class _Settings:
 class RealtimeDecoder:
     """Client events in, the session's events out (audio at 16 kHz; replies for the client)."""
 
-    def __init__(self, settings: _Settings, *, default_language: str, max_frame_bytes: int) -> None:
+    def __init__(
+        self,
+        settings: _Settings,
+        *,
+        default_language: str,
+        max_frame_bytes: int,
+        max_prompt_chars: int = 1000,
+    ) -> None:
         self._settings = settings
         self._default_language = default_language
         self._max_frame_bytes = max_frame_bytes
+        self._max_prompt_chars = max_prompt_chars
         self._resampler: audio.Resampler | None = None
         self._g711: npt.NDArray[np.int16] | None = None
         self._commits = itertools.count()
@@ -171,7 +180,10 @@ class RealtimeDecoder:
             rate, self._g711 = _FORMATS[self._settings.format]
             self._resampler = audio.Resampler(rate)
             language = self._settings.language or self._default_language
-            events.append(StreamOpened(language=language, sample_rate=audio.ENGINE_RATE))
+            # The transcription's prompt, as a hint: an engine that takes none runs without it.
+            prompt = self._settings.prompt.strip()[: self._max_prompt_chars]
+            options = SessionOptions(prompt=prompt, advisory=frozenset({"prompt"})) if prompt else NO_OPTIONS
+            events.append(StreamOpened(language=language, sample_rate=audio.ENGINE_RATE, options=options))
         pcm = audio.g711_to_pcm(data, self._g711) if self._g711 is not None else data
         converted = self._resampler.feed(pcm)
         if converted:
@@ -358,6 +370,7 @@ class Realtime:
             settings,
             default_language=config.openai.language,
             max_frame_bytes=config.session.max_frame_bytes,
+            max_prompt_chars=config.session.max_prompt_chars,
         )
         created = json.dumps({"type": "session.created", "session": settings.session(beta=False)})
         return Admitted(appkey, decoder, greeting=(created,))

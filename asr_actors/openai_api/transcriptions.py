@@ -3,8 +3,8 @@
 The upload is parsed as it streams in (`form`), the file decoded and resampled by PyAV (`audio`) in a
 worker thread, then its audio goes to the engine the model or the language routes to, through the same
 bus as live sessions, as fast as the engine takes it. Per-app limits and records apply as for live
-sessions. What the API sends and the engines lack (a prompt, a temperature) is accepted and not used
-(docs/openai.md).
+sessions. `prompt` and word timestamps become session options, as hints (an engine that cannot use them
+runs without); a temperature is accepted and not used (docs/openai.md).
 """
 
 from __future__ import annotations
@@ -18,10 +18,12 @@ import trio
 
 from asr_actors import audio, http, logs, transcripts
 from asr_actors.engines.base import (
+    NO_OPTIONS,
     EngineEvent,
     EngineFailed,
     EngineUnavailable,
     Final,
+    SessionOptions,
     StreamSpec,
     UnsupportedStream,
 )
@@ -107,7 +109,12 @@ class Transcriptions:
             except ValueError:
                 raise ApiError(400, "temperature must be a number", param="temperature") from None
         language = form.field("language") or self._settings.language
-        return _Request(model, language, response_format, granularities or ("segment",))
+        options = SessionOptions(
+            prompt=(form.field("prompt") or "").strip()[: self._shared.config.session.max_prompt_chars],
+            words="word" in granularities,
+            advisory=frozenset({"prompt", "words"}),
+        )
+        return _Request(model, language, response_format, granularities or ("segment",), options)
 
     async def _engine(self, model: str, language: str) -> str:
         named = self._settings.models.get(model)
@@ -147,7 +154,12 @@ class Transcriptions:
             )
         session_id = uuid.uuid4().hex
         logs.current_session_id.set(session_id)
-        spec = StreamSpec(session_id=session_id, language=request.language, sample_rate=audio.ENGINE_RATE)
+        spec = StreamSpec(
+            session_id=session_id,
+            language=request.language,
+            sample_rate=audio.ENGINE_RATE,
+            options=request.options,
+        )
         started_at = shared.wall_clock()
         log.info(
             "file opened: lang=%s engine=%s audio=%.1fs model=%s",
@@ -241,3 +253,5 @@ class _Request:
     language: str
     response_format: str
     granularities: tuple[str, ...]
+    # `prompt` and word timestamps, as hints: an engine that takes neither runs without them.
+    options: SessionOptions = NO_OPTIONS
