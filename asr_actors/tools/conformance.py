@@ -272,6 +272,31 @@ async def _malformed_audio(ctx: _Context) -> str:
     return f"reported: {session.results[-1]['message']}"
 
 
+async def _unknown_option(ctx: _Context) -> str:
+    """A request whose options name one no engine has: refused (seq 0, `unavailable` false), not claimed."""
+    redis = ctx.redis
+    session = _Session(redis)
+    async with redis.route((session.session_id, 0)) as results:
+        request = wire.Request(
+            session.session_id,
+            ctx.engine,
+            ctx.language,
+            SAMPLE_RATE,
+            reply_to=redis.process_id,
+            options={"no_such_option": True},
+        )
+        await request_placement(redis, request)
+        answer: dict[str, Any] | None = None
+        with trio.move_on_after(ctx.claim_timeout):
+            answer = _result(await results.receive())
+        if answer is None:
+            await withdraw(redis, request)
+            raise CaseFailed(f"no answer to the request within {ctx.claim_timeout:g} s")
+    if answer.get("type") != "refused" or answer.get("unavailable"):
+        raise CaseFailed(f"a request with an unknown option got {answer}, not a refusal")
+    return f"refused: {answer.get('message')}"
+
+
 CASES: list[tuple[str, Callable[[_Context], Awaitable[str]]]] = [
     ("heartbeat", _heartbeat),
     ("normal speech", _normal_speech),
@@ -280,6 +305,7 @@ CASES: list[tuple[str, Callable[[_Context], Awaitable[str]]]] = [
     ("batched audio", _batched_audio),
     ("abrupt cancel", _abrupt_cancel),
     ("malformed audio", _malformed_audio),
+    ("unknown option", _unknown_option),
 ]
 
 

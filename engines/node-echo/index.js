@@ -165,6 +165,13 @@ async function serve(request) {
   if (request.sample_rate !== 16000 && request.sample_rate !== 8000) {
     return send({ type: "refused", message: `node-echo takes 8000 or 16000 Hz, not ${request.sample_rate}`, unavailable: false });
   }
+  // Session options (docs/protocol.md): node-echo honours none; those marked advisory it may run without.
+  const options = request.options || {};
+  const advisory = new Set(Array.isArray(options.advisory) ? options.advisory : []);
+  const unhonoured = Object.keys(options).filter((name) => name !== "advisory" && !advisory.has(name));
+  if (unhonoured.length > 0) {
+    return send({ type: "refused", message: `node-echo does not take the option(s) ${unhonoured.join(", ")}`, unavailable: false });
+  }
 
   const vad = new EnergyVad(request.sample_rate);
   let expected = 0;
