@@ -239,3 +239,16 @@ async def test_census_counts_what_it_claims() -> None:
             assert (1, 1) == (during.sessions, during.engine_streams)
             await stream.aclose()
             assert baseline == await settled(gateway, baseline)
+
+
+async def test_the_clients_session_options_reach_the_engine() -> None:
+    """`client.stream_pcm(options=...)` (what `transcribe --hotword --words` sends) over a real socket."""
+    engine = FakeEngine()
+    with trio.fail_after(GUARD):
+        async with gateway_on_loopback(engine) as (_gateway, url):
+            received = await client.stream_pcm(
+                link(url), SPEECH, options={"hotwords": ["Zorbulon Quettle"], "words": True}
+            )
+    assert "end" == received[-1].status
+    [spec] = engine.specs
+    assert (("Zorbulon Quettle",), True) == (tuple(h.text for h in spec.options.hotwords), spec.options.words)
