@@ -23,12 +23,13 @@ runs in S second(s)").
 from __future__ import annotations
 
 import contextlib
+import functools
 import sys
 
 import atheris
 
 with atheris.instrument_imports():
-    from asr_actors import bailian, http, protocol
+    from asr_actors import bailian, http, protocol, session_options
     from asr_actors.engine_protocol import wire
     from asr_actors.engines import dashscope_wire, iflytek_wire, service_wire, upstream
     from asr_actors.engines.base import EngineError
@@ -51,7 +52,10 @@ def _messages(data: bytes) -> list[str | bytes]:
 
 def _client_messages(data: bytes) -> None:
     decoder = protocol.ClientDecoder(
-        max_frame_bytes=MAX_FRAME, default_language="en", default_sample_rate=16000
+        max_frame_bytes=MAX_FRAME,
+        default_language="en",
+        default_sample_rate=16000,
+        read_options=functools.partial(session_options.parse, caps=session_options.OptionCaps()),
     )
     try:
         for message in _messages(data):
@@ -91,7 +95,8 @@ def _dashscope_message(data: bytes) -> None:
     with contextlib.suppress(service_wire.WireError):
         dashscope_wire.parse_event(data.decode("utf-8", errors="replace"))
     with contextlib.suppress(EngineError):
-        upstream.read(DashScopeTask("task", "model", 16000, ["zh"]), data.decode("utf-8", errors="replace"))
+        task = DashScopeTask("task", "model", 16000, {"language_hints": ["zh"]})
+        upstream.read(task, data.decode("utf-8", errors="replace"))
 
 
 def _rtasr_message(data: bytes) -> None:
