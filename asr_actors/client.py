@@ -112,56 +112,65 @@ async def stream_pcm(
     """Stream `pcm` as binary frames of 100 ms, then end; return every result up to `end`. `options`
     (session options, docs/protocol.md) go in a start frame before the audio.
 
-    With `realtime`, frames are paced at the audio's own speed, as a microphone would send them.
+    With `realtime`, frames are paced as a microphone delivers them: frame i (100 ms) once its audio has
+    elapsed, at (i + 1) * 100 ms, so that no latency measured with it is a frame better than a user's.
     Raises ServerError if the server ends the session with an error.
     """
     chunk_bytes = int(sample_rate * CHUNK_SECONDS) * 2
     results: list[Received] = []
     failure: ServerError | None = None
     started = trio.current_time()
-    async with await _open_stream(url) as stream, trio.open_nursery() as nursery:
-        split = urlsplit(url)
-        resource = split.path + (f"?{split.query}" if split.query else "")
-        connection = await trio_websocket.wrap_client_stream(
-            nursery, stream, split.netloc, resource, max_message_size=max_message_size
-        )
+    try:
+        async with await _open_stream(url) as stream, trio.open_nursery() as nursery:
+            split = urlsplit(url)
+            resource = split.path + (f"?{split.query}" if split.query else "")
+            connection = await trio_websocket.wrap_client_stream(
+                nursery, stream, split.netloc, resource, max_message_size=max_message_size
+            )
 
-        async def send_audio() -> None:
-            nonlocal started
-            started = trio.current_time()
+            async def send_audio() -> None:
+                nonlocal started
+                started = trio.current_time()
+                try:
+                    if options:
+                        await connection.send_message(
+                            json.dumps({"status": "start", "data": "", "options": options})
+                        )
+                    for index, offset in enumerate(range(0, len(pcm), chunk_bytes)):
+                        if realtime:
+                            await trio.sleep_until(started + (index + 1) * CHUNK_SECONDS)
+                        await connection.send_message(pcm[offset : offset + chunk_bytes])
+                        if on_progress is not None:
+                            on_progress(min(1.0, (offset + chunk_bytes) / max(1, len(pcm))))
+                    await connection.send_message(json.dumps({"status": "end"}))
+                except trio_websocket.ConnectionClosed:
+                    return  # the server ended the session; the reading side reports why
+
+            nursery.start_soon(send_audio)
             try:
-                if options:
-                    await connection.send_message(
-                        json.dumps({"status": "start", "data": "", "options": options})
-                    )
-                for index, offset in enumerate(range(0, len(pcm), chunk_bytes)):
-                    if realtime:
-                        await trio.sleep_until(started + index * CHUNK_SECONDS)
-                    await connection.send_message(pcm[offset : offset + chunk_bytes])
-                    if on_progress is not None:
-                        on_progress(min(1.0, (offset + chunk_bytes) / max(1, len(pcm))))
-                await connection.send_message(json.dumps({"status": "end"}))
-            except trio_websocket.ConnectionClosed:
-                return  # the server ended the session; the reading side reports why
-
-        nursery.start_soon(send_audio)
-        try:
-            while True:
-                message = await connection.get_message()
-                received = parse_result(message, trio.current_time() - started)
-                results.append(received)
-                if on_result is not None:
-                    on_result(received)
-                if received.status == protocol.ResultStatus.END:
-                    break
-        except ServerError as exc:
-            failure = exc
-        except trio_websocket.ConnectionClosed as exc:
-            code, why = (exc.reason.code, exc.reason.reason) if exc.reason else (0, "")
-            failure = ServerError(code, f"connection closed before end: {why}")
-        # The stream is closed by the `async with` above: trio-websocket's own client leaks its
-        # socket when the server closes first (docs/dependencies.md).
-        nursery.cancel_scope.cancel()
+                while True:
+                    message = await connection.get_message()
+                    received = parse_result(message, trio.current_time() - started)
+                    results.append(received)
+                    if on_result is not None:
+                        on_result(received)
+                    if received.status == protocol.ResultStatus.END:
+                        break
+            except ServerError as exc:
+                failure = exc
+            except trio_websocket.ConnectionClosed as exc:
+                code, why = (exc.reason.code, exc.reason.reason) if exc.reason else (0, "")
+                failure = ServerError(code, f"connection closed before end: {why}")
+            # The stream is closed by the `async with` above: trio-websocket's own client leaks its
+            # socket when the server closes first (docs/dependencies.md).
+            nursery.cancel_scope.cancel()
+    except* trio_websocket.ConnectionRejected as group:
+        # Refused before the upgrade (HTTP 503 while the gateway is overloaded, 429, 403 ...): raised by
+        # trio-websocket's reader task, so it comes out of the nursery.
+        rejected = group.exceptions[0]
+        assert isinstance(rejected, trio_websocket.ConnectionRejected)
+        body = (rejected.body or b"").decode(errors="replace").strip()
+        failure = ServerError(rejected.status_code, body)
     if failure is not None:
         raise failure
     return results

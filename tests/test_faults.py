@@ -252,3 +252,14 @@ async def test_the_clients_session_options_reach_the_engine() -> None:
     assert "end" == received[-1].status
     [spec] = engine.specs
     assert (("Zorbulon Quettle",), True) == (tuple(h.text for h in spec.options.hotwords), spec.options.words)
+
+
+async def test_a_refused_upgrade_is_a_server_error_for_the_client() -> None:
+    """The client turns an HTTP refusal before the upgrade (here the handshake rate, 429) into the same
+    ServerError as a coded close, so that callers (transcribe, the benchmarks) handle one exception."""
+    with trio.fail_after(GUARD):
+        async with gateway_on_loopback(FakeEngine(), server={"handshakes_per_minute": 1}) as (_gateway, url):
+            await client.stream_pcm(link(url), SPEECH[:3200])
+            with pytest.raises(client.ServerError) as refused:
+                await client.stream_pcm(link(url), SPEECH[:3200])
+    assert 429 == refused.value.code

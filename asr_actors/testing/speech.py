@@ -52,9 +52,18 @@ def with_noise(pcm: bytes, snr_db: float) -> bytes:
 
 
 def whole_file_text(pcm: bytes) -> str:
-    """Whisper tiny.en (the local engine's model) on the whole audio at once."""
+    """Whisper tiny.en (the local engine's model) on the whole audio at once, decoded as the engine's
+    finals are (beam search of `whisper_beam_size`, each window prompted with the text before it), so
+    that streaming is compared with the same decoder, not a greedier one."""
+    from asr_actors.config import LocalEngineConfig
     from asr_actors.engines.local import load_whisper
 
     samples = np.frombuffer(pcm, dtype=np.int16).astype(np.float32) / 32768.0
-    segments, _info = load_whisper().transcribe(samples, language="en", beam_size=1, vad_filter=False)
+    segments, _info = load_whisper().transcribe(
+        samples,
+        language="en",
+        beam_size=LocalEngineConfig().whisper_beam_size,
+        condition_on_previous_text=True,
+        vad_filter=False,
+    )
     return " ".join(segment.text.strip() for segment in segments)
