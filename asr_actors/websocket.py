@@ -25,7 +25,7 @@ from collections.abc import Callable, Sequence
 
 import trio
 from websockets.client import ClientProtocol
-from websockets.exceptions import InvalidStatus
+from websockets.exceptions import InvalidState, InvalidStatus
 from websockets.frames import Frame, Opcode
 from websockets.http11 import Request, Response
 from websockets.protocol import Protocol, State
@@ -196,7 +196,7 @@ class WebSocket:
                 self._protocol.send_text(message.encode())
             else:
                 self._protocol.send_binary(message)
-        except Exception:  # InvalidState: our close went out, or the protocol failed the connection
+        except InvalidState:  # our close went out, or the protocol failed the connection
             raise ClientGone(self._closed or "the connection is closing") from None
         await self._flush()
 
@@ -298,21 +298,19 @@ class WebSocket:
                 await self._write(data)
 
     async def _write(self, data: bytes) -> None:
+        # A free lock is taken without a yield, so that a write the socket takes whole costs no trip through
+        # the scheduler; a write behind another that waits for room waits its turn.
+        if self._sending.locked():
+            await self._sending.acquire()
+        else:
+            self._sending.acquire_nowait()
         try:
-            if self._sending.locked():
-                # Another task's write waits for room: this one goes after it.
-                async with self._sending:
-                    await self._io.send_all(data)
-            else:
-                # Taken without a yield: a write the socket takes whole costs no trip through the scheduler.
-                self._sending.acquire_nowait()
-                try:
-                    await self._io.send_all(data)
-                finally:
-                    self._sending.release()
+            await self._io.send_all(data)
         except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
             self._closed = self._closed or f"connection lost: {exc}"
             raise ClientGone(self._closed) from None
+        finally:
+            self._sending.release()
 
 
 def _UTF8() -> codecs.IncrementalDecoder:

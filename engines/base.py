@@ -80,8 +80,8 @@ class StreamSpec:
 
 
 def refuse_unhonoured(spec: StreamSpec, engine: str, honoured: frozenset[str]) -> None:
-    """UnsupportedStream (400, before any audio is recognised) for options `engine` cannot honour: an
-    option asked for is never dropped without a word."""
+    """UnsupportedStream (code 403, before any audio is recognised) for options `engine` cannot honour
+    (advisory ones excepted): an option asked for is never dropped without a word."""
     missing = sorted(spec.options.asked() - spec.options.advisory - honoured)
     if missing:
         names = ", ".join(repr(name) for name in missing)

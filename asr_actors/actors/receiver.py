@@ -59,21 +59,21 @@ class _AudioPath:
             self._allowed_bytes = self._allowance.seconds * 2 * event.sample_rate
         return event
 
-    async def deliver(self, pcm: bytes, now: float) -> None:
+    def deliver(self, pcm: bytes, now: float) -> bytes | None:
+        """Count the audio, convert it, and put it in the engine's channel without a wait (a frame's path
+        costs neither a coroutine nor a trip through the scheduler); what the full channel did not take
+        is returned, for `wait_for_engine`."""
         if self._resampler is not None:
             pcm = self._resampler.feed(pcm)
-        if not self._deliver_now(pcm, now):
-            await self._wait_for_engine(pcm)
+        return self._deliver_now(pcm, now)
 
     async def end(self) -> None:
         if self._resampler is not None:
-            pcm = self._resampler.flush()
-            if not self._deliver_now(pcm, trio.current_time()):
-                await self._wait_for_engine(pcm)
+            pending = self._deliver_now(self._resampler.flush(), trio.current_time())
+            if pending is not None:
+                await self.wait_for_engine(pending)
 
-    def _deliver_now(self, pcm: bytes, now: float) -> bool:
-        """Count the audio and put it in the engine's channel without a wait, so that a frame's path
-        costs no trip through the scheduler; False if the channel is full."""
+    def _deliver_now(self, pcm: bytes, now: float) -> bytes | None:
         self._ledger.heard(len(pcm), now)
         if self._ledger.audio_bytes > self._allowed_bytes and self._allowance is not None:
             raise self._allowance.exceeded
@@ -81,12 +81,12 @@ class _AudioPath:
             try:
                 self._channel.send_nowait(pcm)
             except trio.WouldBlock:
-                return False
+                return pcm
             except trio.BrokenResourceError:
                 self._engine_listening = False
-        return True
+        return None
 
-    async def _wait_for_engine(self, pcm: bytes) -> None:
+    async def wait_for_engine(self, pcm: bytes) -> None:
         self.waiting_for_engine = True
         try:
             await self._channel.send(pcm)
@@ -122,7 +122,9 @@ async def run(
                     if isinstance(event, AudioReceived):
                         now = trio.current_time()
                         idle.deadline = now + idle_timeout
-                        await path.deliver(event.pcm, now)
+                        pending = path.deliver(event.pcm, now)
+                        if pending is not None:
+                            await path.wait_for_engine(pending)
                     elif isinstance(event, StreamOpened):
                         task_status.started(path.opened(event))
                     elif isinstance(event, PingReceived):

@@ -20,8 +20,6 @@ async def run(
     outbound: trio.MemoryReceiveChannel[ServerEvent],
     encode: Callable[[ServerEvent], Encoded],
     send_timeout: float,
-    *,
-    task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Runs until every sender of `outbound` has closed its end (the relay after `end`).
 
@@ -29,7 +27,6 @@ async def run(
     says several things for one event (OpenAI's realtime events).
     """
     async with outbound:
-        task_status.started()
         async for event in outbound:
             for message in messages(encode(event)):
                 if not connection.writable():
