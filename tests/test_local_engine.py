@@ -23,6 +23,7 @@ from asr_actors.engines.base import (
     UnsupportedStream,
 )
 from asr_actors.engines.local import Heard, LocalEngine, SentenceDecoder, StablePartial, _Draft, _Sentence
+from asr_actors.testing.speech import engine_events
 
 DATA = Path(__file__).resolve().parent / "data" / "librivox"
 GUARD = 120
@@ -161,16 +162,6 @@ async def test_pocketsphinx_only_stream_gives_one_final_per_sentence() -> None:
     assert finals[0].end_ms < finals[1].begin_ms
 
 
-async def run_engine_on(engine: LocalEngine, spec: StreamSpec, pcm: bytes) -> list[EngineEvent]:
-    audio_tx, audio_rx = trio.open_memory_channel[bytes](len(pcm) // 3200 + 1)
-    events_tx, events_rx = trio.open_memory_channel[EngineEvent](1000)
-    async with audio_tx:
-        for chunk in chunks(pcm):
-            audio_tx.send_nowait(chunk)
-    await engine.run_stream(spec, audio_rx, events_tx)
-    return [event async for event in events_rx]
-
-
 async def test_session_options_reach_whisper() -> None:
     """A session that asks for word times gets them although the config computes none; one that asks for
     no punctuation gets none in its partials and finals; hot words and a prompt reach Whisper (their
@@ -180,8 +171,8 @@ async def test_session_options_reach_whisper() -> None:
     options = SessionOptions(words=True, punctuation=False, hotwords=(Hotword("Dashwood"),), prompt="Austen.")
     with trio.fail_after(GUARD):
         await engine.prepare()
-        plain = await run_engine_on(engine, StreamSpec("a", "en", 16000), pcm)
-        asked = await run_engine_on(engine, StreamSpec("b", "en", 16000, options), pcm)
+        plain = await engine_events(engine, StreamSpec("a", "en", 16000), pcm)
+        asked = await engine_events(engine, StreamSpec("b", "en", 16000, options), pcm)
     [plain_final] = [e for e in plain if isinstance(e, Final)]
     [final] = [e for e in asked if isinstance(e, Final)]
     assert () == plain_final.words

@@ -20,6 +20,8 @@ async def run(
     outbound: trio.MemoryReceiveChannel[ServerEvent],
     encode: Callable[[ServerEvent], Encoded],
     send_timeout: float,
+    *,
+    task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Runs until every sender of `outbound` has closed its end (the relay after `end`).
 
@@ -27,6 +29,9 @@ async def run(
     says several things for one event (OpenAI's realtime events).
     """
     async with outbound:
+        # Every actor has the same shape (`nursery.start`-able); the session starts this one with
+        # `start_soon`, as nothing waits on its readiness.
+        task_status.started()
         async for event in outbound:
             for message in messages(encode(event)):
                 if not connection.writable():

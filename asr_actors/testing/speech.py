@@ -1,14 +1,19 @@
-"""Speech for tests and benchmarks: the repository's LibriVox clips, pink noise mixed in at a chosen SNR,
-and the whole-file transcript of the same Whisper model (the streaming engine's best case)."""
+"""Speech for tests and benchmarks: the repository's LibriVox clips, espeak-ng's synthetic speech, pink
+noise mixed in at a chosen SNR, the whole-file transcript of the same Whisper model (the streaming engine's
+best case), and an engine run over a recording in this process."""
 
 from __future__ import annotations
 
+import math
 import subprocess
 import tempfile
 import wave
 from pathlib import Path
 
 import numpy as np
+import trio
+
+from asr_actors.engines.base import Engine, EngineEvent, StreamSpec
 
 SAMPLE_RATE = 16000
 LIBRIVOX = Path(__file__).resolve().parents[2] / "tests" / "data" / "librivox"
@@ -67,3 +72,24 @@ def whole_file_text(pcm: bytes) -> str:
         vad_filter=False,
     )
     return " ".join(segment.text.strip() for segment in segments)
+
+
+def synthesized(text: str, voice: str = "en-us") -> bytes:
+    """`text` spoken by espeak-ng (installed for the e2e tests), as 16 kHz mono PCM."""
+    from asr_actors.client import load_audio
+
+    with tempfile.TemporaryDirectory() as scratch:
+        path = Path(scratch) / "speech.wav"
+        subprocess.run(["espeak-ng", "-v", voice, "-s", "150", "-w", str(path), text], check=True)
+        return load_audio(str(path))
+
+
+async def engine_events(engine: Engine, spec: StreamSpec, pcm: bytes) -> list[EngineEvent]:
+    """Every event of one stream of `engine` over `pcm`, fed as fast as it takes it (100 ms chunks)."""
+    audio_tx, audio_rx = trio.open_memory_channel[bytes](len(pcm) // 3200 + 1)
+    events_tx, events_rx = trio.open_memory_channel[EngineEvent](math.inf)
+    async with audio_tx:
+        for offset in range(0, len(pcm), 3200):
+            audio_tx.send_nowait(pcm[offset : offset + 3200])
+    await engine.run_stream(spec, audio_rx, events_tx)
+    return [event async for event in events_rx]

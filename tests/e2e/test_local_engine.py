@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import statistics
-import subprocess
 from pathlib import Path
 
 import jiwer
@@ -17,7 +16,7 @@ import pytest
 import trio
 
 from asr_actors import client
-from asr_actors.testing.speech import librivox, whole_file_text, with_noise
+from asr_actors.testing.speech import librivox, synthesized, whole_file_text, with_noise
 from asr_actors.testing.subprocess_server import running_server
 from asr_actors.testing.textnorm import agreement, normalize
 
@@ -144,20 +143,14 @@ async def test_streaming_finals_near_the_whole_file(
     assert len(sentences) - 1 <= len(finals) <= len(sentences) + 2, finals
 
 
-def espeak(text: str, path: Path) -> None:
-    subprocess.run(["espeak-ng", "-v", "en-us", "-s", "150", "-w", str(path), text], check=True)
-
-
 async def test_synthesized_sentences_become_separate_finals(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """espeak-ng sentences with pauses, sent unpaced: one final per sentence, in order, none lost."""
     silence = np.zeros(16000, dtype="<i2").tobytes()  # 1 s between sentences
     pcm = b""
-    for index, sentence in enumerate(ESPEAK_SENTENCES):
-        wav = tmp_path / f"s{index}.wav"
-        espeak(sentence, wav)
-        pcm += await trio.to_thread.run_sync(client.load_audio, str(wav)) + silence
+    for sentence in ESPEAK_SENTENCES:
+        pcm += await trio.to_thread.run_sync(synthesized, sentence) + silence
     async with running_server(write_config(tmp_path)) as (url, _pid):
         results = await transcribe(url, pcm, realtime=False)
     check_sentence_order(results)
