@@ -219,8 +219,11 @@ class LocalEngineConfig:
     finals: str = attrs.field(default="whisper", validator=attrs.validators.in_(["whisper", "pocketsphinx"]))
     # Concurrent pocketsphinx decode steps (they hold the GIL, so more than the cores buys nothing).
     decode_threads: int = attrs.field(default=2, validator=_positive)
-    # Concurrent Whisper passes (they release the GIL).
+    # Concurrent Whisper batches (they release the GIL); finals go before drafts.
     whisper_threads: int = attrs.field(default=2, validator=_positive)
+    # Whisper passes waiting at once (drafts and finals of all streams) are decoded together, up to this
+    # many in one batch (docs/performance.md).
+    whisper_batch: int = attrs.field(default=8, validator=_positive)
     # Threads of each Whisper pass (CTranslate2's intra-op threads; 0: its default, all cores). One per
     # pass with two final slots measured best on 2 cores (docs/performance.md).
     whisper_cpu_threads: int = attrs.field(default=1, validator=attrs.validators.ge(0))

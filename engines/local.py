@@ -42,6 +42,7 @@ from asr_actors.engines.base import (
     Word,
     refuse_unhonoured,
 )
+from asr_actors.engines.whisper_batch import Decoded, Decoder, WhisperPass, WhisperQueue
 
 log = logging.getLogger(__name__)
 
@@ -284,12 +285,6 @@ def load_whisper(workers: int = 1, threads: int = 0) -> Any:
     )
 
 
-def whisper_text(
-    model: Any, pcm: bytes, beam_size: int, prompt: str | None = None, hotwords: str | None = None
-) -> str:
-    return whisper_words(model, pcm, beam_size, prompt, word_times=False, hotwords=hotwords)[0]
-
-
 def whisper_words(
     model: Any,
     pcm: bytes,
@@ -324,6 +319,12 @@ def whisper_words(
         if word.word.strip()
     ]
     return text, words
+
+
+def whole_window(model: Any, job: WhisperPass) -> Decoded:
+    """A pass through faster-whisper's own pipeline (the 30 s window): the one that gives word times."""
+    text, words = whisper_words(model, job.pcm, job.beam_size, job.prompt, hotwords=job.hotwords)
+    return Decoded(text, tuple(words))
 
 
 def hotword_hint(options: SessionOptions) -> str | None:
@@ -384,26 +385,25 @@ class LocalEngine:
         self._config = config
         self.max_streams = config.max_streams
         self._decode_limiter = trio.CapacityLimiter(config.decode_threads)
-        self._whisper_limiter = trio.CapacityLimiter(config.whisper_threads)
-        # Drafts get their own single slot, so that a sentence's final never queues behind another
-        # stream's draft, and drafts never take more than one core whatever the number of streams.
-        self._draft_limiter = trio.CapacityLimiter(1)
-        self._whisper: Any = None
+        self._whisper: WhisperQueue | None = None
         self._whisper_lock = trio.Lock()
 
     async def prepare(self) -> None:
         await trio.to_thread.run_sync(SentenceDecoder, self._config)
         if self._config.finals == "whisper" or self._config.partials == "whisper":
-            await self._whisper_model()
+            await self._whisper_queue()
 
-    async def _whisper_model(self) -> Any:
+    async def _whisper_queue(self) -> WhisperQueue:
         async with self._whisper_lock:
             if self._whisper is None:
-                # One worker per final slot and one for drafts, so that a final never queues behind a
-                # draft inside the model either.
-                workers = self._config.whisper_threads + (self._config.partials == "whisper")
-                self._whisper = await trio.to_thread.run_sync(
-                    load_whisper, workers, self._config.whisper_cpu_threads
+                # One CTranslate2 worker per slot, so that two batches run at once.
+                model = await trio.to_thread.run_sync(
+                    load_whisper, self._config.whisper_threads, self._config.whisper_cpu_threads
+                )
+                self._whisper = WhisperQueue(
+                    Decoder(model, functools.partial(whole_window, model)),
+                    self._config.whisper_threads,
+                    self._config.whisper_batch,
                 )
         return self._whisper
 
@@ -452,49 +452,35 @@ class LocalEngine:
     ) -> tuple[str, tuple[Word, ...]]:
         """The sentence's final text and, with word times (the config's or the session's), its words with
         their times in the stream."""
-        model = await self._whisper_model()
-        pass_ = functools.partial(
-            whisper_words,
-            model,
-            sentence.audio,
-            self._config.whisper_beam_size,
-            prompt,
-            word_times=self._config.word_times or options.words,
-            hotwords=hotword_hint(options),
+        decoded = await self._whisper_pass(
+            WhisperPass(
+                sentence.audio,
+                self._config.whisper_beam_size,
+                final=True,
+                prompt=prompt,
+                hotwords=hotword_hint(options),
+                word_times=self._config.word_times or options.words,
+            )
         )
-        try:
-            text, timed = await trio.to_thread.run_sync(pass_, limiter=self._whisper_limiter)
-        except RuntimeError as exc:
-            raise EngineError(f"Whisper failed: {exc}") from exc
-        if not timed:
-            return text, ()
+        if not decoded.words:
+            return decoded.text, ()
         # Words that start after the speech ended lie in the post-roll: Whisper's well-known "Thank you."
         # in trailing silence, or the next sentence's first sound. They are trimmed by their times.
         limit = sentence.end_ms + TRAILING_WORD_TOLERANCE_MS
         kept = [
             (word, sentence.audio_ms + round(start * 1000), sentence.audio_ms + round(end * 1000))
-            for word, start, end in timed
+            for word, start, end in decoded.words
             if sentence.audio_ms + round(start * 1000) < limit
         ]
         words = tuple(Word(word.strip(), start, end) for word, start, end in kept)
         return "".join(word for word, _, _ in kept).strip(), words
 
-    async def _whisper_pass(
-        self,
-        pcm: bytes,
-        limiter: trio.CapacityLimiter,
-        beam_size: int,
-        prompt: str | None = None,
-        hotwords: str | None = None,
-    ) -> str:
-        model = await self._whisper_model()
+    async def _whisper_pass(self, job: WhisperPass) -> Decoded:
+        queue = await self._whisper_queue()
         try:
-            text: str = await trio.to_thread.run_sync(
-                whisper_text, model, pcm, beam_size, prompt, hotwords, limiter=limiter
-            )
+            return await queue.decode(job)
         except RuntimeError as exc:
             raise EngineError(f"Whisper failed: {exc}") from exc
-        return text
 
     async def _finalize(
         self,
@@ -522,9 +508,15 @@ class LocalEngine:
                     ):
                         continue
                     draft = await self._whisper_pass(
-                        item.audio, self._draft_limiter, 1, session_prompt(options, None), hotwords
+                        WhisperPass(
+                            item.audio,
+                            1,
+                            final=False,
+                            prompt=session_prompt(options, None),
+                            hotwords=hotwords,
+                        )
                     )
-                    text = stable.update(draft)
+                    text = stable.update(draft.text)
                     if text and text != shown:
                         shown = text
                         await events.send(Partial(tidy(text), item.begin_ms, item.end_ms))

@@ -1,0 +1,232 @@
+"""Whisper passes of all local streams, cut to their audio and decoded together.
+
+Two costs made a draft of a 2 s sentence as dear as a 30 s one, and each stream pay for it alone:
+
+- faster-whisper pads every segment to Whisper's 30 s window before the encoder (362 ms of tiny.en on one
+  thread, of a ~450 ms pass). CTranslate2's encoder takes any shorter window: here each pass gets its audio
+  and at least `WINDOW_PAD_S` of silence after it, in a window of at least `MIN_WINDOW_S` (10 s: 47 ms).
+  A window fitted to the audio alone loses words (the model was trained on padded windows: WER on the
+  LibriVox and CMU cards clips 0.25 with this policy against 0.26 with 30 s, against 0.40 with 1 s of
+  padding and no floor; docs/performance.md has the table and the command).
+- Each pass ran on its own. `WhisperQueue` decodes the passes that are waiting together, one batched
+  `generate` (two streams' drafts cost ~1.3 times one), finals before drafts.
+
+`Decoder` is blocking (call it from a worker thread); `WhisperQueue` is the Trio side.
+"""
+
+from __future__ import annotations
+
+import math
+import zlib
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import attrs
+import numpy as np
+import trio
+
+SAMPLE_RATE = 16000
+# Silence after the audio in the encoder's window, and the window's floor (see the module's docstring).
+WINDOW_PAD_S = 2.0
+MIN_WINDOW_S = 10.0
+MAX_WINDOW_S = 30.0
+# A pass writes at most this many tokens per second of audio, and this many more: read speech is ~4 a
+# second, and the bound ends the repetition loops Whisper falls into on a short window (a 2 s draft once
+# ran to 448 tokens, 0.9 s).
+TOKENS_PER_SECOND = 6
+EXTRA_TOKENS = 10
+# faster-whisper's defaults: a pass the model thinks holds no speech, written with little confidence,
+# is dropped (Whisper's "Thank you." on a cough), and its text too repetitive to be speech is dropped.
+NO_SPEECH_THRESHOLD = 0.6
+LOG_PROB_THRESHOLD = -1.0
+COMPRESSION_RATIO_THRESHOLD = 2.4
+# On a window cut to the audio Whisper writes "you" on silence with some confidence; what it is sure holds
+# no speech is dropped whatever it wrote (2 s of silence: 0.99; the LibriVox and cards clips, clean and
+# noisy down to 0 dB, whole and halved: at most 0.84).
+NO_SPEECH_CERTAIN = 0.9
+
+
+@attrs.frozen
+class WhisperPass:
+    """One decode: `pcm` with the session's hints; a final goes before every draft."""
+
+    pcm: bytes
+    beam_size: int
+    final: bool
+    prompt: str | None = None
+    hotwords: str | None = None
+    # Word times need faster-whisper's alignment, which runs on the full window, one pass at a time.
+    word_times: bool = False
+
+
+@attrs.frozen
+class Decoded:
+    text: str
+    # Each word as Whisper spells it (leading space included) with its start and end in seconds.
+    words: tuple[tuple[str, float, float], ...] = ()
+
+
+def window_seconds(samples: int) -> float:
+    return min(MAX_WINDOW_S, max(MIN_WINDOW_S, math.ceil(samples / SAMPLE_RATE + WINDOW_PAD_S)))
+
+
+class Decoder:
+    """Batched Whisper decoding on one faster-whisper `WhisperModel` (its CTranslate2 model underneath).
+    Blocking: call it from a worker thread; several threads may call it at once."""
+
+    def __init__(self, model: Any, whole_window: Callable[[WhisperPass], Decoded]) -> None:
+        from faster_whisper.tokenizer import Tokenizer
+        from faster_whisper.transcribe import get_suppressed_tokens
+
+        self._model = model
+        self._tokenizer = Tokenizer(
+            model.hf_tokenizer, model.model.is_multilingual, task="transcribe", language="en"
+        )
+        self._suppress = get_suppressed_tokens(self._tokenizer, [-1])
+        self._whole_window = whole_window
+
+    def prompt(self, job: WhisperPass) -> list[int]:
+        previous = self._tokenizer.encode(" " + job.prompt.strip()) if job.prompt else []
+        tokens: list[int] = self._model.get_prompt(
+            self._tokenizer, previous, without_timestamps=True, hotwords=job.hotwords
+        )
+        return tokens
+
+    def decode(self, jobs: Sequence[WhisperPass]) -> list[Decoded]:
+        """The text of each pass. Passes with word times go one at a time through faster-whisper; the
+        others in one batch, so they must share a beam size and a prompt length (`batch_key`)."""
+        if any(job.word_times for job in jobs):
+            return [self._whole_window(job) for job in jobs]
+        import ctranslate2
+
+        prompts = [self.prompt(job) for job in jobs]
+        window = max(window_seconds(len(job.pcm) // 2) for job in jobs)
+        frames = round(window * 100)
+        features = np.stack([self._features(job.pcm, window)[:, :frames] for job in jobs])
+        encoded = self._model.model.encode(ctranslate2.StorageView.from_array(features), to_cpu=False)
+        longest = max(len(job.pcm) // 2 for job in jobs) / SAMPLE_RATE
+        max_length = min(
+            self._model.max_length,
+            max(len(prompt) for prompt in prompts) + math.ceil(longest * TOKENS_PER_SECOND) + EXTRA_TOKENS,
+        )
+        results = self._model.model.generate(
+            encoded,
+            prompts,
+            beam_size=jobs[0].beam_size,
+            max_length=max_length,
+            return_scores=True,
+            return_no_speech_prob=True,
+            suppress_blank=True,
+            suppress_tokens=self._suppress,
+        )
+        return [self._text(result) for result in results]
+
+    def _features(self, pcm: bytes, window: float) -> np.ndarray:
+        samples = np.frombuffer(pcm, dtype="<i2").astype(np.float32) / 32768.0
+        padded = np.zeros(round(window * SAMPLE_RATE), dtype=np.float32)
+        padded[: len(samples)] = samples[: len(padded)]
+        features: np.ndarray = self._model.feature_extractor(padded)
+        return features
+
+    def _text(self, result: Any) -> Decoded:
+        tokens = result.sequences_ids[0]
+        text = self._tokenizer.decode(tokens).strip()
+        average_log_prob = result.scores[0] * len(tokens) / (len(tokens) + 1)
+        if result.no_speech_prob > NO_SPEECH_CERTAIN or (
+            result.no_speech_prob > NO_SPEECH_THRESHOLD and average_log_prob < LOG_PROB_THRESHOLD
+        ):
+            return Decoded("")
+        if text and len(text) / len(zlib.compress(text.encode())) > COMPRESSION_RATIO_THRESHOLD:
+            return Decoded("")
+        return Decoded(text)
+
+
+def batch_key(decoder: Decoder, job: WhisperPass) -> tuple[object, ...]:
+    """Passes with equal keys may share a `generate` call (CTranslate2 needs one beam size and the
+    start-of-transcript token at one position in every prompt)."""
+    if job.word_times:
+        return (id(job),)
+    return (job.beam_size, len(decoder.prompt(job)))
+
+
+@attrs.define(eq=False)
+class _Waiting:
+    job: WhisperPass
+    key: tuple[object, ...]
+    order: int
+    # Set when the caller has something new to look at: its result, or a slot.
+    woken: trio.Event = attrs.field(factory=trio.Event)
+    has_slot: bool = False
+    result: Decoded | Exception | None = None
+
+
+class WhisperQueue:
+    """Whisper passes of every stream of the engine, decoded `slots` batches at a time.
+
+    No task of its own: a caller with a slot decodes what is waiting — the oldest final's batch, else the
+    oldest draft's — in a worker thread and hands each caller of the batch its result, until it has its
+    own; then it hands its slot to a waiting caller (or frees it), who carries on. A caller whose pass is
+    in another's batch gives its slot away and waits. A caller cancelled while its pass waits takes it
+    out of the queue; a batch under way is not abandoned (its callers wait for it)."""
+
+    def __init__(self, decoder: Decoder, slots: int, max_batch: int) -> None:
+        self._decoder = decoder
+        self._slots = slots
+        self._max_batch = max_batch
+        self._waiting: list[_Waiting] = []
+        self._running = 0
+        self._order = 0
+
+    async def decode(self, job: WhisperPass) -> Decoded:
+        self._order += 1
+        waiting = _Waiting(job, batch_key(self._decoder, job), self._order)
+        self._waiting.append(waiting)
+        if self._running < self._slots:
+            self._running += 1
+            waiting.has_slot = True
+        try:
+            while waiting.result is None:
+                if waiting.has_slot:
+                    if waiting in self._waiting:
+                        await self._decode_next_batch()
+                        continue
+                    # Another caller's batch holds this pass: the slot goes where it can be used.
+                    waiting.has_slot = False
+                    self._hand_on()
+                waiting.woken = trio.Event()
+                await waiting.woken.wait()
+        finally:
+            if waiting in self._waiting:
+                self._waiting.remove(waiting)
+            if waiting.has_slot:
+                self._hand_on()
+        if isinstance(waiting.result, Exception):
+            raise waiting.result
+        return waiting.result
+
+    async def _decode_next_batch(self) -> None:
+        # Cancelled here, nothing has been taken from the queue.
+        await trio.lowlevel.checkpoint_if_cancelled()
+        first = min(self._waiting, key=lambda waiting: (not waiting.job.final, waiting.order))
+        batch = [waiting for waiting in self._waiting if waiting.key == first.key][: self._max_batch]
+        for waiting in batch:
+            self._waiting.remove(waiting)
+        try:
+            # Not abandoned on cancel: the batch's other callers wait for what it computes.
+            results: list[Decoded] | Exception = await trio.to_thread.run_sync(
+                self._decoder.decode, [waiting.job for waiting in batch]
+            )
+        except Exception as exc:  # every caller of the batch gets the failure, to convert or report
+            results = exc
+        for index, waiting in enumerate(batch):
+            waiting.result = results if isinstance(results, Exception) else results[index]
+            waiting.woken.set()
+
+    def _hand_on(self) -> None:
+        # Any waiting caller will do: the one that runs next picks by priority, not by who it is.
+        for waiting in self._waiting:
+            if not waiting.has_slot:
+                waiting.has_slot = True
+                waiting.woken.set()
+                return
+        self._running -= 1
