@@ -28,6 +28,7 @@ from typing import Any
 
 import attrs
 import numpy as np
+import threadpoolctl
 import trio
 
 from asr_actors.config import LocalEngineConfig
@@ -152,6 +153,7 @@ class SentenceDecoder:
         self._speech_end = 0
         self._sphinx_until = 0  # pocketsphinx has heard up to here
         self._next_draft = 0
+        self._drafted_to = 0  # the last draft heard the sentence up to here
         # The end of the previous sentence's audio: a pre-roll never reaches back past it.
         self._previous_end = 0
         self._last_partial = ""
@@ -202,6 +204,7 @@ class SentenceDecoder:
         self._speech_end = start + VAD_CHUNK_BYTES
         self._sphinx_until = self._from
         self._next_draft = self._from + max(self._draft_bytes, MIN_DRAFT_MS * BYTES_PER_MS)
+        self._drafted_to = self._from
         self._decoder.start_utt()
 
     def _close(self, out: list[Heard], speech_end: int) -> None:
@@ -247,11 +250,18 @@ class SentenceDecoder:
             out.append(Partial(text, self._start // BYTES_PER_MS, self._scored // BYTES_PER_MS))
 
     def _draft(self, out: list[Heard]) -> None:
-        # Drafts while the speaker speaks: none in a pause, so that the sentence's end does not queue
-        # behind a draft of audio it already has.
-        if self._sphinx_bytes is None or self._scored < self._next_draft or self._scored > self._speech_end:
+        """Every `partial_interval` of speech a draft of the sentence so far, and one more when the
+        speaker pauses, of all the speech heard: the live line then says what the final will say before
+        the sentence ends (a sentence of a word or two gets its only Whisper partial there)."""
+        if self._sphinx_bytes is None:
+            return
+        if self._scored > self._speech_end:
+            if self._drafted_to >= self._speech_end:
+                return
+        elif self._scored < self._next_draft:
             return
         self._next_draft = self._scored + self._draft_bytes
+        self._drafted_to = self._scored
         out.append(
             _Draft(
                 self._slice(self._from, self._scored),
@@ -384,6 +394,10 @@ class LocalEngine:
     def __init__(self, config: LocalEngineConfig) -> None:
         self._config = config
         self.max_streams = config.max_streams
+        # numpy's OpenBLAS starts a thread per core for the Mel filters' product in every Whisper pass's
+        # features and leaves them spinning after it: a pass cost twice its wall time in CPU (84 ms wall,
+        # 166 ms CPU for a 3 s draft). The engine's parallelism is its streams and Whisper's slots.
+        threadpoolctl.threadpool_limits(limits=1, user_api="blas")
         self._decode_limiter = trio.CapacityLimiter(config.decode_threads)
         self._whisper: WhisperQueue | None = None
         self._whisper_lock = trio.Lock()
@@ -457,6 +471,7 @@ class LocalEngine:
                 sentence.audio,
                 self._config.whisper_beam_size,
                 final=True,
+                window=self._config.final_window,
                 prompt=prompt,
                 hotwords=hotword_hint(options),
                 word_times=self._config.word_times or options.words,
@@ -512,6 +527,7 @@ class LocalEngine:
                             item.audio,
                             1,
                             final=False,
+                            window=self._config.draft_window,
                             prompt=session_prompt(options, None),
                             hotwords=hotwords,
                         )

@@ -3,11 +3,13 @@
 Two costs made a draft of a 2 s sentence as dear as a 30 s one, and each stream pay for it alone:
 
 - faster-whisper pads every segment to Whisper's 30 s window before the encoder (362 ms of tiny.en on one
-  thread, of a ~450 ms pass). CTranslate2's encoder takes any shorter window: here each pass gets its audio
-  and at least `WINDOW_PAD_S` of silence after it, in a window of at least `MIN_WINDOW_S` (10 s: 47 ms).
-  A window fitted to the audio alone loses words (the model was trained on padded windows: WER on the
-  LibriVox and CMU cards clips 0.25 with this policy against 0.26 with 30 s, against 0.40 with 1 s of
-  padding and no floor; docs/performance.md has the table and the command).
+  thread, of a ~450 ms pass). CTranslate2's encoder takes any shorter window: a pass gets its audio and at
+  least `WINDOW_PAD_S` of padding after it, in a window of at least its `window` seconds (10 s: 47 ms).
+  A window fitted to the audio alone loses words (the model was trained on padded windows; WER on the
+  LibriVox and CMU cards clips with 1 s of padding and no floor 0.40, with a 10 s floor as with 30 s,
+  0.27-0.28 over clean to 0 dB, docs/performance.md). The text is not always the 30 s window's: one LibriVox sentence reads "an old supposed
+  young man" in any window short of 30 s. So the local engine cuts drafts' windows and leaves finals'
+  at 30 s by default (`[engines.local] draft_window`, `final_window`; docs/performance.md).
 - Each pass ran on its own. `WhisperQueue` decodes the passes that are waiting together, one batched
   `generate` (two streams' drafts cost ~1.3 times one), finals before drafts.
 
@@ -28,7 +30,6 @@ import trio
 SAMPLE_RATE = 16000
 # Silence after the audio in the encoder's window, and the window's floor (see the module's docstring).
 WINDOW_PAD_S = 2.0
-MIN_WINDOW_S = 10.0
 MAX_WINDOW_S = 30.0
 # A pass writes at most this many tokens per second of audio, and this many more: read speech is ~4 a
 # second, and the bound ends the repetition loops Whisper falls into on a short window (a 2 s draft once
@@ -53,6 +54,8 @@ class WhisperPass:
     pcm: bytes
     beam_size: int
     final: bool
+    # The encoder's window is at least this long (seconds; 30: Whisper's own, whatever the audio).
+    window: float = MAX_WINDOW_S
     prompt: str | None = None
     hotwords: str | None = None
     # Word times need faster-whisper's alignment, which runs on the full window, one pass at a time.
@@ -66,8 +69,8 @@ class Decoded:
     words: tuple[tuple[str, float, float], ...] = ()
 
 
-def window_seconds(samples: int) -> float:
-    return min(MAX_WINDOW_S, max(MIN_WINDOW_S, math.ceil(samples / SAMPLE_RATE + WINDOW_PAD_S)))
+def window_seconds(samples: int, floor: float) -> float:
+    return min(MAX_WINDOW_S, max(floor, math.ceil(samples / SAMPLE_RATE + WINDOW_PAD_S)))
 
 
 class Decoder:
@@ -94,15 +97,14 @@ class Decoder:
 
     def decode(self, jobs: Sequence[WhisperPass]) -> list[Decoded]:
         """The text of each pass. Passes with word times go one at a time through faster-whisper; the
-        others in one batch, so they must share a beam size and a prompt length (`batch_key`)."""
+        others in one batch, so they must share a beam size, a prompt length and a window (`batch_key`)."""
         if any(job.word_times for job in jobs):
             return [self._whole_window(job) for job in jobs]
         import ctranslate2
 
         prompts = [self.prompt(job) for job in jobs]
-        window = max(window_seconds(len(job.pcm) // 2) for job in jobs)
-        frames = round(window * 100)
-        features = np.stack([self._features(job.pcm, window)[:, :frames] for job in jobs])
+        window = max(window_seconds(len(job.pcm) // 2, job.window) for job in jobs)
+        features = np.stack([self._features(job.pcm, window) for job in jobs])
         encoded = self._model.model.encode(ctranslate2.StorageView.from_array(features), to_cpu=False)
         longest = max(len(job.pcm) // 2 for job in jobs) / SAMPLE_RATE
         max_length = min(
@@ -122,11 +124,13 @@ class Decoder:
         return [self._text(result) for result in results]
 
     def _features(self, pcm: bytes, window: float) -> np.ndarray:
+        """The log-Mel features of `pcm`, padded with zeros to `window` as faster-whisper pads them (so
+        that a 30 s window writes what its own pipeline writes)."""
         samples = np.frombuffer(pcm, dtype="<i2").astype(np.float32) / 32768.0
-        padded = np.zeros(round(window * SAMPLE_RATE), dtype=np.float32)
-        padded[: len(samples)] = samples[: len(padded)]
-        features: np.ndarray = self._model.feature_extractor(padded)
-        return features
+        frames = round(window * 100)
+        # faster-whisper leaves out the last frame (half of it is its own padding).
+        features: np.ndarray = self._model.feature_extractor(samples)[:, :-1][:, :frames]
+        return np.pad(features, ((0, 0), (0, frames - features.shape[1])))
 
     def _text(self, result: Any) -> Decoded:
         tokens = result.sequences_ids[0]
@@ -143,10 +147,11 @@ class Decoder:
 
 def batch_key(decoder: Decoder, job: WhisperPass) -> tuple[object, ...]:
     """Passes with equal keys may share a `generate` call (CTranslate2 needs one beam size and the
-    start-of-transcript token at one position in every prompt)."""
+    start-of-transcript token at one position in every prompt; one window floor keeps a draft's window
+    from growing to a final's)."""
     if job.word_times:
         return (id(job),)
-    return (job.beam_size, len(decoder.prompt(job)))
+    return (job.beam_size, len(decoder.prompt(job)), job.window)
 
 
 @attrs.define(eq=False)

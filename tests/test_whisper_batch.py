@@ -14,7 +14,6 @@ import trio
 
 from asr_actors.engines.local import load_whisper, whisper_words
 from asr_actors.engines.whisper_batch import (
-    MIN_WINDOW_S,
     Decoded,
     Decoder,
     WhisperPass,
@@ -184,9 +183,10 @@ async def test_a_failure_reaches_every_caller_of_the_batch() -> None:
 
 
 def test_the_window_fits_the_audio_with_room_after_it() -> None:
-    assert window_seconds(16000) == MIN_WINDOW_S
-    assert window_seconds(16000 * 9) == 11
-    assert window_seconds(16000 * 40) == 30
+    assert window_seconds(16000, 10) == 10
+    assert window_seconds(16000 * 9, 10) == 11
+    assert window_seconds(16000 * 40, 10) == 30
+    assert window_seconds(16000, 30) == 30
 
 
 @pytest.fixture(scope="module")
@@ -201,6 +201,7 @@ def test_a_batch_writes_what_each_pass_alone_writes(whisper: object) -> None:
     first, second = pcm[: 16000 * 2 * 4], pcm[16000 * 2 * 5 : 16000 * 2 * 7]
     decoder = Decoder(whisper, lambda job: Decoded(""))
     jobs = [WhisperPass(first, 5, final=True), WhisperPass(second, 5, final=True)]
+    # The 30 s window (finals' default) writes what faster-whisper's pipeline writes.
     together = decoder.decode(jobs)
     alone = [decoder.decode([job])[0] for job in jobs]
     assert together == alone
@@ -211,4 +212,4 @@ def test_a_batch_writes_what_each_pass_alone_writes(whisper: object) -> None:
 
 def test_silence_writes_nothing(whisper: object) -> None:
     decoder = Decoder(whisper, lambda job: Decoded(""))
-    assert decoder.decode([WhisperPass(bytes(16000 * 2 * 2), 1, final=False)]) == [Decoded("")]
+    assert decoder.decode([WhisperPass(bytes(16000 * 2 * 2), 1, final=False, window=10)]) == [Decoded("")]
