@@ -1,20 +1,21 @@
 """Benchmark the local engine through the whole gateway: N concurrent real-time streams of real speech.
 
     .venv/bin/python bench/local_engine.py [--partials whisper pocketsphinx] [--streams 1 2 4 6]
-        [--snr clean 10] [--stagger 0.37] [--json FILE]
+        [--clip librivox|short] [--snr clean 10] [--stagger 0.37] [--local KEY=VALUE ...] [--json FILE]
 
 Starts a real `serve` on a free port per partial mode; each client streams the five LibriVox sentences of
-tests/data (1 s pauses between them, ~30 s of audio) timed like a microphone (frame i sent when its
-100 ms have elapsed, `client.stream_pcm(realtime=True)`), the streams started `--stagger` seconds apart,
-clean or mixed with pink noise (made by sox) at the given signal-to-noise ratios. Prints, per mode, noise
-and concurrency: streams refused; word error rate of the finals, next to the whole-file WER of the same
-Whisper model decoded as the finals are (beam 5, prompted); sentences (finals) against the five read; the
-agreement of each sentence's last partial with its final as recall (the share of the final's words
-already in the partial, in order) and precision (the share of the partial's words the final kept);
-latency of the first partial after speech starts, and of the final after the sentence's speech ends (the
-engine's own end time) — only sentences that end in the audio, followed by a pause: the last one, which
-the client's `end` flushes, says nothing about the engine's latency after a pause; server CPU seconds per
-audio second per stream; server RSS. Figures go in docs/performance.md.
+tests/data (1 s pauses between them, ~30 s of audio; with `--clip short`, eleven sentences of two or three
+words: three CMU cards recordings and eight espeak-ng ones, ~25 s) timed like a microphone (frame i sent
+when its 100 ms have elapsed, `client.stream_pcm(realtime=True)`), the streams started `--stagger` seconds
+apart, clean or mixed with pink noise (made by sox) at the given signal-to-noise ratios. Prints, per mode,
+noise and concurrency: streams refused; word error rate of the finals, next to the whole-file WER of the
+same Whisper model decoded as the finals are (beam 5, prompted); sentences (finals) against those read; the
+agreement of each sentence's last partial with its final as recall (the share of the final's words already
+in the partial, in order) and precision (the share of the partial's words the final kept); latency of the
+first partial after speech starts, and of the final after the sentence's speech ends (the engine's own end
+time) — only sentences that end in the audio, followed by a pause: the last one, which the client's `end`
+flushes, says nothing about the engine's latency after a pause; server CPU seconds per audio second per
+stream; server RSS. Figures go in docs/performance.md.
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ import jiwer
 import trio
 
 from asr_actors import client
-from asr_actors.testing.speech import librivox, whole_file_text, with_noise
+from asr_actors.testing.speech import librivox, short_utterances, whole_file_text, with_noise
 from asr_actors.testing.subprocess_server import running_server
 from asr_actors.testing.textnorm import agreement, normalize, precision
 
@@ -127,7 +128,7 @@ async def run_level(
 
 
 async def measure(args: argparse.Namespace) -> list[dict[str, object]]:
-    clean, sentences = librivox()
+    clean, sentences = librivox() if args.clip == "librivox" else short_utterances()
     reference = " ".join(sentences)
     print(
         f"speech: {len(clean) / 32000:.1f} s per stream, {len(sentences)} sentences; {os.cpu_count()} cores",
@@ -156,6 +157,7 @@ async def measure(args: argparse.Namespace) -> list[dict[str, object]]:
                         rows.append(
                             {
                                 "partials": mode,
+                                "clip": args.clip,
                                 "snr": snr,
                                 "sentences_read": len(sentences),
                                 **row,
@@ -185,7 +187,7 @@ def print_table(rows: list[dict[str, object]]) -> None:
         }
         cells = [
             str(row["partials"]),
-            "clean" if row["snr"] == "clean" else f"{row['snr']} dB SNR",
+            f"{row['clip']}, " + ("clean" if row["snr"] == "clean" else f"{row['snr']} dB SNR"),
             f"{values['streams']:.0f} ({values['refused']:.0f})",
             f"{values['wer']:.1%} ({values['whole_file_wer']:.1%})",
             f"{values['finals_per_stream']:.1f} / {values['sentences_read']:.0f}",
@@ -209,6 +211,12 @@ if __name__ == "__main__":
         help='partial modes to run side by side ("default": write no key, the server\'s default)',
     )
     parser.add_argument("--streams", type=int, nargs="+", default=[1, 2, 4, 6])
+    parser.add_argument(
+        "--clip",
+        choices=["librivox", "short"],
+        default="librivox",
+        help="five read sentences, or sentences of two or three words (testing.speech.short_utterances)",
+    )
     parser.add_argument("--stagger", type=float, default=0.37, help="seconds between the streams' starts")
     parser.add_argument("--snr", nargs="+", default=["clean", "10"], help='"clean" or dB values')
     parser.add_argument(

@@ -82,6 +82,9 @@ class _Draft:
     audio: bytes
     begin_ms: int
     end_ms: int
+    # Taken when the speaker paused: decoded as the final will be (its beam and prompt), so that the
+    # line shows what the final will most likely say.
+    pause: bool = False
 
 
 Heard = Partial | _Draft | _Sentence
@@ -255,7 +258,8 @@ class SentenceDecoder:
         the sentence ends (a sentence of a word or two gets its only Whisper partial there)."""
         if self._sphinx_bytes is None:
             return
-        if self._scored > self._speech_end:
+        paused = self._scored > self._speech_end
+        if paused:
             if self._drafted_to >= self._speech_end:
                 return
         elif self._scored < self._next_draft:
@@ -267,6 +271,7 @@ class SentenceDecoder:
                 self._slice(self._from, self._scored),
                 self._start // BYTES_PER_MS,
                 self._scored // BYTES_PER_MS,
+                pause=paused,
             )
         )
 
@@ -522,13 +527,16 @@ class LocalEngine:
                         or len(item.audio) < MIN_DRAFT_MS * BYTES_PER_MS
                     ):
                         continue
+                    # A pause's draft is decoded as the final will be; the others greedily, unprompted
+                    # by the previous sentence (a misheard word would repeat).
+                    previous = previous_text if item.pause and self._config.final_prompt else None
                     draft = await self._whisper_pass(
                         WhisperPass(
                             item.audio,
-                            1,
+                            self._config.whisper_beam_size if item.pause else 1,
                             final=False,
                             window=self._config.draft_window,
-                            prompt=session_prompt(options, None),
+                            prompt=session_prompt(options, previous),
                             hotwords=hotwords,
                         )
                     )

@@ -74,6 +74,21 @@ def test_whisper_mode_drafts_the_sentence_so_far() -> None:
     assert last_sphinx - sentence.begin_ms <= 1500 + 400  # the window, plus the pre-roll and a chunk
 
 
+def test_a_pause_gets_a_draft_of_all_the_speech() -> None:
+    """When the speaker pauses, one draft hears the whole sentence before the VAD closes it, so the
+    live line says what the final will say; a short sentence gets its Whisper partial there."""
+    decoder = SentenceDecoder(LocalEngineConfig())
+    events = feed_all(decoder, speech("0880") + bytes(32000))
+    sentence_at = next(index for index, e in enumerate(events) if isinstance(e, _Sentence))
+    sentence = events[sentence_at]
+    assert isinstance(sentence, _Sentence)
+    drafts = [e for e in events[:sentence_at] if isinstance(e, _Draft)]
+    assert drafts[-1].end_ms >= sentence.end_ms
+    # Not one per dip between words: at most a draft per partial_interval of speech, and the pause's.
+    speech_s = (sentence.end_ms - sentence.begin_ms) / 1000
+    assert len(drafts) <= speech_s / LocalEngineConfig().partial_interval + 2
+
+
 def test_the_final_pass_gets_pre_roll_but_never_the_previous_sentence() -> None:
     """Two sentences 0.6 s apart: the second's audio starts before its detected start (pre-roll) but
     not before the first's audio ended; the first's audio runs past its end (post-roll)."""

@@ -1,6 +1,6 @@
-"""Speech for tests and benchmarks: the repository's LibriVox clips, espeak-ng's synthetic speech, pink
-noise mixed in at a chosen SNR, the whole-file transcript of the same Whisper model (the streaming engine's
-best case), and an engine run over a recording in this process."""
+"""Speech for tests and benchmarks: the repository's LibriVox and cards clips, espeak-ng's synthetic
+speech, pink noise mixed in at a chosen SNR, the whole-file transcript of the same Whisper model (the
+streaming engine's best case), and an engine run over a recording in this process."""
 
 from __future__ import annotations
 
@@ -17,20 +17,56 @@ from asr_actors.engines.base import Engine, EngineEvent, StreamSpec
 
 SAMPLE_RATE = 16000
 LIBRIVOX = Path(__file__).resolve().parents[2] / "tests" / "data" / "librivox"
+CARDS = LIBRIVOX.parent / "cards"
+# Sentences of one or two words (issue 28's example, and commands), for espeak-ng.
+SHORT_SENTENCES = (
+    "Ever tried.",
+    "Ever failed.",
+    "No matter.",
+    "Try again.",
+    "Fail again.",
+    "Fail better.",
+    "Open the door.",
+    "Stop the music.",
+)
 
 
-def librivox(pause_s: float = 1.0) -> tuple[bytes, list[str]]:
-    """The five clips in order, `pause_s` of silence after each, and their reference sentences."""
-    pause = bytes(int(SAMPLE_RATE * pause_s) * 2)
-    pcm, sentences = b"", []
+def librivox_sentences() -> list[tuple[bytes, str]]:
+    """The five LibriVox clips in order, each with its reference sentence."""
+    clips = []
     for line in sorted((LIBRIVOX / "transcripts.tsv").read_text().splitlines()):
         if not line.strip():
             continue
         name, text = line.split("\t", 1)
         with wave.open(str(LIBRIVOX / f"{name}.wav")) as reader:
-            pcm += reader.readframes(reader.getnframes()) + pause
-        sentences.append(text)
-    return pcm, sentences
+            clips.append((reader.readframes(reader.getnframes()), text))
+    return clips
+
+
+def librivox(pause_s: float = 1.0) -> tuple[bytes, list[str]]:
+    """The five clips in order, `pause_s` of silence after each, and their reference sentences."""
+    pause = bytes(int(SAMPLE_RATE * pause_s) * 2)
+    clips = librivox_sentences()
+    return b"".join(pcm + pause for pcm, _ in clips), [text for _, text in clips]
+
+
+def cards() -> list[tuple[bytes, str]]:
+    """The CMU cards recordings (one speaker naming playing cards) with their transcripts."""
+    clips = []
+    for line in (CARDS / "cards.transcription").read_text().splitlines():
+        words, _, name = line.removeprefix("<s>").rpartition("</s>")
+        with wave.open(str(CARDS / f"{name.strip().strip('()')}.wav")) as reader:
+            clips.append((reader.readframes(reader.getnframes()), words.strip()))
+    return clips
+
+
+def short_utterances(pause_s: float = 1.0) -> tuple[bytes, list[str]]:
+    """Sentences of two or three words, `pause_s` of silence after each: the cards recordings of up to three
+    words (real speech), then `SHORT_SENTENCES` spoken by espeak-ng."""
+    pause = bytes(int(SAMPLE_RATE * pause_s) * 2)
+    spoken = [clip for clip in cards() if len(clip[1].split()) <= 3]
+    spoken += [(synthesized(text), text) for text in SHORT_SENTENCES]
+    return b"".join(pcm + pause for pcm, _ in spoken), [text for _, text in spoken]
 
 
 def pink_noise(seconds: float) -> np.ndarray:
