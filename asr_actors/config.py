@@ -239,16 +239,15 @@ class LocalEngineConfig:
     # Beam width of the final pass (drafts are greedy): 5 measured 1.4 % WER against 7.0 % greedy on the
     # LibriVox clips for ~15 % more CPU (docs/performance.md).
     whisper_beam_size: int = attrs.field(default=5, validator=_positive)
-    # The live line: "whisper" (pocketsphinx's first guess, then Whisper drafts every partial_interval
-    # seconds of speech, showing the words two drafts agree on) or "pocketsphinx" (its hypothesis only:
-    # cheaper, far less accurate; docs/performance.md).
+    # The live line: "whisper" (Whisper drafts first_draft seconds into the speech and every
+    # partial_interval after, showing the words two drafts agree on, and one when the speaker pauses) or
+    # "pocketsphinx" (its hypothesis only: far less accurate, and it holds the GIL; docs/performance.md).
     partials: str = attrs.field(
         default="whisper", validator=attrs.validators.in_(["whisper", "pocketsphinx"])
     )
     partial_interval: float = attrs.field(default=0.7, validator=_positive)
-    # With Whisper partials, pocketsphinx hears only the first this many seconds of each sentence (its
-    # quick first partial); in the pocketsphinx mode it hears all of it.
-    first_partial_window: float = attrs.field(default=1.5, validator=_positive)
+    # With Whisper partials, a sentence's first draft comes after this many seconds of its speech.
+    first_draft: float = attrs.field(default=0.3, validator=_positive)
     # Sentence ends (Silero VAD, the model faster-whisper ships): speech starts at this probability and
     # a sentence ends after vad_min_silence seconds below it; none grows past max_sentence seconds.
     vad_threshold: float = attrs.field(default=0.5, validator=_positive)
@@ -497,6 +496,9 @@ def _describe(exc: BaseException, kind: type | None) -> str:
 # Keys a release renamed: a config that still has the old name is refused with the new one named.
 RENAMED: dict[tuple[str, ...], str] = {
     ("bus", "subscription_queue"): "route_queue (engine protocol v2 buffers records per placement)",
+    ("engines", "local", "first_partial_window"): (
+        "first_draft (with Whisper partials pocketsphinx no longer runs: the first partial is a draft)"
+    ),
     **{
         ("engines", "local", key): "vad_threshold and vad_min_silence (sentence ends come from Silero VAD)"
         for key in ("vad_window", "vad_ratio", "vad_mode")

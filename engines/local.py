@@ -1,22 +1,24 @@
-"""The offline engine: Silero VAD sentence ends, pocketsphinx's fast first partial, Whisper tiny.en drafts
-and finals.
+"""The offline engine: Silero VAD sentence ends, Whisper tiny.en drafts and finals (pocketsphinx in the
+cheaper modes).
 
 Per stream, two stages joined by a bounded channel, so that a Whisper pass never stops the first stage
 from hearing the next audio:
 
-    audio ─▶ SentenceDecoder (thread): Silero VAD, pocketsphinx ─▶ partials, drafts, sentences
-          ─▶ Whisper (thread): drafts → stable partials, sentences → finals ─▶ events
+    audio ─▶ SentenceDecoder (thread): Silero VAD (pocketsphinx) ─▶ drafts (partials), sentences
+          ─▶ Whisper (engines/whisper_batch.py, shared by all streams): drafts → stable partials,
+             sentences → finals ─▶ events
 
-Partials ([engines.local] partials = "whisper", the default): pocketsphinx's hypothesis shows at once
-when a sentence starts; every `partial_interval` of speech the sentence so far is decoded again by
-Whisper, and the live line shows the words two consecutive drafts agree on (which are not taken back)
-followed by the newest draft's other words (the local-agreement policy of whisper_streaming). With
-partials = "pocketsphinx" the line is pocketsphinx's hypothesis throughout (cheaper, much less accurate).
+Partials ([engines.local] partials = "whisper", the default): `first_draft` seconds into a sentence's
+speech, and then every `partial_interval`, the sentence so far is decoded by Whisper, and the live line
+shows the words two consecutive drafts agree on (which are not taken back) followed by the newest draft's
+other words (the local-agreement policy of whisper_streaming); when the speaker pauses, one more draft,
+decoded as the final will be. With partials = "pocketsphinx" the line is pocketsphinx's hypothesis
+throughout (much less accurate).
 
 Finals: Whisper on the sentence's audio from `final_preroll` before the detected start (never reaching
 back into the previous sentence) to `final_postroll` after its end, with the previous sentence's text as
-the prompt. pocketsphinx holds the GIL while it decodes (docs/dependencies.md), so its threads are capped;
-Whisper (CTranslate2) and Silero (onnxruntime) release it.
+the prompt. pocketsphinx holds the GIL while it decodes (docs/dependencies.md), so it runs only in the
+modes that use its text, its threads capped; Whisper (CTranslate2) and Silero (onnxruntime) release it.
 """
 
 from __future__ import annotations
@@ -55,8 +57,8 @@ VAD_CHUNK_BYTES = 512 * 2
 VAD_CONTEXT = 64
 # Below the start threshold by this much counts as silence (Silero's own hysteresis).
 VAD_HYSTERESIS = 0.15
-# A draft needs this much of the sentence before Whisper is worth asking (it guesses on less).
-MIN_DRAFT_MS = 500
+# A draft needs this much of the sentence (its pre-roll included) before Whisper is worth asking.
+MIN_DRAFT_MS = 300
 # With word times, a word of the final pass may start this long after the VAD's end of speech (the VAD
 # ends speech on a 32 ms chunk; a trailing consonant may be quieter).
 TRAILING_WORD_TOLERANCE_MS = 120
@@ -124,26 +126,29 @@ def vad_session() -> Any:
 
 
 class SentenceDecoder:
-    """Silero VAD sentence ends with pocketsphinx partials. Blocking: call it from a worker thread."""
+    """Silero VAD sentence ends, Whisper drafts to take or pocketsphinx partials. Blocking: call it from a
+    worker thread."""
 
     def __init__(self, config: LocalEngineConfig, sample_rate: int = SAMPLE_RATE) -> None:
         from pocketsphinx import Decoder
 
         self._config = config
         self._vad = SileroStream(vad_session())
-        self._decoder = Decoder(samprate=sample_rate, loglevel="FATAL")
+        # pocketsphinx only where its text is used. It holds the GIL while it decodes: with Whisper
+        # partials it gave only each sentence's first guess, and at 6 streams it held the GIL ~60 % of
+        # the time (py-spy), which starved the event loop and Whisper's batches (docs/performance.md).
+        self._decoder: Any = (
+            Decoder(samprate=sample_rate, loglevel="FATAL")
+            if "pocketsphinx" in (config.partials, config.finals)
+            else None
+        )
         self._threshold = config.vad_threshold
         self._silence_bytes = round(config.vad_min_silence * 1000) * BYTES_PER_MS
         self._preroll_bytes = round(config.final_preroll * 1000) * BYTES_PER_MS
         self._postroll_bytes = round(config.final_postroll * 1000) * BYTES_PER_MS
         self._max_sentence_bytes = round(config.max_sentence * 1000) * BYTES_PER_MS
         self._draft_bytes = round(config.partial_interval * 1000) * BYTES_PER_MS
-        # pocketsphinx hears all of a sentence in the "pocketsphinx" mode, its first seconds otherwise.
-        self._sphinx_bytes = (
-            None
-            if config.partials == "pocketsphinx"
-            else round(config.first_partial_window * 1000) * BYTES_PER_MS
-        )
+        self._first_draft_bytes = round(config.first_draft * 1000) * BYTES_PER_MS
         self._pending = bytearray()  # audio not yet a whole VAD chunk
         # Recent audio: from `_base` (a byte offset in the stream) to what has been scored.
         self._audio = bytearray()
@@ -172,7 +177,10 @@ class SentenceDecoder:
                 self._on_chunk(self._scored + (index + 1) * VAD_CHUNK_BYTES, float(probability), out)
             self._scored += whole
         if self._in_sentence:
-            self._sphinx_partial(out)
+            if self._decoder is not None:
+                self._sphinx_feed(self._scored)
+                if self._config.partials == "pocketsphinx":
+                    self._sphinx_partial(out)
             self._draft(out)
         else:
             self._forget()
@@ -206,18 +214,22 @@ class SentenceDecoder:
         self._from = max(self._previous_end, start - self._preroll_bytes, self._base)
         self._speech_end = start + VAD_CHUNK_BYTES
         self._sphinx_until = self._from
-        self._next_draft = self._from + max(self._draft_bytes, MIN_DRAFT_MS * BYTES_PER_MS)
+        self._next_draft = start + self._first_draft_bytes
         self._drafted_to = self._from
-        self._decoder.start_utt()
+        if self._decoder is not None:
+            self._decoder.start_utt()
 
     def _close(self, out: list[Heard], speech_end: int) -> None:
-        self._sphinx_feed(min(speech_end, self._limit(self._scored)))
-        self._decoder.end_utt()
-        hyp = self._decoder.hyp()
+        text = ""
+        if self._decoder is not None:
+            self._sphinx_feed(speech_end)
+            self._decoder.end_utt()
+            hyp = self._decoder.hyp()
+            text = hyp.hypstr if hyp is not None else ""
         until = min(speech_end + self._postroll_bytes, self._scored)
         out.append(
             _Sentence(
-                text=hyp.hypstr if hyp is not None else "",
+                text=text,
                 audio=self._slice(self._from, until),
                 begin_ms=self._start // BYTES_PER_MS,
                 end_ms=speech_end // BYTES_PER_MS,
@@ -229,12 +241,6 @@ class SentenceDecoder:
         self._previous_end = until
         self._last_partial = ""
 
-    def _limit(self, position: int) -> int:
-        """How far pocketsphinx may hear into the sentence."""
-        if self._sphinx_bytes is None:
-            return position
-        return min(position, self._from + self._sphinx_bytes)
-
     def _sphinx_feed(self, until: int) -> None:
         if until > self._sphinx_until:
             self._decoder.process_raw(self._slice(self._sphinx_until, until))
@@ -242,10 +248,6 @@ class SentenceDecoder:
 
     def _sphinx_partial(self, out: list[Heard]) -> None:
         # One hypothesis per fed chunk (100 ms from the page), not per VAD chunk: it is the costly call.
-        until = self._limit(self._scored)
-        if until <= self._sphinx_until:
-            return
-        self._sphinx_feed(until)
         hyp = self._decoder.hyp()
         text = hyp.hypstr if hyp is not None else ""
         if text and text != self._last_partial:
@@ -256,7 +258,7 @@ class SentenceDecoder:
         """Every `partial_interval` of speech a draft of the sentence so far, and one more when the
         speaker pauses, of all the speech heard: the live line then says what the final will say before
         the sentence ends (a sentence of a word or two gets its only Whisper partial there)."""
-        if self._sphinx_bytes is None:
+        if self._config.partials != "whisper":
             return
         paused = self._scored > self._speech_end
         if paused:
