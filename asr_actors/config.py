@@ -284,7 +284,7 @@ class LocalEngineConfig:
     )
     partial_interval: float = attrs.field(default=0.7, validator=_positive)
     # With Whisper partials, a sentence's first draft comes after this many seconds of its speech.
-    first_draft: float = attrs.field(default=0.3, validator=_positive)
+    first_draft: float = attrs.field(default=0.2, validator=_positive)
     # Sentence ends (Silero VAD, the model faster-whisper ships): speech starts at this probability and
     # a sentence ends after vad_min_silence seconds below it; none grows past max_sentence seconds.
     vad_threshold: float = attrs.field(default=0.5, validator=_positive)
@@ -300,9 +300,9 @@ class LocalEngineConfig:
     word_times: bool = False
     # Partials, drafts and sentences queued between a stream's first stage and its Whisper stage.
     sentence_queue: int = attrs.field(default=8, validator=_positive)
-    # Concurrent streams per gateway process; more get 503. Each costs ~110 MiB and shares the GIL
-    # (docs/performance.md: finals median 1.6 s, max 3.2 s, at 4 real-time streams on 2 cores).
-    max_streams: int = attrs.field(default=4, validator=_positive)
+    # Concurrent streams per process; more get 503. 0: four per core this process may use, the capacity
+    # measured on 2 cores with the finals' latency kept (bench/local_engine.py; docs/performance.md).
+    max_streams: int = attrs.field(default=0, validator=attrs.validators.ge(0))
 
 
 @attrs.frozen

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import os
 import re
 from typing import Any
 
@@ -58,6 +59,9 @@ VAD_CONTEXT = 64
 VAD_HYSTERESIS = 0.15
 # A draft needs this much of the sentence (its pre-roll included) before Whisper is worth asking.
 MIN_DRAFT_MS = 300
+# Streams per core when [engines.local] max_streams is 0: what 2 cores carried with finals' p95 under
+# 0.8 s (docs/performance.md).
+STREAMS_PER_CORE = 4
 # With word times, a word of the final pass may start this long after the VAD's end of speech (the VAD
 # ends speech on a 32 ms chunk; a trailing consonant may be quieter).
 TRAILING_WORD_TOLERANCE_MS = 120
@@ -404,7 +408,7 @@ class LocalEngine:
 
     def __init__(self, config: LocalEngineConfig) -> None:
         self._config = config
-        self.max_streams = config.max_streams
+        self.max_streams = config.max_streams or STREAMS_PER_CORE * len(os.sched_getaffinity(0))
         # numpy's OpenBLAS starts a thread per core for the Mel filters' product in every Whisper pass's
         # features and leaves them spinning after it: a pass cost twice its wall time in CPU (84 ms wall,
         # 166 ms CPU for a 3 s draft). The engine's parallelism is its streams and Whisper's slots.

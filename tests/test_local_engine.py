@@ -6,6 +6,7 @@ These run real pocketsphinx (and Whisper in the e2e tests) in worker threads, so
 from __future__ import annotations
 
 import itertools
+import os
 import re
 import wave
 from pathlib import Path
@@ -230,3 +231,10 @@ async def test_a_model_folder_in_the_config_is_the_model_used() -> None:
         events = await engine_events(engine, spec, speech("0880") + bytes(32000))
     finals = [e for e in events if isinstance(e, Final)]
     assert "young man" in " ".join(f.text for f in finals).lower()
+
+
+def test_streams_follow_the_cores_unless_set() -> None:
+    """max_streams = 0 (the default) admits four streams per core this process may use."""
+    cores = len(os.sched_getaffinity(0))
+    assert LocalEngine(LocalEngineConfig()).max_streams == 4 * cores
+    assert LocalEngine(LocalEngineConfig(max_streams=3)).max_streams == 3
