@@ -262,8 +262,8 @@ class LocalEngineConfig:
     # many in one batch (docs/performance.md).
     whisper_batch: int = attrs.field(default=8, validator=_positive)
     # The encoder's window (seconds, 1-30) of drafts and of finals: the audio and 2 s of padding after it,
-    # at least this long. Whisper's own is 30 s; 10 s makes a pass ~3.5 times cheaper with the same WER
-    # over 38 clips clean to 5 dB, though not always the same text (docs/performance.md).
+    # at least this long. Whisper's own is 30 s; 10 s makes a pass ~5 times cheaper with the same WER
+    # over 40 clips clean to 5 dB, though not always the same text (docs/performance.md).
     draft_window: float = attrs.field(
         default=10.0, validator=[attrs.validators.ge(1), attrs.validators.le(30)]
     )

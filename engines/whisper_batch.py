@@ -5,13 +5,13 @@ Two costs made a draft of a 2 s sentence as dear as a 30 s one, and each stream 
 - faster-whisper pads every segment to Whisper's 30 s window before the encoder (362 ms of tiny.en on one
   thread, of a ~450 ms pass). CTranslate2's encoder takes any shorter window: a pass gets its audio and at
   least `WINDOW_PAD_S` of padding after it, in a window of at least its `window` seconds (10 s: 47 ms).
-  A window fitted to the audio alone loses words (the model was trained on padded windows: WER 0.40 on
-  the LibriVox and cards clips with 1 s of padding and no floor); with a 10 s floor the WER is the 30 s
-  window's (`bench/whisper_window.py`: 38 clips, clean to 5 dB), though not always its text (one LibriVox
+  A window fitted to the audio alone loses words (the model was trained on padded windows: clean WER
+  27.4 % against 12.5 % over 40 clips with no floor); with a 10 s floor the WER is the 30 s window's
+  (`bench/whisper_window.py`: 40 clips, clean to 5 dB), though not always its text (one LibriVox
   sentence reads "an old supposed young man" in a 10 s window). `[engines.local] draft_window` and
   `final_window` set the floors (10 s; 30 s gives faster-whisper's own text).
 - Each pass ran on its own. `WhisperQueue` decodes the passes that are waiting together, one batched
-  `generate` (two streams' drafts cost ~1.3 times one), finals before drafts.
+  `generate`, finals before drafts.
 
 `Decoder` is blocking (call it from a worker thread); `WhisperQueue` is the Trio side.
 """
