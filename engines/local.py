@@ -59,8 +59,8 @@ VAD_CONTEXT = 64
 VAD_HYSTERESIS = 0.15
 # A draft needs this much of the sentence (its pre-roll included) before Whisper is worth asking.
 MIN_DRAFT_MS = 300
-# Streams per core when [engines.local] max_streams is 0: what 2 cores carried with finals' p95 under
-# 0.8 s (docs/performance.md).
+# Streams per core when [engines.local] max_streams is 0: 2 cores carried 8 streams with the finals'
+# p50 at 0.52 s and p95 under 1 s (docs/performance.md).
 STREAMS_PER_CORE = 4
 # With word times, a word of the final pass may start this long after the VAD's end of speech (the VAD
 # ends speech on a 32 ms chunk; a trailing consonant may be quieter).
@@ -138,8 +138,9 @@ class SentenceDecoder:
         self._config = config
         self._vad = SileroStream(vad_session())
         # pocketsphinx only where its text is used. It holds the GIL while it decodes: with Whisper
-        # partials it gave only each sentence's first guess, and at 6 streams it held the GIL ~60 % of
-        # the time (py-spy), which starved the event loop and Whisper's batches (docs/performance.md).
+        # partials it gave only each sentence's first guess, and at 6 streams the GIL was held ~77 % of
+        # the time, 96 % of that by pocketsphinx (py-spy), which starved the event loop and Whisper's
+        # batches (docs/performance.md).
         self._decoder: Any = (
             Decoder(samprate=sample_rate, loglevel="FATAL")
             if "pocketsphinx" in (config.partials, config.finals)
@@ -410,8 +411,9 @@ class LocalEngine:
         self._config = config
         self.max_streams = config.max_streams or STREAMS_PER_CORE * len(os.sched_getaffinity(0))
         # numpy's OpenBLAS starts a thread per core for the Mel filters' product in every Whisper pass's
-        # features and leaves them spinning after it: a pass cost twice its wall time in CPU (84 ms wall,
-        # 166 ms CPU for a 3 s draft). The engine's parallelism is its streams and Whisper's slots.
+        # features and leaves them spinning after it: a pass cost twice its wall time in CPU (73 ms wall,
+        # 142 ms CPU; `bench/whisper_window.py --blas-threads`). The engine's parallelism is its streams
+        # and Whisper's slots.
         threadpoolctl.threadpool_limits(limits=1, user_api="blas")
         self._languages = frozenset(config.languages)
         self._decode_limiter = trio.CapacityLimiter(config.decode_threads)

@@ -28,8 +28,9 @@ LIBRIVOX_WER_BOUND = 0.12
 # The share of each final's words already on the live line just before it (issue #18's target: 0.8).
 AGREEMENT_BOUND = 0.8
 # Streaming finals against the same model on the whole file: within 1.5 times its WER (issue #19), plus
-# two words of the ~95 in the clips, so that a whole-file WER of 0 does not demand perfection.
-WHOLE_FILE_RATIO, WHOLE_FILE_SLACK = 1.5, 2 / 95
+# two words, so that a whole-file WER of 0 does not demand perfection. (Two words of the clips' 71: the
+# slack was written as 2 / 95, which is 1.5 words.)
+WHOLE_FILE_RATIO, WHOLE_FILE_SLACK_WORDS = 1.5, 2
 # espeak-ng's robotic voice is harder for Whisper (measured 12.9%).
 ESPEAK_WER_BOUND = 0.30
 ESPEAK_SENTENCES = [
@@ -59,16 +60,20 @@ def report(name: str, figures: dict[str, object], capsys: pytest.CaptureFixture[
         print(f"\n[{name}] " + ", ".join(f"{key}={value}" for key, value in figures.items()))
 
 
-def check_sentence_order(results: list[client.Received]) -> None:
-    """Each sentence: partials first, then its final, all with one speech_id; start first, end last."""
+def check_sentence_order(results: list[client.Received], *, partials_required: bool) -> None:
+    """Each sentence: partials first, then its final, all with one speech_id; start first, end last.
+    Audio sent faster than it is spoken may get a sentence's final with no partial: partials are Whisper
+    drafts, and a draft with newer audio behind it is skipped (bounded work per stream)."""
     assert "start" == results[0].status
     assert "end" == results[-1].status
     finals = [r for r in results if r.status == "final"]
     assert finals, "no final"
     for final in finals:
         partials = [r for r in results if r.status == "partial" and r.speech_id == final.speech_id]
-        assert partials, f"sentence {final.speech_id} had no partial before its final"
-        assert max(p.at for p in partials) <= final.at
+        assert partials or not partials_required, (
+            f"sentence {final.speech_id} had no partial before its final"
+        )
+        assert all(p.at <= final.at for p in partials)
     assert len({f.speech_id for f in finals}) == len(finals)
 
 
@@ -82,7 +87,7 @@ async def test_real_speech_realtime(tmp_path: Path, capsys: pytest.CaptureFixtur
         for name, reference in sorted(transcripts.items()):
             pcm = await trio.to_thread.run_sync(client.load_audio, str(DATA / f"{name}.wav"))
             results = await transcribe(url, pcm, realtime=True)
-            check_sentence_order(results)
+            check_sentence_order(results, partials_required=True)
             finals = [r for r in results if r.status == "final"]
             for final in finals:
                 partials = [r for r in results if r.status == "partial" and r.speech_id == final.speech_id]
@@ -139,7 +144,7 @@ async def test_streaming_finals_near_the_whole_file(
         },
         capsys,
     )
-    assert wer <= WHOLE_FILE_RATIO * whole + WHOLE_FILE_SLACK, finals
+    assert wer <= WHOLE_FILE_RATIO * whole + WHOLE_FILE_SLACK_WORDS / len(reference.split()), finals
     assert len(sentences) - 1 <= len(finals) <= len(sentences) + 2, finals
 
 
@@ -153,7 +158,7 @@ async def test_synthesized_sentences_become_separate_finals(
         pcm += await trio.to_thread.run_sync(synthesized, sentence) + silence
     async with running_server(write_config(tmp_path)) as (url, _pid):
         results = await transcribe(url, pcm, realtime=False)
-    check_sentence_order(results)
+    check_sentence_order(results, partials_required=False)
     finals = [normalize(r.text) for r in results if r.status == "final" and r.text]
     reference = [normalize(s) for s in ESPEAK_SENTENCES]
     wer = jiwer.wer(" ".join(reference), " ".join(finals))
