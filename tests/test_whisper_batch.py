@@ -60,42 +60,42 @@ async def started_batches(decoder: GatedDecoder, count: int) -> None:
     await decoder.started[count - 1].wait()
 
 
-async def test_waiting_passes_share_a_batch_and_finals_go_first() -> None:
+async def behind_a_busy_slot(max_batch: int, *jobs: WhisperPass) -> tuple[list[list[str]], dict[str, str]]:
+    """One slot: the first pass runs, the others arrive while it does; then every batch may end. The
+    batches in the order they ran, and each pass's text."""
     decoder = GatedDecoder()
-    queue = WhisperQueue(decoder, slots=1, max_batch=8)  # type: ignore[arg-type]
+    queue = WhisperQueue(decoder, slots=1, max_batch=max_batch)  # type: ignore[arg-type]
     results: dict[str, str] = {}
 
     async def ask(job: WhisperPass) -> None:
         results[job.pcm.decode()] = (await queue.decode(job)).text
 
+    first, *others = jobs
     with trio.fail_after(GUARD_S):
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(ask, draft("a"))
+            nursery.start_soon(ask, first)
             await started_batches(decoder, 1)
-            for job in (draft("b"), final("f1"), draft("c"), final("f2")):
+            for job in others:
                 nursery.start_soon(ask, job)
-                await trio.sleep(0.01)
-            for _ in range(3):
+                await trio.sleep(0.01)  # it waits in the queue before the next arrives
+            for _ in jobs:
                 decoder.gate.release()
-    assert decoder.batches == [["a"], ["f1", "f2"], ["b", "c"]]
+    return decoder.batches, results
+
+
+async def test_waiting_passes_share_a_batch_and_finals_go_first() -> None:
+    batches, results = await behind_a_busy_slot(
+        8, draft("a"), draft("b"), final("f1"), draft("c"), final("f2")
+    )
+    assert batches == [["a"], ["f1", "f2"], ["b", "c"]]
     assert results == {name: name for name in ("a", "b", "c", "f1", "f2")}
 
 
 async def test_a_batch_takes_passes_of_one_shape_only() -> None:
-    """One beam size and one prompt length per generate call (CTranslate2's rule)."""
-    decoder = GatedDecoder()
-    queue = WhisperQueue(decoder, slots=1, max_batch=2)  # type: ignore[arg-type]
-    with trio.fail_after(GUARD_S):
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(queue.decode, draft("a"))
-            await started_batches(decoder, 1)
-            prompted = WhisperPass(b"p", 1, final=False, prompt="two words")
-            for job in (draft("b"), prompted, draft("c"), draft("d")):
-                nursery.start_soon(queue.decode, job)
-                await trio.sleep(0.01)
-            for _ in range(4):
-                decoder.gate.release()
-    assert decoder.batches == [["a"], ["b", "c"], ["p"], ["d"]]
+    """One beam size and one prompt length per generate call (CTranslate2's rule), up to max_batch."""
+    prompted = WhisperPass(b"p", 1, final=False, prompt="two words")
+    batches, _ = await behind_a_busy_slot(2, draft("a"), draft("b"), prompted, draft("c"), draft("d"))
+    assert batches == [["a"], ["b", "c"], ["p"], ["d"]]
 
 
 async def test_two_slots_decode_two_batches_at_once() -> None:
