@@ -17,8 +17,10 @@ from prometheus_client.core import CounterMetricFamily
 from prometheus_client.registry import Collector
 
 from asr_actors import __version__, http
+from asr_actors.engines.local import LocalEngine
 
 if TYPE_CHECKING:
+    from asr_actors.engines.whisper_batch import QueueStatistics
     from asr_actors.worker import Worker
 
 CONTENT_TYPE = prometheus_client.CONTENT_TYPE_LATEST
@@ -111,6 +113,29 @@ class Metrics:
         return prometheus_client.generate_latest(self.registry)
 
 
+def watch_whisper_queue(registry: CollectorRegistry, read: Callable[[], QueueStatistics]) -> None:
+    """The local engine's Whisper queue (engines/whisper_batch.py), read at scrape time."""
+    Gauge("asr_local_whisper_waiting", "Whisper passes waiting for a slot", registry=registry).set_function(
+        lambda: read().waiting
+    )
+    Gauge(
+        "asr_local_whisper_slots_busy", "Whisper slots in use (whisper_threads at most)", registry=registry
+    ).set_function(lambda: read().slots_busy)
+    registry.register(
+        _CountReader("asr_local_whisper_passes", "Whisper passes decoded", lambda: read().passes)
+    )
+    registry.register(
+        _CountReader("asr_local_whisper_batches", "Whisper generate calls (batches)", lambda: read().batches)
+    )
+    registry.register(
+        _CountReader(
+            "asr_local_whisper_decode_seconds",
+            "Wall time of the Whisper batches (divided by batches: the mean batch time)",
+            lambda: read().decode_seconds,
+        )
+    )
+
+
 class WorkerMetrics:
     """An engine worker's registry, served on its operator port ([worker] metrics_port) with its health."""
 
@@ -142,6 +167,8 @@ class WorkerMetrics:
             "How late this process's event loop runs (the largest of its last samples)",
             registry=self.registry,
         ).set_function(lambda: worker.loop_lag)
+        if isinstance(worker.engine, LocalEngine):
+            watch_whisper_queue(self.registry, worker.engine.whisper_statistics)
 
     def ready(self) -> bool:
         return all(state == "ok" for state in self._worker.readiness().values())

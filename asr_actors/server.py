@@ -27,10 +27,11 @@ from asr_actors.config import Config
 from asr_actors.dialects import V1, Bailian
 from asr_actors.directory import StaticDirectory
 from asr_actors.engines.base import EngineUnavailable
+from asr_actors.engines.local import LocalEngine
 from asr_actors.errors import DependencyUnavailable
 from asr_actors.http_front import HttpFront, is_loopback
 from asr_actors.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
-from asr_actors.metrics import Metrics
+from asr_actors.metrics import Metrics, watch_whisper_queue
 from asr_actors.openai_api import realtime
 from asr_actors.openai_api.client_secrets import Issuer
 from asr_actors.openai_api.keys import ApiKeys, configured_digests
@@ -126,6 +127,9 @@ class Gateway:
         self.metrics.watch(
             "asr_engines_unavailable", "Engines that failed to prepare", lambda: len(self.unavailable)
         )
+        local = self.engines.get("local")
+        if isinstance(local, LocalEngine):
+            watch_whisper_queue(self.metrics.registry, local.whisper_statistics)
         self.metrics.watch(
             "asr_engine_streams_open",
             "Engine streams open now (in-process tasks or worker placements)",

@@ -46,7 +46,7 @@ from asr_actors.engines.base import (
     Word,
     refuse_unhonoured,
 )
-from asr_actors.engines.whisper_batch import Decoded, Decoder, WhisperPass, WhisperQueue
+from asr_actors.engines.whisper_batch import Decoded, Decoder, QueueStatistics, WhisperPass, WhisperQueue
 
 log = logging.getLogger(__name__)
 
@@ -459,6 +459,10 @@ class LocalEngine:
         except ValueError as exc:  # a code Whisper does not know
             raise ConfigError(f"engines.local.languages: {exc}") from None
         return WhisperQueue(decoder, config.whisper_threads, config.whisper_batch)
+
+    def whisper_statistics(self) -> QueueStatistics:
+        """The Whisper queue's figures (zero before the model has loaded)."""
+        return self._whisper.statistics() if self._whisper is not None else QueueStatistics()
 
     def check(self, spec: StreamSpec) -> None:
         if spec.language not in self._languages:

@@ -19,6 +19,7 @@ Two costs made a draft of a 2 s sentence as dear as a 30 s one, and each stream 
 from __future__ import annotations
 
 import math
+import time
 import zlib
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -164,6 +165,17 @@ def batch_key(decoder: Decoder, job: WhisperPass) -> tuple[object, ...]:
     return (job.beam_size, len(decoder.prompt(job)), job.window)
 
 
+@attrs.frozen
+class QueueStatistics:
+    """What the queue holds now, and what it has decoded since it started (for /metrics)."""
+
+    waiting: int = 0  # passes waiting for a slot
+    slots_busy: int = 0  # callers holding a slot (decoding, or about to)
+    passes: int = 0  # passes decoded
+    batches: int = 0  # generate calls (a batch holds one pass or more)
+    decode_seconds: float = 0.0  # wall time of those calls
+
+
 @attrs.define(eq=False)
 class _Waiting:
     job: WhisperPass
@@ -191,6 +203,14 @@ class WhisperQueue:
         self._waiting: list[_Waiting] = []
         self._running = 0
         self._order = 0
+        self._passes = 0
+        self._batches = 0
+        self._decode_seconds = 0.0
+
+    def statistics(self) -> QueueStatistics:
+        return QueueStatistics(
+            len(self._waiting), self._running, self._passes, self._batches, self._decode_seconds
+        )
 
     async def decode(self, job: WhisperPass) -> Decoded:
         self._order += 1
@@ -226,6 +246,7 @@ class WhisperQueue:
         batch = [waiting for waiting in self._waiting if waiting.key == first.key][: self._max_batch]
         for waiting in batch:
             self._waiting.remove(waiting)
+        began = time.perf_counter()
         try:
             # Not abandoned on cancel: the batch's other callers wait for what it computes.
             results: list[Decoded] | Exception = await trio.to_thread.run_sync(
@@ -233,6 +254,9 @@ class WhisperQueue:
             )
         except Exception as exc:  # every caller of the batch gets the failure, to convert or report
             results = exc
+        self._decode_seconds += time.perf_counter() - began
+        self._batches += 1
+        self._passes += len(batch)
         for index, waiting in enumerate(batch):
             waiting.result = results if isinstance(results, Exception) else results[index]
             waiting.woken.set()

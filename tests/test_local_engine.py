@@ -238,3 +238,20 @@ def test_streams_follow_the_cores_unless_set() -> None:
     cores = len(os.sched_getaffinity(0))
     assert LocalEngine(LocalEngineConfig()).max_streams == 4 * cores
     assert LocalEngine(LocalEngineConfig(max_streams=3)).max_streams == 3
+
+
+def test_a_local_engine_worker_exposes_its_whisper_queue() -> None:
+    """`worker --engine local` serves the queue's figures on its metrics port (a stand-in for the
+    worker: WorkerMetrics reads only its engine, session count, loop lag and readiness)."""
+    import types
+
+    import prometheus_client
+
+    from asr_actors.metrics import WorkerMetrics
+
+    worker = types.SimpleNamespace(
+        engine=LocalEngine(LocalEngineConfig()), sessions_active=0, loop_lag=0.0, readiness=lambda: {}
+    )
+    text = prometheus_client.generate_latest(WorkerMetrics(worker).registry).decode()  # type: ignore[arg-type]
+    assert "asr_local_whisper_passes_total 0.0" in text
+    assert "asr_local_whisper_waiting 0.0" in text

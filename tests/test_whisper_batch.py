@@ -16,6 +16,7 @@ from asr_actors.engines.local import load_whisper, whisper_words
 from asr_actors.engines.whisper_batch import (
     Decoded,
     Decoder,
+    QueueStatistics,
     WhisperPass,
     WhisperQueue,
     window_seconds,
@@ -96,6 +97,28 @@ async def test_a_batch_takes_passes_of_one_shape_only() -> None:
     prompted = WhisperPass(b"p", 1, final=False, prompt="two words")
     batches, _ = await behind_a_busy_slot(2, draft("a"), draft("b"), prompted, draft("c"), draft("d"))
     assert batches == [["a"], ["b", "c"], ["p"], ["d"]]
+
+
+async def test_the_queue_counts_what_it_decodes() -> None:
+    """Its statistics (the local engine's /metrics): waiting passes and busy slots now, passes, batches
+    and decode time since it started."""
+    decoder = GatedDecoder()
+    queue = WhisperQueue(decoder, slots=1, max_batch=8)  # type: ignore[arg-type]
+    assert queue.statistics() == QueueStatistics()
+    with trio.fail_after(GUARD_S):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(queue.decode, draft("a"))
+            await started_batches(decoder, 1)
+            nursery.start_soon(queue.decode, draft("b"))
+            nursery.start_soon(queue.decode, draft("c"))
+            await trio.sleep(0.01)
+            busy = queue.statistics()
+            decoder.gate.release()
+            decoder.gate.release()
+    assert (busy.waiting, busy.slots_busy, busy.passes, busy.batches) == (2, 1, 0, 0)
+    done = queue.statistics()
+    assert (done.waiting, done.slots_busy, done.passes, done.batches) == (0, 0, 3, 2)
+    assert done.decode_seconds > 0
 
 
 async def test_two_slots_decode_two_batches_at_once() -> None:

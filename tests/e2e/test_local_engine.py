@@ -7,7 +7,9 @@ bound with margin); the figures also go to tests/artifacts/local_engine.json.
 from __future__ import annotations
 
 import json
+import re
 import statistics
+import urllib.request
 from pathlib import Path
 
 import jiwer
@@ -23,6 +25,9 @@ from asr_actors.testing.textnorm import agreement, normalize
 DATA = Path(__file__).resolve().parent.parent / "data" / "librivox"
 ARTIFACTS = Path(__file__).resolve().parent.parent / "artifacts"
 APPKEY, SECRET = "e2e", "e2e-secret"
+HTTP_TIMEOUT_S = 30
+# The real-time test streams 25 s of speech in five sessions; this bounds it whatever happens.
+REALTIME_GUARD_S = 300
 # Measured 4.2% on this speech (Whisper tiny.en finals); the bound leaves room for model and library updates.
 LIBRIVOX_WER_BOUND = 0.12
 # The share of each final's words already on the live line just before it (issue #18's target: 0.8).
@@ -60,6 +65,11 @@ def report(name: str, figures: dict[str, object], capsys: pytest.CaptureFixture[
         print(f"\n[{name}] " + ", ".join(f"{key}={value}" for key, value in figures.items()))
 
 
+def read_url(url: str) -> str:
+    with urllib.request.urlopen(url, timeout=HTTP_TIMEOUT_S) as response:
+        return str(response.read().decode())
+
+
 def check_sentence_order(results: list[client.Received], *, partials_required: bool) -> None:
     """Each sentence: partials first, then its final, all with one speech_id; start first, end last.
     Audio sent faster than it is spoken may get a sentence's final with no partial: partials are Whisper
@@ -83,20 +93,29 @@ async def test_real_speech_realtime(tmp_path: Path, capsys: pytest.CaptureFixtur
         line.split("\t", 1) for line in (DATA / "transcripts.tsv").read_text().splitlines() if line.strip()
     )
     references, hypotheses, first_partial, final_latency, agreements = [], [], [], [], []
-    async with running_server(write_config(tmp_path)) as (url, _pid):
-        for name, reference in sorted(transcripts.items()):
-            pcm = await trio.to_thread.run_sync(client.load_audio, str(DATA / f"{name}.wav"))
-            results = await transcribe(url, pcm, realtime=True)
-            check_sentence_order(results, partials_required=True)
-            finals = [r for r in results if r.status == "final"]
-            for final in finals:
-                partials = [r for r in results if r.status == "partial" and r.speech_id == final.speech_id]
-                first_partial.append(partials[0].at - final.begin_ms / 1000)
-                final_latency.append(final.at - final.end_ms / 1000)
-                if final.text:
-                    agreements.append(agreement(partials[-1].text, final.text))
-            references.append(normalize(reference))
-            hypotheses.append(normalize(" ".join(f.text for f in finals)))
+    with trio.fail_after(REALTIME_GUARD_S):
+        async with running_server(write_config(tmp_path)) as (url, _pid):
+            for name, reference in sorted(transcripts.items()):
+                pcm = await trio.to_thread.run_sync(client.load_audio, str(DATA / f"{name}.wav"))
+                results = await transcribe(url, pcm, realtime=True)
+                check_sentence_order(results, partials_required=True)
+                finals = [r for r in results if r.status == "final"]
+                for final in finals:
+                    partials = [
+                        r for r in results if r.status == "partial" and r.speech_id == final.speech_id
+                    ]
+                    first_partial.append(partials[0].at - final.begin_ms / 1000)
+                    final_latency.append(final.at - final.end_ms / 1000)
+                    if final.text:
+                        agreements.append(agreement(partials[-1].text, final.text))
+                references.append(normalize(reference))
+                hypotheses.append(normalize(" ".join(f.text for f in finals)))
+            metrics = await trio.to_thread.run_sync(read_url, url + "metrics")
+    # The Whisper queue's figures on /metrics: every final and draft went through it.
+    passes = re.search(r"^asr_local_whisper_passes_total (\S+)$", metrics, re.MULTILINE)
+    assert passes is not None, metrics
+    assert float(passes.group(1)) >= len(final_latency), metrics
+    assert re.search(r"^asr_local_whisper_waiting 0\.0$", metrics, re.MULTILINE), metrics
     wer = jiwer.wer(references, hypotheses)
     report(
         "local_engine_librivox",
