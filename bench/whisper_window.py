@@ -21,7 +21,7 @@ import jiwer
 
 from asr_actors.config import LocalEngineConfig
 from asr_actors.engines.local import LocalEngine, load_whisper
-from asr_actors.engines.whisper_batch import Decoded, Decoder, WhisperPass
+from asr_actors.engines.whisper_batch import Decoder, WhisperPass
 from asr_actors.testing.speech import (
     SHORT_SENTENCES,
     cards,
@@ -63,7 +63,7 @@ def main() -> None:
     args = parser.parse_args()
     if not args.blas_threads:
         LocalEngine(LocalEngineConfig())  # the engine's process settings (one BLAS thread)
-    decoder = Decoder(load_whisper(1, 1), lambda job: Decoded(""))
+    decoder = Decoder(load_whisper(1, 1))
     speech = clips()
     print(f"{len(speech)} clips, {sum(len(pcm) for pcm, _ in speech) / 32000:.0f} s of speech")
     print("\n| audio | beam | window floor s | WER | clips not exact | wall ms per pass | CPU ms per pass |")

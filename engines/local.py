@@ -308,51 +308,6 @@ def load_whisper(
     )
 
 
-def whisper_words(
-    model: Any,
-    pcm: bytes,
-    beam_size: int,
-    prompt: str | None = None,
-    *,
-    word_times: bool = True,
-    hotwords: str | None = None,
-    language: str = "en",
-) -> tuple[str, list[tuple[str, float, float]]]:
-    """Whisper's text for `pcm`, and (with `word_times`) each word with its start and end in seconds;
-    `hotwords` are phrases faster-whisper puts before the prompt, which steers the spelling of names."""
-    samples = np.frombuffer(pcm, dtype=np.int16).astype(np.float32) / 32768.0
-    segments, _info = model.transcribe(
-        samples,
-        language=language,
-        beam_size=beam_size,
-        vad_filter=False,
-        condition_on_previous_text=False,
-        without_timestamps=not word_times,
-        word_timestamps=word_times,
-        initial_prompt=prompt or None,
-        hotwords=hotwords or None,
-    )
-    segments = list(segments)
-    text = " ".join(segment.text.strip() for segment in segments).strip()
-    # Each word as Whisper spells it, its leading space included ("ill", "-disposed"): joined, they give
-    # the text back.
-    words = [
-        (word.word, float(word.start), float(word.end))
-        for segment in segments
-        for word in (segment.words or ())
-        if word.word.strip()
-    ]
-    return text, words
-
-
-def whole_window(model: Any, job: WhisperPass) -> Decoded:
-    """A pass through faster-whisper's own pipeline (the 30 s window): the one that gives word times."""
-    text, words = whisper_words(
-        model, job.pcm, job.beam_size, job.prompt, hotwords=job.hotwords, language=job.language
-    )
-    return Decoded(text, tuple(words))
-
-
 def hotword_hint(options: SessionOptions) -> str | None:
     """The session's hot words as Whisper's hint text: each phrase once, or as many times as its weight
     (rounded) says, since Whisper has no weights and a phrase said more often weighs more in the prompt."""
@@ -455,7 +410,7 @@ class LocalEngine:
                 f"not {sorted(set(config.languages) - {'en'})}"
             )
         try:
-            decoder = Decoder(model, functools.partial(whole_window, model), config.languages)
+            decoder = Decoder(model, config.languages)
         except ValueError as exc:  # a code Whisper does not know
             raise ConfigError(f"engines.local.languages: {exc}") from None
         return WhisperQueue(decoder, config.whisper_threads, config.whisper_batch)

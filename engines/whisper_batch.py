@@ -21,7 +21,7 @@ from __future__ import annotations
 import math
 import time
 import zlib
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import attrs
@@ -72,6 +72,43 @@ class Decoded:
     words: tuple[tuple[str, float, float], ...] = ()
 
 
+def whisper_words(
+    model: Any,
+    pcm: bytes,
+    beam_size: int,
+    prompt: str | None = None,
+    *,
+    word_times: bool = True,
+    hotwords: str | None = None,
+    language: str = "en",
+) -> tuple[str, list[tuple[str, float, float]]]:
+    """Whisper's text for `pcm`, and (with `word_times`) each word with its start and end in seconds;
+    `hotwords` are phrases faster-whisper puts before the prompt, which steers the spelling of names."""
+    samples = np.frombuffer(pcm, dtype=np.int16).astype(np.float32) / 32768.0
+    segments, _info = model.transcribe(
+        samples,
+        language=language,
+        beam_size=beam_size,
+        vad_filter=False,
+        condition_on_previous_text=False,
+        without_timestamps=not word_times,
+        word_timestamps=word_times,
+        initial_prompt=prompt or None,
+        hotwords=hotwords or None,
+    )
+    segments = list(segments)
+    text = " ".join(segment.text.strip() for segment in segments).strip()
+    # Each word as Whisper spells it, its leading space included ("ill", "-disposed"): joined, they give
+    # the text back.
+    words = [
+        (word.word, float(word.start), float(word.end))
+        for segment in segments
+        for word in (segment.words or ())
+        if word.word.strip()
+    ]
+    return text, words
+
+
 def window_seconds(samples: int, floor: float) -> float:
     return min(MAX_WINDOW_S, max(floor, math.ceil(samples / SAMPLE_RATE + WINDOW_PAD_S)))
 
@@ -80,9 +117,7 @@ class Decoder:
     """Batched Whisper decoding on one faster-whisper `WhisperModel` (its CTranslate2 model underneath).
     Blocking: call it from a worker thread; several threads may call it at once."""
 
-    def __init__(
-        self, model: Any, whole_window: Callable[[WhisperPass], Decoded], languages: Sequence[str] = ("en",)
-    ) -> None:
+    def __init__(self, model: Any, languages: Sequence[str] = ("en",)) -> None:
         """`languages`: those passes may ask for; a code Whisper does not know raises ValueError."""
         from faster_whisper.tokenizer import Tokenizer
         from faster_whisper.transcribe import get_suppressed_tokens
@@ -96,7 +131,6 @@ class Decoder:
         }
         self._tokenizer = next(iter(self._tokenizers.values()))
         self._suppress = get_suppressed_tokens(self._tokenizer, [-1])
-        self._whole_window = whole_window
 
     def prompt(self, job: WhisperPass) -> list[int]:
         tokenizer = self._tokenizers[job.language]
@@ -134,6 +168,13 @@ class Decoder:
         )
         return [self._text(result) for result in results]
 
+    def _whole_window(self, job: WhisperPass) -> Decoded:
+        """A pass through faster-whisper's own pipeline (the 30 s window): the one that gives word times."""
+        text, words = whisper_words(
+            self._model, job.pcm, job.beam_size, job.prompt, hotwords=job.hotwords, language=job.language
+        )
+        return Decoded(text, tuple(words))
+
     def _features(self, pcm: bytes, window: float) -> np.ndarray:
         """The log-Mel features of `pcm`, padded with zeros to `window` as faster-whisper pads them (so
         that a 30 s window writes what its own pipeline writes)."""
@@ -163,6 +204,10 @@ def batch_key(decoder: Decoder, job: WhisperPass) -> tuple[object, ...]:
     if job.word_times:
         return (id(job),)
     return (job.beam_size, len(decoder.prompt(job)), job.window)
+
+
+class BatchFailed(RuntimeError):
+    """The batch a pass was decoded in failed; each of its callers gets its own, caused by the failure."""
 
 
 @attrs.frozen
@@ -236,7 +281,8 @@ class WhisperQueue:
             if waiting.has_slot:
                 self._hand_on()
         if isinstance(waiting.result, Exception):
-            raise waiting.result
+            # One exception object is not raised in several tasks (their tracebacks would mix).
+            raise BatchFailed(str(waiting.result)) from waiting.result
         return waiting.result
 
     async def _decode_next_batch(self) -> None:

@@ -12,13 +12,15 @@ import threading
 import pytest
 import trio
 
-from asr_actors.engines.local import load_whisper, whisper_words
+from asr_actors.engines.local import load_whisper
 from asr_actors.engines.whisper_batch import (
+    BatchFailed,
     Decoded,
     Decoder,
     QueueStatistics,
     WhisperPass,
     WhisperQueue,
+    whisper_words,
     window_seconds,
 )
 from asr_actors.testing.speech import librivox
@@ -181,15 +183,19 @@ async def test_a_cancelled_runner_still_hands_its_batch_their_results() -> None:
 
 
 async def test_a_failure_reaches_every_caller_of_the_batch() -> None:
+    """Each caller of a failed batch gets an exception of its own (one object raised in two tasks would
+    mix their tracebacks), caused by the decoder's."""
     decoder = GatedDecoder()
     queue = WhisperQueue(decoder, slots=1, max_batch=8)  # type: ignore[arg-type]
     failures: list[str] = []
+    raised: list[BatchFailed] = []
 
     async def ask(job: WhisperPass) -> None:
         try:
             await queue.decode(job)
-        except RuntimeError as exc:
+        except BatchFailed as exc:
             failures.append(f"{job.pcm.decode()}: {exc}")
+            raised.append(exc)
 
     with trio.fail_after(GUARD_S):
         async with trio.open_nursery() as nursery:
@@ -203,6 +209,8 @@ async def test_a_failure_reaches_every_caller_of_the_batch() -> None:
             decoder.failure = RuntimeError("out of memory")
             decoder.gate.release()
     assert sorted(failures) == ["b: out of memory", "c: out of memory"]
+    assert raised[0] is not raised[1]
+    assert raised[0].__cause__ is raised[1].__cause__ is decoder.failure
 
 
 def test_the_window_fits_the_audio_with_room_after_it() -> None:
@@ -222,7 +230,7 @@ def test_a_batch_writes_what_each_pass_alone_writes(whisper: object) -> None:
     it gets alone, and the text of faster-whisper's own 30 s pipeline."""
     pcm, _ = librivox(pause_s=0)
     first, second = pcm[: 16000 * 2 * 4], pcm[16000 * 2 * 5 : 16000 * 2 * 7]
-    decoder = Decoder(whisper, lambda job: Decoded(""))
+    decoder = Decoder(whisper)
     jobs = [WhisperPass(first, 5, final=True), WhisperPass(second, 5, final=True)]
     # The 30 s window (finals' default) writes what faster-whisper's pipeline writes.
     together = decoder.decode(jobs)
@@ -234,5 +242,5 @@ def test_a_batch_writes_what_each_pass_alone_writes(whisper: object) -> None:
 
 
 def test_silence_writes_nothing(whisper: object) -> None:
-    decoder = Decoder(whisper, lambda job: Decoded(""))
+    decoder = Decoder(whisper)
     assert decoder.decode([WhisperPass(bytes(16000 * 2 * 2), 1, final=False, window=10)]) == [Decoded("")]
