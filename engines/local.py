@@ -1,5 +1,5 @@
-"""The offline engine: Silero VAD sentence ends, Whisper tiny.en drafts and finals (pocketsphinx in the
-cheaper modes).
+"""The offline engine: Silero VAD sentence ends, Whisper tiny.en drafts and finals (pocketsphinx in its
+own modes).
 
 Per stream, two stages joined by a bounded channel, so that a Whisper pass never stops the first stage
 from hearing the next audio:
