@@ -302,6 +302,7 @@ class LocalEngineConfig:
     sentence_queue: int = attrs.field(default=8, validator=_positive)
     # Concurrent streams per process; more get 503. 0: four per core this process may use, the capacity
     # measured on 2 cores with the finals' latency kept (bench/local_engine.py; docs/performance.md).
+    # Several local engine workers on one host each count all its cores: give each its share.
     max_streams: int = attrs.field(default=0, validator=attrs.validators.ge(0))
 
 

@@ -17,7 +17,6 @@ from prometheus_client.core import CounterMetricFamily
 from prometheus_client.registry import Collector
 
 from asr_actors import __version__, http
-from asr_actors.engines.local import LocalEngine
 
 if TYPE_CHECKING:
     from asr_actors.engines.whisper_batch import QueueStatistics
@@ -167,7 +166,11 @@ class WorkerMetrics:
             "How late this process's event loop runs (the largest of its last samples)",
             registry=self.registry,
         ).set_function(lambda: worker.loop_lag)
-        if isinstance(worker.engine, LocalEngine):
+        if worker.engine.name == "local":
+            # Imported here: only a local engine worker loads the engine's module.
+            from asr_actors.engines.local import LocalEngine
+
+            assert isinstance(worker.engine, LocalEngine)
             watch_whisper_queue(self.registry, worker.engine.whisper_statistics)
 
     def ready(self) -> bool:

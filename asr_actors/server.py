@@ -27,7 +27,6 @@ from asr_actors.config import Config
 from asr_actors.dialects import V1, Bailian
 from asr_actors.directory import StaticDirectory
 from asr_actors.engines.base import EngineUnavailable
-from asr_actors.engines.local import LocalEngine
 from asr_actors.errors import DependencyUnavailable
 from asr_actors.http_front import HttpFront, is_loopback
 from asr_actors.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
@@ -127,8 +126,12 @@ class Gateway:
         self.metrics.watch(
             "asr_engines_unavailable", "Engines that failed to prepare", lambda: len(self.unavailable)
         )
-        local = self.engines.get("local")
-        if isinstance(local, LocalEngine):
+        if "local" in self.engines:
+            # Imported here: only a process that runs the local engine loads its module (backend.py).
+            from asr_actors.engines.local import LocalEngine
+
+            local = self.engines["local"]
+            assert isinstance(local, LocalEngine)
             watch_whisper_queue(self.metrics.registry, local.whisper_statistics)
         self.metrics.watch(
             "asr_engine_streams_open",
