@@ -140,14 +140,17 @@ class Decoder:
         )
         return tokens
 
-    def decode(self, jobs: Sequence[WhisperPass]) -> list[Decoded]:
+    def decode(
+        self, jobs: Sequence[WhisperPass], prompts: Sequence[list[int]] | None = None
+    ) -> list[Decoded]:
         """The text of each pass. Passes with word times go one at a time through faster-whisper; the
         others in one batch, so they must share a beam size, a prompt length and a window (`batch_key`)."""
         if any(job.word_times for job in jobs):
             return [self._whole_window(job) for job in jobs]
         import ctranslate2
 
-        prompts = [self.prompt(job) for job in jobs]
+        if prompts is None:
+            prompts = [self.prompt(job) for job in jobs]
         window = max(window_seconds(len(job.pcm) // 2, job.window) for job in jobs)
         features = np.stack([self._features(job.pcm, window) for job in jobs])
         encoded = self._model.model.encode(ctranslate2.StorageView.from_array(features), to_cpu=False)
@@ -197,13 +200,13 @@ class Decoder:
         return Decoded(text)
 
 
-def batch_key(decoder: Decoder, job: WhisperPass) -> tuple[object, ...]:
+def batch_key(job: WhisperPass, prompt: list[int]) -> tuple[object, ...]:
     """Passes with equal keys may share a `generate` call (CTranslate2 needs one beam size and the
     start-of-transcript token at one position in every prompt; one window floor keeps a draft's window
     from growing to a final's)."""
     if job.word_times:
         return (id(job),)
-    return (job.beam_size, len(decoder.prompt(job)), job.window)
+    return (job.beam_size, len(prompt), job.window)
 
 
 class BatchFailed(RuntimeError):
@@ -224,6 +227,7 @@ class QueueStatistics:
 @attrs.define(eq=False)
 class _Waiting:
     job: WhisperPass
+    prompt: list[int]  # its tokens, made once (the batch key needs their length)
     key: tuple[object, ...]
     order: int
     # Set when the caller has something new to look at: its result, or a slot.
@@ -259,7 +263,8 @@ class WhisperQueue:
 
     async def decode(self, job: WhisperPass) -> Decoded:
         self._order += 1
-        waiting = _Waiting(job, batch_key(self._decoder, job), self._order)
+        prompt = self._decoder.prompt(job)
+        waiting = _Waiting(job, prompt, batch_key(job, prompt), self._order)
         self._waiting.append(waiting)
         if self._running < self._slots:
             self._running += 1
@@ -296,7 +301,9 @@ class WhisperQueue:
         try:
             # Not abandoned on cancel: the batch's other callers wait for what it computes.
             results: list[Decoded] | Exception = await trio.to_thread.run_sync(
-                self._decoder.decode, [waiting.job for waiting in batch]
+                self._decoder.decode,
+                [waiting.job for waiting in batch],
+                [waiting.prompt for waiting in batch],
             )
         except Exception as exc:  # every caller of the batch gets the failure, to convert or report
             results = exc

@@ -42,7 +42,8 @@ class GatedDecoder:
     def prompt(self, job: WhisperPass) -> list[int]:
         return [0] * len((job.prompt or "").split())
 
-    def decode(self, jobs: list[WhisperPass]) -> list[Decoded]:
+    def decode(self, jobs: list[WhisperPass], prompts: list[list[int]]) -> list[Decoded]:
+        assert prompts == [self.prompt(job) for job in jobs]
         self.batches.append([job.pcm.decode() for job in jobs])
         trio.from_thread.run_sync(self.started[len(self.batches) - 1].set)
         self.gate.acquire()
