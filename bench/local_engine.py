@@ -15,7 +15,7 @@ in the partial, in order) and precision (the share of the partial's words the fi
 first partial after speech starts, and of the final after the sentence's speech ends (the engine's own end
 time) — only sentences that end in the audio, followed by a pause: the last one, which the client's `end`
 flushes, says nothing about the engine's latency after a pause; server CPU seconds per audio second per
-stream; server RSS. Figures go in docs/performance.md.
+stream; server RSS; Whisper passes per batch (the server's /metrics). Figures go in docs/performance.md.
 """
 
 from __future__ import annotations
@@ -23,8 +23,10 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import statistics
 import tempfile
+import urllib.request
 from pathlib import Path
 
 import jiwer
@@ -56,6 +58,14 @@ def rss_mib(pid: int) -> float:
     return 0.0
 
 
+def whisper_queue_counts(url: str) -> tuple[float, float]:
+    """The server's Whisper passes and batches so far (its /metrics)."""
+    with urllib.request.urlopen(url + "metrics", timeout=30) as response:
+        text = response.read().decode()
+    counts = dict(re.findall(r"^asr_local_whisper_(passes|batches)_total (\S+)$", text, re.MULTILINE))
+    return float(counts.get("passes", 0)), float(counts.get("batches", 0))
+
+
 def percentile(values: list[float], share: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, round(share * (len(ordered) - 1)))]
@@ -74,6 +84,7 @@ async def run_level(
     refused: list[client.ServerError] = []
     peak_rss = rss_mib(pid)
     cpu_before = cpu_seconds(pid)
+    queue_before = await trio.to_thread.run_sync(whisper_queue_counts, url)
 
     async def one_stream(delay: float) -> None:
         await trio.sleep(delay)
@@ -90,6 +101,8 @@ async def run_level(
             peak_rss = max(peak_rss, rss_mib(pid))
             await trio.sleep(0.5)
     cpu = cpu_seconds(pid) - cpu_before
+    queue_after = await trio.to_thread.run_sync(whisper_queue_counts, url)
+    passes, batches = (after - before for after, before in zip(queue_after, queue_before, strict=True))
     audio_s = len(pcm) / (SAMPLE_RATE * 2)
     first_partial, final_latency, hypotheses, recalls, precisions, finals_count = [], [], [], [], [], []
     for results in transcripts:
@@ -124,6 +137,8 @@ async def run_level(
         # Per stream served: what one more stream costs the machine.
         "cpu_s_per_audio_s": cpu / (audio_s * served) if served else float("nan"),
         "server_rss_peak_mib": peak_rss,
+        # From the server's /metrics: how many Whisper passes shared a generate call.
+        "passes_per_batch": passes / batches if batches else float("nan"),
     }
 
 
@@ -179,6 +194,7 @@ def print_table(rows: list[dict[str, object]]) -> None:
         "final after a pause p50/p95/max s",
         "CPU s per audio s per stream",
         "RSS MiB",
+        "Whisper passes per batch",
     ]
     print("\n| " + " | ".join(header) + " |\n|" + "---|" * len(header))
     for row in rows:
@@ -196,6 +212,7 @@ def print_table(rows: list[dict[str, object]]) -> None:
             f"{values['final_p50_s']:.2f} / {values['final_p95_s']:.2f} / {values['final_max_s']:.2f}",
             f"{values['cpu_s_per_audio_s']:.2f}",
             f"{values['server_rss_peak_mib']:.0f}",
+            f"{values['passes_per_batch']:.2f}",
         ]
         print("| " + " | ".join(cells) + " |")
 
