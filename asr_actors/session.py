@@ -23,7 +23,7 @@ import attrs
 import trio
 
 from asr_actors import logs, protocol
-from asr_actors.actors import receiver, relay, sender
+from asr_actors.actors import idle, receiver, relay, sender
 from asr_actors.bus.base import Bus
 from asr_actors.config import Config
 from asr_actors.dialects import Admission, Admitted, Dialect
@@ -211,19 +211,21 @@ async def _run_admitted(
     audio_tx, audio_rx = trio.open_memory_channel[bytes](config.channels.audio)
     outbound_tx, outbound_rx = trio.open_memory_channel[ServerEvent](config.channels.outbound)
     flush = relay.Flush(config.session.flush_timeout)
+    quiet = idle.Idle(config.session.idle_timeout, idle_deadline)
     async with trio.open_nursery() as nursery:
-        # Not waited for: what is sent before it runs waits in `outbound` (one scheduling round fewer at
-        # the session's start, which a burst of sessions starting together pays once each).
+        # Not waited for: what is sent before it runs waits in `outbound`, and the idle watch only sleeps
+        # (one scheduling round fewer each at the session's start, which a burst of sessions starting
+        # together pays once each).
         nursery.start_soon(sender.run, connection, outbound_rx, encode, config.session.send_timeout)
+        nursery.start_soon(idle.run, quiet)
         opened = await nursery.start(
             receiver.run,
             connection,
             admitted.decoder,
             first_message,
-            idle_deadline,
+            quiet,
             audio_tx,
             outbound_tx.clone(),
-            config.session.idle_timeout,
             facts.ledger,
             flush.start,
             allowance,

@@ -2,8 +2,9 @@
 rate the client sends) and answers pings.
 
 Readiness (`task_status.started`) carries the stream's language and rate, known once the first audio
-frame arrives; the supervisor then opens the engine. The idle timeout lives here because only the
-receiver sees audio arrive: its deadline moves on each audio frame, pings do not move it.
+frame arrives; the supervisor then opens the engine. Only the receiver sees audio arrive: it moves the idle
+deadline (`actors/idle.py`) on each audio frame (pings do not move it) and stops the idle watch when the
+client's audio ends.
 """
 
 from __future__ import annotations
@@ -12,17 +13,14 @@ from collections.abc import Callable
 
 import trio
 
+from asr_actors.actors.idle import Idle
 from asr_actors.audio import ENGINE_RATE, Resampler
 from asr_actors.limits import AudioAllowance
 from asr_actors.protocol import (
-    ENGINE_STALLED,
-    IDLE,
     AudioReceived,
     Decoder,
-    ErrorCode,
     PingReceived,
     Pong,
-    ProtocolError,
     Reply,
     ServerEvent,
     StreamOpened,
@@ -36,7 +34,11 @@ class _AudioPath:
     converted to the engines' rate, handed on."""
 
     def __init__(
-        self, channel: trio.MemorySendChannel[bytes], ledger: SessionLedger, allowance: AudioAllowance | None
+        self,
+        channel: trio.MemorySendChannel[bytes],
+        ledger: SessionLedger,
+        allowance: AudioAllowance | None,
+        idle: Idle,
     ) -> None:
         self._channel = channel
         self._ledger = ledger
@@ -47,8 +49,7 @@ class _AudioPath:
         self._resampler: Resampler | None = None
         # Once the engine stream has ended (a failure, which its events report) further audio is dropped.
         self._engine_listening = True
-        # True while a frame waits for room in the channel: a timeout then is the engine's fault.
-        self.waiting_for_engine = False
+        self._idle = idle
 
     def opened(self, event: StreamOpened) -> StreamOpened:
         """The stream as the engine sees it."""
@@ -87,56 +88,50 @@ class _AudioPath:
         return None
 
     async def wait_for_engine(self, pcm: bytes) -> None:
-        self.waiting_for_engine = True
+        self._idle.waiting_for_engine = True
         try:
             await self._channel.send(pcm)
         except trio.BrokenResourceError:
             self._engine_listening = False
-        self.waiting_for_engine = False
+        self._idle.waiting_for_engine = False
 
 
 async def run(
     connection: Transport,
     decoder: Decoder,
     first_message: str | bytes,
-    idle_deadline: float,
+    idle: Idle,
     audio: trio.MemorySendChannel[bytes],
     outbound: trio.MemorySendChannel[ServerEvent],
-    idle_timeout: float,
     ledger: SessionLedger,
     audio_ended: Callable[[], None],
     allowance: AudioAllowance | None,
     *,
     task_status: trio.TaskStatus[StreamOpened] = trio.TASK_STATUS_IGNORED,
 ) -> None:
-    """`first_message` is the client's first, read by the supervisor; `idle_deadline` is when the session
-    ends if no audio has come by then. `audio_ended` is called once the client has ended its audio (it
+    """`first_message` is the client's first, read by the supervisor; `idle` is moved by each audio frame
+    and stopped once the audio has ended. `audio_ended` is called once the client has ended its audio (it
     starts the engine's flush); `allowance` is the audio its app may still send today (None: unlimited)."""
     async with audio, outbound:
-        path = _AudioPath(audio, ledger, allowance)
-        idle = trio.CancelScope(deadline=idle_deadline)
+        path = _AudioPath(audio, ledger, allowance, idle)
         message = first_message
-        with idle:
-            while True:
-                for event in decoder.receive(message):
-                    if isinstance(event, AudioReceived):
-                        now = trio.current_time()
-                        idle.deadline = now + idle_timeout
-                        pending = path.deliver(event.pcm, now)
-                        if pending is not None:
-                            await path.wait_for_engine(pending)
-                    elif isinstance(event, StreamOpened):
-                        task_status.started(path.opened(event))
-                    elif isinstance(event, PingReceived):
-                        await outbound.send(Pong())
-                    elif isinstance(event, Reply):
-                        await outbound.send(event)
-                if decoder.ended:
-                    break
-                message = await connection.get_message()
-            await path.end()
-        if idle.cancelled_caught:
-            if path.waiting_for_engine:
-                raise ProtocolError(ErrorCode.ENGINE_FAILURE, ENGINE_STALLED)
-            raise ProtocolError(ErrorCode.TIMEOUT, IDLE)
+        while True:
+            for event in decoder.receive(message):
+                if isinstance(event, AudioReceived):
+                    now = trio.current_time()
+                    idle.heard(now)
+                    pending = path.deliver(event.pcm, now)
+                    if pending is not None:
+                        await path.wait_for_engine(pending)
+                elif isinstance(event, StreamOpened):
+                    task_status.started(path.opened(event))
+                elif isinstance(event, PingReceived):
+                    await outbound.send(Pong())
+                elif isinstance(event, Reply):
+                    await outbound.send(event)
+            if decoder.ended:
+                break
+            message = await connection.get_message()
+        await path.end()
+        idle.stop()
         audio_ended()
