@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import heapq
 import hmac
 from typing import Protocol
 from urllib.parse import urlencode
@@ -108,6 +109,9 @@ class ReplayCache:
 
     def __init__(self) -> None:
         self._expiry_by_signature: dict[str, float] = {}
+        # The same entries by expiry, soonest first: a claim forgets the expired ones without looking at
+        # the rest (a scan of every entry per claim was quadratic in a burst of sessions).
+        self._by_expiry: list[tuple[float, str]] = []
 
     def claim(self, signature: str, expires_at: float, now: float) -> None:
         self._forget_expired(now)
@@ -115,10 +119,11 @@ class ReplayCache:
         if key in self._expiry_by_signature:
             raise LinkRefused("link already used")
         self._expiry_by_signature[key] = expires_at
+        heapq.heappush(self._by_expiry, (expires_at, key))
 
     def _forget_expired(self, now: float) -> None:
-        expired = [key for key, expiry in self._expiry_by_signature.items() if expiry < now]
-        for key in expired:
+        while self._by_expiry and self._by_expiry[0][0] < now:
+            _, key = heapq.heappop(self._by_expiry)
             del self._expiry_by_signature[key]
 
     def __len__(self) -> int:

@@ -84,6 +84,20 @@ def test_replay_cache_refuses_second_use_and_forgets_expired() -> None:
     assert 1 == len(cache)
 
 
+def test_replay_cache_forgets_by_expiry_whatever_the_order_of_claims() -> None:
+    """Links of different lifetimes: each entry goes when its own link expires, not in claim order."""
+    cache = ReplayCache()
+    for signature, expires_at in [("late", 500), ("early", 100), ("middle", 300)]:
+        cache.claim(signature, expires_at=expires_at, now=0)
+    cache.claim("probe1", expires_at=1000, now=200)
+    assert 3 == len(cache)  # early forgotten
+    with pytest.raises(LinkRefused, match="already used"):
+        cache.claim("middle", expires_at=300, now=250)
+    cache.claim("probe2", expires_at=1000, now=400)
+    assert 3 == len(cache)  # middle forgotten: late, probe1, probe2
+    cache.claim("middle", expires_at=900, now=400)  # an expired link's signature is the window's to refuse
+
+
 def test_signed_query_survives_url_encoding() -> None:
     """signed_query URL-encodes the signature so '+' and '/' arrive intact."""
     query = signed_query(SECRET, HOST, APPKEY, PATH, now=1700000000.7)
