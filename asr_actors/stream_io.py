@@ -12,12 +12,15 @@ plain TCP; anything else (TLS to a cloud service, the tests' memory streams) goe
 stream's own methods.
 
 Both raise what a Trio stream raises: `trio.BrokenResourceError` for a failed socket,
-`trio.ClosedResourceError` once it is closed; `receive` returns b"" at the peer's end of stream.
+`trio.ClosedResourceError` once it is closed; `receive` returns b"" at the peer's end of stream. A write
+given a `stall_timeout` that has not finished within it is a broken connection too: part of its data may
+be out, so nothing more can follow it on that connection.
 """
 
 from __future__ import annotations
 
 import errno
+import math
 import os
 import select
 from typing import Protocol
@@ -32,7 +35,7 @@ _WRITABLE_CHECK = select.poll()
 class ByteIO(Protocol):
     async def receive(self) -> bytes: ...
 
-    async def send_all(self, data: bytes) -> None: ...
+    async def send_all(self, data: bytes, stall_timeout: float = math.inf) -> None: ...
 
     def writable(self) -> bool: ...
 
@@ -75,13 +78,19 @@ class SocketIO:
             self._drained = len(data) < self._receive_bytes
             return data
 
-    async def send_all(self, data: bytes) -> None:
+    async def send_all(self, data: bytes, stall_timeout: float = math.inf) -> None:
         view = memoryview(data)
         sent = self._send_now(view)
-        while sent < len(view):
-            view = view[sent:]
-            await trio.lowlevel.wait_writable(self._socket)
-            sent = self._send_now(view)
+        if sent == len(view):
+            return
+        # Only a write the socket took in part waits (and pays for the scope that bounds the wait).
+        with trio.move_on_after(stall_timeout):
+            while sent < len(view):
+                view = view[sent:]
+                await trio.lowlevel.wait_writable(self._socket)
+                sent = self._send_now(view)
+            return
+        raise _stalled(stall_timeout)
 
     def writable(self) -> bool:
         """True if the socket has room (or has failed: the write then says how)."""
@@ -120,14 +129,21 @@ class StreamIO:
     async def receive(self) -> bytes:
         return bytes(await self._stream.receive_some(self._receive_bytes))
 
-    async def send_all(self, data: bytes) -> None:
-        await self._stream.send_all(data)
+    async def send_all(self, data: bytes, stall_timeout: float = math.inf) -> None:
+        with trio.move_on_after(stall_timeout):
+            await self._stream.send_all(data)
+            return
+        raise _stalled(stall_timeout)
 
     def writable(self) -> bool:
         return False  # a generic stream cannot be asked: the caller waits
 
     async def wait_writable(self) -> None:
         await self._stream.wait_send_all_might_not_block()
+
+
+def _stalled(stall_timeout: float) -> trio.BrokenResourceError:
+    return trio.BrokenResourceError(f"the peer took no more of a write for {stall_timeout:g} s")
 
 
 def _broken(exc: OSError) -> trio.BrokenResourceError | trio.ClosedResourceError:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import Protocol
 
 
@@ -15,7 +16,8 @@ class Transport(Protocol):
 
     async def get_message(self) -> str | bytes: ...
 
-    async def send_message(self, message: str | bytes) -> None: ...
+    async def send_message(self, message: str | bytes, stall_timeout: float = math.inf) -> None:
+        """`stall_timeout` bounds the write once begun; past it the connection is broken (`ClientGone`)."""
 
     def writable(self) -> bool:
         """Whether the client's socket takes data now (a check, no wait)."""

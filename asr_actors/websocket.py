@@ -21,6 +21,7 @@ from __future__ import annotations
 import codecs
 import collections
 import logging
+import math
 from collections.abc import Callable, Sequence
 
 import trio
@@ -190,7 +191,9 @@ class WebSocket:
             await self._take(self._protocol.events_received())
         return self._messages.popleft()
 
-    async def send_message(self, message: str | bytes) -> None:
+    async def send_message(self, message: str | bytes, stall_timeout: float = math.inf) -> None:
+        """`stall_timeout` bounds the write once it has begun: a client that stops reading in the middle
+        of the message is gone (`ClientGone`), as the rest of the connection's frames cannot follow."""
         try:
             if isinstance(message, str):
                 self._protocol.send_text(message.encode())
@@ -198,7 +201,7 @@ class WebSocket:
                 self._protocol.send_binary(message)
         except InvalidState:  # our close went out, or the protocol failed the connection
             raise ClientGone(self._closed or "the connection is closing") from None
-        await self._flush()
+        await self._flush(stall_timeout)
 
     def writable(self) -> bool:
         try:
@@ -290,14 +293,14 @@ class WebSocket:
         await trio.aclose_forcefully(self._stream)
         raise ClientGone(reason)
 
-    async def _flush(self) -> None:
+    async def _flush(self, stall_timeout: float = math.inf) -> None:
         for data in self._protocol.data_to_send():
             # An empty write is the protocol's end of stream: the socket is closed by whoever ends the
             # connection (`aclose`, `_fail`), after the close frame.
             if data:
-                await self._write(data)
+                await self._write(data, stall_timeout)
 
-    async def _write(self, data: bytes) -> None:
+    async def _write(self, data: bytes, stall_timeout: float) -> None:
         # A free lock is taken without a yield, so that a write the socket takes whole costs no trip through
         # the scheduler; a write behind another that waits for room waits its turn.
         if self._sending.locked():
@@ -305,7 +308,7 @@ class WebSocket:
         else:
             self._sending.acquire_nowait()
         try:
-            await self._io.send_all(data)
+            await self._io.send_all(data, stall_timeout)
         except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
             self._closed = self._closed or f"connection lost: {exc}"
             raise ClientGone(self._closed) from None

@@ -1,8 +1,9 @@
 """The result sender actor: encodes server events in the session's dialect and writes them, in order.
 
 It owns the slow-reader limit: a message waits at most `send_timeout` for the client's socket to take data.
-The wait comes before the write, never inside it, so that a timeout leaves no half-written frame and the
-coded close can still follow the results already queued.
+That wait comes before the write, so that a timeout there leaves no half-written frame and the coded close
+can still follow. A write the socket took only in part (rare: the socket said it had room) has
+`send_timeout` again to finish; past it the client is gone, as nothing can follow half a frame.
 """
 
 from __future__ import annotations
@@ -39,4 +40,4 @@ async def run(
                         await connection.wait_writable()
                     if stalled.cancelled_caught:
                         raise ProtocolError(ErrorCode.TIMEOUT, NOT_READING)
-                await connection.send_message(message)
+                await connection.send_message(message, send_timeout)
