@@ -203,6 +203,26 @@ async def test_upstream_faults_become_coded_errors(
     assert ["start", "partial", "final", "end"] == statuses(await read_until_close(healthy))
 
 
+async def test_a_client_that_leaves_mid_stream_ends_its_upstream_only(
+    transport: str, nursery: trio.Nursery, guarded: None
+) -> None:
+    """A client closes in the middle of its audio: the gateway closes that session's upstream connection
+    while the service waits for audio, and the next session runs whole (the fake once let that close
+    escape from a nursery, as a group, and stopped serving everyone)."""
+    fake = await start_fake(nursery)
+    gateway = await dashscope_gateway(transport, fake.url)
+    leaving = await open_connection(nursery, gateway, signed_target("lang=zh"))
+    for _ in range(3):
+        await leaving.send_message(FRAME)
+    assert "start" == json.loads(await leaving.get_message())["data"]["status"]
+    await leaving.aclose()
+    with trio.fail_after(10):
+        while fake.stats.open_connections:  # noqa: ASYNC110 -- the fake's own count, no event for it
+            await trio.sleep(0.01)
+    messages = await zh_session(nursery, gateway, 6)
+    assert ["start", "partial", "final", "end"] == statuses(messages)[:1] + statuses(messages)[-3:]
+
+
 async def test_a_task_that_never_starts_is_bounded(
     transport: str, nursery: trio.Nursery, guarded: None
 ) -> None:

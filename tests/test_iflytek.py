@@ -168,6 +168,26 @@ async def test_upstream_faults_become_coded_errors(
     assert ["start", "partial", "final", "end"] == statuses(await read_until_close(healthy))
 
 
+async def test_a_client_that_leaves_mid_stream_ends_its_upstream_only(
+    nursery: trio.Nursery, guarded: None
+) -> None:
+    """A client closes in the middle of its audio: its upstream connection closes while the service reads
+    audio, and the next session runs whole (the fake's own handler must not let that close escape)."""
+    fake = await start_fake(nursery)
+    gateway = await iflytek_gateway(fake.url)
+    leaving = await open_connection(nursery, gateway, signed_target("lang=zh"))
+    for _ in range(3):
+        await leaving.send_message(FRAME)
+    assert "start" == json.loads(await leaving.get_message())["data"]["status"]
+    await leaving.aclose()
+    with trio.fail_after(10):
+        while fake.stats.open_connections:  # noqa: ASYNC110 -- the fake's own count, no event for it
+            await trio.sleep(0.01)
+    messages = await zh_session(nursery, gateway, 6)
+    assert ["start", "end"] == [statuses(messages)[0], statuses(messages)[-1]]
+    assert finals(messages)
+
+
 async def test_session_options_reach_the_service(nursery: trio.Nursery, guarded: None) -> None:
     """`iflytek.pd` and `punctuation: false` become the connection's `pd` and `punc=0`; a session that asks
     for neither sends neither."""

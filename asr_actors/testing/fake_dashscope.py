@@ -112,8 +112,10 @@ class FakeDashScope:
             async with trio.open_nursery() as keepalive:
                 if self.switches.ping_every is not None:
                     keepalive.start_soon(ping_until_closed, connection, self.switches.ping_every)
-                with contextlib.suppress(trio_websocket.ConnectionClosed):
+                try:
                     await self._task(connection, headers.get("authorization", ""))
+                except* trio_websocket.ConnectionClosed:
+                    pass  # the client left mid-task (from inside a nursery too): its connection's end only
                 keepalive.cancel_scope.cancel()
         finally:
             self.stats.open_connections -= 1

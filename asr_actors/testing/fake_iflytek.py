@@ -14,7 +14,6 @@ Recognition is scripted: one character of TEXT per `chars_every_bytes` of audio,
 from __future__ import annotations
 
 import base64
-import contextlib
 import hashlib
 import hmac
 import json
@@ -148,8 +147,10 @@ class FakeIflytek:
             async with trio.open_nursery() as keepalive:
                 if self.switches.ping_every is not None:
                     keepalive.start_soon(ping_until_closed, connection, self.switches.ping_every)
-                with contextlib.suppress(trio_websocket.ConnectionClosed):
+                try:
                     await self._recognise(connection, keepalive)
+                except* trio_websocket.ConnectionClosed:
+                    pass  # the client left mid-task (from inside a nursery too): its connection's end only
                 keepalive.cancel_scope.cancel()
         except trio_websocket.ConnectionClosed:
             pass
