@@ -203,6 +203,15 @@ class WebSocket:
             raise ClientGone(self._closed or "the connection is closing") from None
         await self._flush(stall_timeout)
 
+    async def send_ping(self, payload: bytes = b"") -> None:
+        """A ping, also while the connection closes (RFC 6455 allows control frames after a close);
+        the pong comes back through `get_message`, which drops it."""
+        try:
+            self._protocol.send_ping(payload)
+        except InvalidState:
+            raise ClientGone(self._closed or "the connection is closed") from None
+        await self._flush()
+
     def writable(self) -> bool:
         try:
             return self._io.writable()

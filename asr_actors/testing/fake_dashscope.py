@@ -19,9 +19,11 @@ from typing import Any
 
 import attrs
 import trio
-import trio_websocket
 
-from asr_actors.testing.fake_service import ping_until_closed, serve_on_loopback
+from asr_actors.http import RequestHead
+from asr_actors.testing.fake_service import ping_websocket_until_closed, serve_websocket_on_loopback
+from asr_actors.transport import ClientGone
+from asr_actors.websocket import WebSocket
 
 TEXT = "今天天气很好我们一起去公园散步吧"
 
@@ -100,27 +102,25 @@ class FakeDashScope:
 
     async def serve(self, *, task_status: trio.TaskStatus[str] = trio.TASK_STATUS_IGNORED) -> None:
         async with trio.open_nursery() as nursery:
-            self.url = await nursery.start(serve_on_loopback, self._handle, "/api-ws/v1/inference")
+            self.url = await nursery.start(serve_websocket_on_loopback, self._handle, "/api-ws/v1/inference")
             task_status.started(self.url)
 
-    async def _handle(self, request: trio_websocket.WebSocketRequest) -> None:
+    async def _handle(self, request: RequestHead, connection: WebSocket) -> None:
         self.stats.connections += 1
-        headers = {name.decode().lower(): value.decode() for name, value in request.headers}
-        connection = await request.accept()
         self.stats.open_connections += 1
         try:
             async with trio.open_nursery() as keepalive:
                 if self.switches.ping_every is not None:
-                    keepalive.start_soon(ping_until_closed, connection, self.switches.ping_every)
+                    keepalive.start_soon(ping_websocket_until_closed, connection, self.switches.ping_every)
                 try:
-                    await self._task(connection, headers.get("authorization", ""))
-                except* trio_websocket.ConnectionClosed:
+                    await self._task(connection, request.headers.get("authorization", ""))
+                except* ClientGone:
                     pass  # the client left mid-task (from inside a nursery too): its connection's end only
                 keepalive.cancel_scope.cancel()
         finally:
             self.stats.open_connections -= 1
 
-    async def _task(self, connection: trio_websocket.WebSocketConnection, authorization: str) -> None:
+    async def _task(self, connection: WebSocket, authorization: str) -> None:
         run_task = json.loads(await connection.get_message())
         self.stats.run_tasks.append(run_task)
         task_id = run_task["header"]["task_id"]
@@ -145,14 +145,12 @@ class FakeDashScope:
         # The SDK closes the connection once it has seen task-finished.
         async with trio.open_nursery() as closing:
             if self.switches.ping_while_closing:
-                closing.start_soon(ping_until_closed, connection, 0.001)
-            with trio.move_on_after(10), contextlib.suppress(trio_websocket.ConnectionClosed):
+                closing.start_soon(ping_websocket_until_closed, connection, 0.001)
+            with trio.move_on_after(10), contextlib.suppress(ClientGone):
                 await connection.get_message()
             closing.cancel_scope.cancel()
 
-    async def _recognise(
-        self, connection: trio_websocket.WebSocketConnection, task_id: str, script: _Script
-    ) -> bool:
+    async def _recognise(self, connection: WebSocket, task_id: str, script: _Script) -> bool:
         """Audio in, results out until finish-task; False if a fault switch ended the task."""
         switches = self.switches
         # Results leave in order, each `result_delay` after the audio that produced it.
@@ -193,7 +191,7 @@ class FakeDashScope:
                     await result(script.audio(len(message)))
         if fault == "drop":
             # An abrupt drop: no close frame, just the TCP connection going away.
-            await connection._stream.aclose()
+            await trio.aclose_forcefully(connection._stream)
         elif fault == "fail":
             await trio.sleep(switches.result_delay)
             failure = _event("task-failed", task_id, error_code=switches.fail_code, error_message="Boom.")
