@@ -22,6 +22,8 @@ import codecs
 import collections
 import logging
 import math
+import os
+import struct
 from collections.abc import Callable, Sequence
 
 import trio
@@ -36,6 +38,11 @@ from websockets.uri import parse_uri
 
 from asr_actors.stream_io import open_io
 from asr_actors.transport import ClientGone
+
+try:
+    from websockets.speedups import apply_mask
+except ImportError:  # a `websockets` built without its C extension
+    from websockets.utils import apply_mask
 
 # Bytes asked of the socket per read: a 100 ms frame of 16 kHz PCM is 3.2 KB.
 RECEIVE_BYTES = 65536
@@ -62,6 +69,44 @@ class _Server(ServerProtocol):
 class _Client(ClientProtocol):
     def recv_frame(self, frame: Frame) -> None:
         _receive_frame(self, frame, super().recv_frame)
+
+    def send_frame(self, frame: Frame) -> None:
+        """As `websockets` writes a client frame, with the mask taken from `_MASKS`: its own asks the OS
+        for 4 random bytes per frame, a system call per audio frame sent to a service (3.6 % of the
+        gateway's time at 1,000 native DashScope sessions). No extension is ever negotiated here."""
+        if self.extensions:
+            super().send_frame(frame)
+            return
+        frame.check()
+        length = len(frame.data)
+        first = (0b10000000 if frame.fin else 0) | frame.opcode
+        if length < 126:
+            head = bytes((first, 0b10000000 | length))
+        elif length < 65536:
+            head = struct.pack("!BBH", first, 0b11111110, length)
+        else:
+            head = struct.pack("!BBQ", first, 0b11111111, length)
+        mask = _MASKS.take()
+        self.writes.append(b"".join((head, mask, apply_mask(frame.data, mask))))
+
+
+class _MaskSource:
+    """Masking keys for client frames, from the OS's random source (RFC 6455 5.3 asks for strong entropy)
+    fetched 1,024 keys at a time. The gateway's connections live on one Trio thread."""
+
+    def __init__(self) -> None:
+        self._block = b""
+        self._offset = 0
+
+    def take(self) -> bytes:
+        if self._offset == len(self._block):
+            self._block, self._offset = os.urandom(4096), 0
+        mask = self._block[self._offset : self._offset + 4]
+        self._offset += 4
+        return mask
+
+
+_MASKS = _MaskSource()
 
 
 def _receive_frame(protocol: Protocol, frame: Frame, receive: Callable[[Frame], None]) -> None:

@@ -207,3 +207,37 @@ async def test_a_ping_with_the_peers_last_message_and_close_loses_nothing() -> N
             with pytest.raises(ClientGone):
                 await websocket.get_message()
     assert 1000 == websocket.peer_close_code
+
+
+async def test_client_frames_are_masked_each_with_its_own_key_and_read_by_wsproto() -> None:
+    """Our client's frames (its masking keys come from a block of OS randomness, not one system call per
+    frame) as an independent server reads them: every size of length field, text and binary, and the same
+    message twice goes out as different bytes (a new key each time)."""
+    client_stream, server_stream = trio.testing.memory_stream_pair()
+    server = WSConnection(ConnectionType.SERVER)
+    received: list[Event] = []
+    raw: list[bytes] = []
+    messages: list[str | bytes] = [b"\x01" * 10, b"\x02" * 300, b"\x03" * 70_000, "text", b"same", b"same"]
+
+    async def serve() -> None:
+        server.receive_data(await server_stream.receive_some())
+        assert [Request] == [type(event) for event in server.events()]
+        await server_stream.send_all(server.send(AcceptConnection()))
+        while len(received) < len(messages):
+            data = await server_stream.receive_some()
+            raw.append(data)
+            server.receive_data(data)
+            received.extend(server.events())
+
+    with trio.fail_after(10):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(serve)
+            client = await WebSocket.connect(client_stream, "service.test", "/ws", LIMIT * 100)
+            for message in messages:
+                await client.send_message(message)
+    assert messages == [event.data for event in received]
+    assert all(isinstance(event, BytesMessage | TextMessage) and event.message_finished for event in received)
+    # The last 20 bytes are the two b"same" frames: FIN + binary, mask bit + length 4, key, payload.
+    first, second = b"".join(raw)[-20:-10], b"".join(raw)[-10:]
+    assert b"\x82\x84" == first[:2] == second[:2]
+    assert first[2:6] != second[2:6]
