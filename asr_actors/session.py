@@ -211,19 +211,19 @@ async def _run_admitted(
     audio_tx, audio_rx = trio.open_memory_channel[bytes](config.channels.audio)
     outbound_tx, outbound_rx = trio.open_memory_channel[ServerEvent](config.channels.outbound)
     flush = relay.Flush(config.session.flush_timeout)
-    quiet = idle.Idle(config.session.idle_timeout, idle_deadline)
+    idle_watch = idle.Idle(config.session.idle_timeout, idle_deadline)
     async with trio.open_nursery() as nursery:
         # Not waited for: what is sent before it runs waits in `outbound`, and the idle watch only sleeps
         # (one scheduling round fewer each at the session's start, which a burst of sessions starting
         # together pays once each).
         nursery.start_soon(sender.run, connection, outbound_rx, encode, config.session.send_timeout)
-        nursery.start_soon(idle.run, quiet)
+        nursery.start_soon(idle.run, idle_watch)
         opened = await nursery.start(
             receiver.run,
             connection,
             admitted.decoder,
             first_message,
-            quiet,
+            idle_watch,
             audio_tx,
             outbound_tx.clone(),
             facts.ledger,
