@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import attrs
@@ -110,3 +110,18 @@ async def running_bus(
     async with bus.open():
         task_status.started(bus)
         await trio.sleep_forever()
+
+
+async def leave_mid_stream(
+    nursery: trio.Nursery, gateway: Gateway, frame: bytes, upstream_connections: Callable[[], int]
+) -> None:
+    """A Chinese session that sends three frames, reads `start` and closes in the middle of its audio;
+    returns once the fake service has seen its connection go (`upstream_connections` is the fake's count)."""
+    leaving = await open_connection(nursery, gateway, signed_target("lang=zh"))
+    for _ in range(3):
+        await leaving.send_message(frame)
+    assert "start" == json.loads(await leaving.get_message())["data"]["status"]
+    await leaving.aclose()
+    with trio.fail_after(10):
+        while upstream_connections():  # noqa: ASYNC110 -- the fake's own count, no event for it
+            await trio.sleep(0.01)

@@ -24,6 +24,7 @@ from tests.support import (
     APPKEY,
     SECRET,
     fake_config,
+    leave_mid_stream,
     open_connection,
     read_until_close,
     signed_target,
@@ -211,14 +212,7 @@ async def test_a_client_that_leaves_mid_stream_ends_its_upstream_only(
     escape from a nursery, as a group, and stopped serving everyone)."""
     fake = await start_fake(nursery)
     gateway = await dashscope_gateway(transport, fake.url)
-    leaving = await open_connection(nursery, gateway, signed_target("lang=zh"))
-    for _ in range(3):
-        await leaving.send_message(FRAME)
-    assert "start" == json.loads(await leaving.get_message())["data"]["status"]
-    await leaving.aclose()
-    with trio.fail_after(10):
-        while fake.stats.open_connections:  # noqa: ASYNC110 -- the fake's own count, no event for it
-            await trio.sleep(0.01)
+    await leave_mid_stream(nursery, gateway, FRAME, lambda: fake.stats.open_connections)
     messages = await zh_session(nursery, gateway, 6)
     assert ["start", "partial", "final", "end"] == statuses(messages)[:1] + statuses(messages)[-3:]
 
