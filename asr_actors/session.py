@@ -121,7 +121,7 @@ async def run(
     if error is not None:
         log.info("ends with %d %s", error.code, error.message)
     elif client_gone:
-        log.info("client went away")
+        log.info("client went away: %s", ending.gone_reason)
     else:
         log.info("ended")
     # What the session leaves behind is kept before the close: a session ended by an error (a limit, say)
@@ -283,6 +283,8 @@ class _Ending:
     error: ProtocolError | None = None
     client_gone: bool = False
     fault: bool = False
+    # How the client went (closed, dropped, stopped reading mid-message), for the log.
+    gone_reason: str = ""
 
 
 def _judge(exc: Exception) -> _Ending:
@@ -299,9 +301,9 @@ def _judge(exc: Exception) -> _Ending:
     down, _ = group.split(DependencyUnavailable)
     if down is not None:
         return _Ending(ProtocolError(ErrorCode.UNAVAILABLE, str(first_leaf(down))))
-    _gone, unexpected = group.split(ClientGone)
-    if unexpected is None:
-        return _Ending(client_gone=True)
+    gone, unexpected = group.split(ClientGone)
+    if gone is not None and unexpected is None:
+        return _Ending(client_gone=True, gone_reason=str(first_leaf(gone)))
     log.error("failed", exc_info=unexpected)
     return _Ending(ProtocolError(ErrorCode.ENGINE_FAILURE, "Internal server error"), fault=True)
 

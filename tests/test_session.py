@@ -457,8 +457,12 @@ async def test_killing_any_actor_ends_the_session_cleanly(
     assert 1 == engine.streams_started
 
 
-async def test_client_vanishing_cancels_everything(autojump_clock: trio.testing.MockClock) -> None:
-    """A client that drops the connection mid-sentence: the session and its engine stream are cancelled."""
+async def test_client_vanishing_cancels_everything(
+    autojump_clock: trio.testing.MockClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A client that drops the connection mid-sentence: the session and its engine stream are cancelled,
+    and the log says how the client went."""
+    caplog.set_level(logging.INFO)
     engine = FakeEngine()
     gateway = make_gateway(engine)
     client_stream, server_stream = trio.testing.memory_stream_pair()
@@ -479,6 +483,8 @@ async def test_client_vanishing_cancels_everything(autojump_clock: trio.testing.
         await client_stream.aclose()  # the TCP reset: no close frame
     assert 0 == gateway.active_sessions
     assert (1, 0) == (engine.streams_started, engine.streams_finished)
+    went = [r.getMessage() for r in caplog.records if r.getMessage().startswith("client went away")]
+    assert ["client went away: the client closed the connection without a close frame"] == went
 
 
 async def test_every_session_log_line_names_session_and_app(nursery: trio.Nursery) -> None:
