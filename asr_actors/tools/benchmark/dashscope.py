@@ -105,8 +105,6 @@ async def _session(url: str, duration_s: float, start_at: float) -> _Session:
         except (client.ServerError, ClientGone):
             pass
         nursery.cancel_scope.cancel()
-        with trio.move_on_after(1):
-            await connection.aclose()
     return result
 
 
