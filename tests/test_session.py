@@ -314,6 +314,21 @@ async def test_flush_timeout_when_engine_hangs_at_end(autojump_clock: trio.testi
         nursery.cancel_scope.cancel()
 
 
+async def test_the_idle_watch_stops_when_the_audio_ends(autojump_clock: trio.testing.MockClock) -> None:
+    """After the client's end the flush deadline governs, however long: an engine still finishing at
+    idle_timeout (30 s) is not a silent client; the 500 comes at end + flush_timeout (60 s)."""
+    engine = FakeEngine(hang_on_finish=True)
+    async with trio.open_nursery() as nursery:
+        connection = await open_connection(nursery, make_gateway(engine, session={"flush_timeout": 60.0}))
+        await connection.send_message(PCM_100MS)
+        await connection.send_message('{"status": "end"}')
+        ended = trio.current_time()
+        messages = await read_until_close(connection)
+        assert {"code": 500, "message": "Engine did not finish in time", "data": ""} == messages[-1]
+        assert ended + 60 == pytest.approx(trio.current_time(), abs=0.01)
+        nursery.cancel_scope.cancel()
+
+
 async def test_an_engine_that_stops_taking_audio_is_a_500_not_an_idle_client(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
