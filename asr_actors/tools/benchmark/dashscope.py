@@ -83,7 +83,8 @@ async def _session(url: str, duration_s: float, start_at: float) -> _Session:
             nonlocal stop_at
             began = trio.current_time()
             for index in range(frames):
-                await trio.sleep_until(began + index * FRAME_MS / 1000)
+                # As a microphone: frame i once it has elapsed, at (i + 1) frame periods.
+                await trio.sleep_until(began + (index + 1) * FRAME_MS / 1000)
                 sent_at.append(trio.current_time())
                 await connection.send_message(b"\x01\x00" * (FRAME_BYTES // 2))
             stop_at = trio.current_time()
