@@ -21,7 +21,7 @@ import attrs
 import trio
 
 from asr_actors.http import RequestHead
-from asr_actors.testing.fake_service import ping_websocket_until_closed, serve_websocket_on_loopback
+from asr_actors.testing.fake_service import ping_until_closed, serve_websocket_on_loopback
 from asr_actors.transport import ClientGone
 from asr_actors.websocket import WebSocket
 
@@ -111,7 +111,7 @@ class FakeDashScope:
         try:
             async with trio.open_nursery() as keepalive:
                 if self.switches.ping_every is not None:
-                    keepalive.start_soon(ping_websocket_until_closed, connection, self.switches.ping_every)
+                    keepalive.start_soon(ping_until_closed, connection, self.switches.ping_every)
                 try:
                     await self._task(connection, request.headers.get("authorization", ""))
                 except* ClientGone:
@@ -145,7 +145,7 @@ class FakeDashScope:
         # The SDK closes the connection once it has seen task-finished.
         async with trio.open_nursery() as closing:
             if self.switches.ping_while_closing:
-                closing.start_soon(ping_websocket_until_closed, connection, 0.001)
+                closing.start_soon(ping_until_closed, connection, 0.001)
             with trio.move_on_after(10), contextlib.suppress(ClientGone):
                 await connection.get_message()
             closing.cancel_scope.cancel()

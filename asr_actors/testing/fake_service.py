@@ -84,30 +84,25 @@ async def unreachable_url(path: str) -> str:
     return f"ws://127.0.0.1:{port}{path}"
 
 
-async def ping_until_closed(connection: trio_websocket.WebSocketConnection, interval: float) -> None:
+async def ping_until_closed(
+    connection: trio_websocket.WebSocketConnection | WebSocket, interval: float
+) -> None:
     """Ping the client every `interval` seconds until the connection closes, never waiting for a pong.
 
     A keepalive as servers built on the `websockets` library send it (every 20 s by default), and faster
-    to provoke races: trio-websocket's own `ping()` waits for each pong, so the Ping goes out through its
-    `_send` (private, and only in this fake), which also guards the socket with its lock.
+    to provoke races. Our WebSocket pings while it closes too; trio-websocket's own `ping()` waits for each
+    pong, so there the Ping goes out through its `_send` (private, and only in this fake), which also guards
+    the socket with its lock.
     """
     count = 0
     while True:
+        payload = count.to_bytes(4, "big")
         try:
-            await connection._send(Ping(payload=count.to_bytes(4, "big")))
-        except (trio_websocket.ConnectionClosed, LocalProtocolError, trio.ClosedResourceError):
-            return
-        count += 1
-        await trio.sleep(interval)
-
-
-async def ping_websocket_until_closed(connection: WebSocket, interval: float) -> None:
-    """`ping_until_closed` for a connection of `serve_websocket_on_loopback`."""
-    count = 0
-    while True:
-        try:
-            await connection.send_ping(count.to_bytes(4, "big"))
-        except ClientGone:
+            if isinstance(connection, WebSocket):
+                await connection.send_ping(payload)
+            else:
+                await connection._send(Ping(payload=payload))
+        except (ClientGone, trio_websocket.ConnectionClosed, LocalProtocolError, trio.ClosedResourceError):
             return
         count += 1
         await trio.sleep(interval)
