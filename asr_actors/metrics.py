@@ -170,8 +170,8 @@ class WorkerMetrics:
             # Imported here: only a local engine worker loads the engine's module.
             from asr_actors.engines.local import LocalEngine
 
-            assert isinstance(worker.engine, LocalEngine)
-            watch_whisper_queue(self.registry, worker.engine.whisper_statistics)
+            if isinstance(worker.engine, LocalEngine):
+                watch_whisper_queue(self.registry, worker.engine.whisper_statistics)
 
     def ready(self) -> bool:
         return all(state == "ok" for state in self._worker.readiness().values())

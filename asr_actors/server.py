@@ -131,8 +131,8 @@ class Gateway:
             from asr_actors.engines.local import LocalEngine
 
             local = self.engines["local"]
-            assert isinstance(local, LocalEngine)
-            watch_whisper_queue(self.metrics.registry, local.whisper_statistics)
+            if isinstance(local, LocalEngine):
+                watch_whisper_queue(self.metrics.registry, local.whisper_statistics)
         self.metrics.watch(
             "asr_engine_streams_open",
             "Engine streams open now (in-process tasks or worker placements)",
